@@ -1,0 +1,66 @@
+"""Settings, from SLMOPS_* environment variables and a `.env` file in the working directory."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_STORE = ".slmops/store"
+
+
+class Settings(BaseSettings):
+    """Where slmops keeps artifacts and which servers it talks to.
+
+    AWS credentials are not settings: boto3's standard chain (environment, profile, instance
+    role) supplies them, so they never pass through slmops' config, manifests or logs.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="SLMOPS_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    store: str = Field(
+        DEFAULT_STORE,
+        description="Artifact store URI: s3://bucket/prefix, or a local directory.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="Endpoint of an S3-compatible server (unset: AWS S3)."
+    )
+    s3_region: str | None = Field(None, description="S3 region (unset: from the AWS config).")
+    s3_multipart_mb: int = Field(
+        64, ge=5, description="Files at least this large (MiB) upload in parts of this size."
+    )
+    prefect_api_url: str | None = Field(
+        None, description="Prefect API the CLI and stack point flows at (unset: Prefect's own)."
+    )
+    vllm_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Base URLs of the vLLM replicas to promote adapters to (comma-separated).",
+    )
+    state_dir: str = Field(
+        ".slmops/stack", description="Where the local stack keeps pid files, logs and state."
+    )
+
+    @field_validator("vllm_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
+        return value
+
+    @field_validator("vllm_urls")
+    @classmethod
+    def _check_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"vLLM URL {url!r} must start with http:// or https://")
+        return urls
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once. Tests call `get_settings.cache_clear()` to re-read."""
+    return Settings()
