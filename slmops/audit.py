@@ -35,17 +35,23 @@ class AuditLog:
     ) -> AuditEvent:
         at = datetime.now(UTC)
         entry = AuditEvent(
-            event=event, resource=resource, at=at, id=uuid.uuid4().hex[:12],
-            trigger=trigger or Trigger(), details=redact(details),
+            event=event,
+            resource=resource,
+            at=at,
+            id=uuid.uuid4().hex[:12],
+            trigger=trigger or Trigger(),
+            details=redact(details),
         )
         # The timestamp leads the name, so listing order is time order.
         key = f"{AUDIT_PREFIX}/{at:%Y/%m}/{at:%Y%m%dT%H%M%S.%fZ}-{event}-{entry.id}.json"
         self.store.put_json(key, entry.model_dump(mode="json"))
         return entry
 
-    def events(self, *, resource: str | None = None, event: str | None = None) -> Iterator[AuditEvent]:
+    def events(
+        self, *, resource: str | None = None, event: str | None = None
+    ) -> Iterator[AuditEvent]:
         """Events in time order, optionally only those for one resource or of one kind."""
-        for info in self.store.list(AUDIT_PREFIX + "/"):
+        for info in self.store.list_objects(AUDIT_PREFIX + "/"):
             if event and f"-{event}-" not in info.key:
                 continue
             entry = AuditEvent.model_validate(self.store.get_json(info.key))

@@ -35,8 +35,11 @@ def redact(value: Any) -> Any:
         return REDACTED
     if isinstance(value, dict):
         return {
-            k: (REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) and v not in (None, "")
-                else redact(v))
+            k: (
+                REDACTED
+                if isinstance(k, str) and _SECRET_KEY.search(k) and v not in (None, "")
+                else redact(v)
+            )
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):
@@ -99,13 +102,22 @@ def code_version() -> CodeVersion:
     commit, dirty = None, None
     if (root / ".git").exists():
         try:
-            commit = subprocess.run(
-                ["git", "-C", str(root), "rev-parse", "HEAD"],
-                capture_output=True, text=True, timeout=10, check=True,
-            ).stdout.strip() or None
+            commit = (
+                subprocess.run(
+                    ["git", "-C", str(root), "rev-parse", "HEAD"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                    check=True,
+                ).stdout.strip()
+                or None
+            )
             status = subprocess.run(
                 ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True, text=True, timeout=10, check=True,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
             ).stdout
             dirty = bool(status.strip())
         except (OSError, subprocess.SubprocessError):

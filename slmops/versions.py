@@ -153,8 +153,9 @@ class VersionedArtifact:
             for rel, data in items:
                 self._check_rel(rel)
                 info = self.store.put_bytes(join_key(base, rel), data)
-                entries.append(FileEntry(path=rel, sha256=info.sha256 or sha256_bytes(data),
-                                         size=info.size))
+                entries.append(
+                    FileEntry(path=rel, sha256=info.sha256 or sha256_bytes(data), size=info.size)
+                )
                 if on_file:
                     on_file(entries[-1])
         else:
@@ -169,24 +170,30 @@ class VersionedArtifact:
                 entries.append(FileEntry(path=rel, sha256=info.sha256, size=info.size))
                 if on_file:
                     on_file(entries[-1])
-        stored = manifest.model_copy(update={"version": version, "name": self.name,
-                                             "files": entries})
+        stored = manifest.model_copy(
+            update={"version": version, "name": self.name, "files": entries}
+        )
         self.store.put_json(join_key(base, MANIFEST), stored.model_dump(mode="json"))
         return stored
 
     @staticmethod
     def _check_rel(rel: str) -> None:
         if rel == MANIFEST:
-            raise StoreError(f"a version's own file may not be named {MANIFEST!r}: it is reserved "
-                             "for the manifest slmops writes last")
+            raise StoreError(
+                f"a version's own file may not be named {MANIFEST!r}: it is reserved "
+                "for the manifest slmops writes last"
+            )
 
     # -- reading ----------------------------------------------------------------------------
     def versions(self) -> list[str]:
         """Complete versions (those with a manifest), oldest first. Orphans are left out."""
-        candidates = [d.rstrip("/").rsplit("/", 1)[-1]
-                      for d in self.store.list_dirs(join_key(self.prefix, "versions"))]
-        return [v for v in candidates
-                if _NAME_RE.match(v) and self.store.exists(self._manifest_key(v))]
+        candidates = [
+            d.rstrip("/").rsplit("/", 1)[-1]
+            for d in self.store.list_dirs(join_key(self.prefix, "versions"))
+        ]
+        return [
+            v for v in candidates if _NAME_RE.match(v) and self.store.exists(self._manifest_key(v))
+        ]
 
     def manifest(self, version: str) -> Manifest:
         """The manifest of a complete version; ObjectNotFoundError if there is none."""
@@ -208,8 +215,9 @@ class VersionedArtifact:
     def read_file(self, version: str, path: str) -> bytes:
         """One file of a version, checked against the manifest's hash."""
         entry = self._entry(version, path)
-        return self.store.get_bytes(join_key(self.version_prefix(version), path),
-                                    sha256=entry.sha256)
+        return self.store.get_bytes(
+            join_key(self.version_prefix(version), path), sha256=entry.sha256
+        )
 
     def _entry(self, version: str, path: str) -> FileEntry:
         manifest = self.manifest(version)
@@ -236,7 +244,7 @@ class VersionedArtifact:
             report.problems.append(str(exc))
             return report
         base = self.version_prefix(version)
-        stored = {info.key: info for info in self.store.list(base + "/")}
+        stored = {info.key: info for info in self.store.list_objects(base + "/")}
         for entry in manifest.files:
             key = join_key(base, entry.path)
             report.files += 1
@@ -255,9 +263,10 @@ class VersionedArtifact:
 
     # -- aliases ----------------------------------------------------------------------------
     def aliases(self) -> list[str]:
-        keys = self.store.list(join_key(self.prefix, "aliases") + "/")
-        return [k.key.rsplit("/", 1)[-1].removesuffix(".json") for k in keys
-                if k.key.endswith(".json")]
+        keys = self.store.list_objects(join_key(self.prefix, "aliases") + "/")
+        return [
+            k.key.rsplit("/", 1)[-1].removesuffix(".json") for k in keys if k.key.endswith(".json")
+        ]
 
     def _read_alias(self, alias: str) -> tuple[Alias | None, str | None]:
         key = self._alias_key(alias)
@@ -304,7 +313,7 @@ class VersionedArtifact:
         alias: str,
         version: str,
         *,
-        expect: str | None | _Unset = _UNSET,
+        expect: str | _Unset | None = _UNSET,
         reason: str | None = None,
         trigger: Trigger | None = None,
     ) -> Alias:
@@ -325,18 +334,26 @@ class VersionedArtifact:
                     "and retry"
                 )
         trigger = trigger or Trigger()
-        target = AliasTarget(version=version, set_at=datetime.now(UTC), by=trigger.by or
-                             trigger.type, reason=reason)
+        target = AliasTarget(
+            version=version, set_at=datetime.now(UTC), by=trigger.by or trigger.type, reason=reason
+        )
         history = [*current.history, current.target] if current else []
         record = Alias(alias=alias, target=target, history=history[-ALIAS_HISTORY_LIMIT:])
         self._swap(alias, record, etag)
-        self.audit.record("alias.set", self.resource_id, trigger=trigger, alias=alias,
-                          version=version, previous=current.version if current else None,
-                          reason=reason)
+        self.audit.record(
+            "alias.set",
+            self.resource_id,
+            trigger=trigger,
+            alias=alias,
+            version=version,
+            previous=current.version if current else None,
+            reason=reason,
+        )
         return record
 
-    def rollback(self, alias: str, *, reason: str | None = None,
-                 trigger: Trigger | None = None) -> Alias:
+    def rollback(
+        self, alias: str, *, reason: str | None = None, trigger: Trigger | None = None
+    ) -> Alias:
         """Point `alias` back at the version it pointed at before the last change."""
         current, etag = self._read_alias(alias)
         if current is None:
@@ -349,12 +366,23 @@ class VersionedArtifact:
         back = current.history[-1]
         self._check_complete(back.version)
         trigger = trigger or Trigger()
-        target = AliasTarget(version=back.version, set_at=datetime.now(UTC),
-                             by=trigger.by or trigger.type, reason=reason or "rollback")
+        target = AliasTarget(
+            version=back.version,
+            set_at=datetime.now(UTC),
+            by=trigger.by or trigger.type,
+            reason=reason or "rollback",
+        )
         record = Alias(alias=alias, target=target, history=current.history[:-1])
         self._swap(alias, record, etag)
-        self.audit.record("alias.rollback", self.resource_id, trigger=trigger, alias=alias,
-                          version=back.version, previous=current.version, reason=reason)
+        self.audit.record(
+            "alias.rollback",
+            self.resource_id,
+            trigger=trigger,
+            alias=alias,
+            version=back.version,
+            previous=current.version,
+            reason=reason,
+        )
         return record
 
     def _swap(self, alias: str, record: Alias, etag: str | None) -> None:
@@ -366,3 +394,38 @@ def artifacts(store: ObjectStore, collection: str) -> list[VersionedArtifact]:
     """Every named artifact in a collection (e.g. all adapters)."""
     names = [d.rstrip("/").rsplit("/", 1)[-1] for d in store.list_dirs(collection)]
     return [VersionedArtifact(store, collection, n) for n in names if _NAME_RE.match(n)]
+
+
+@dataclass
+class ArtifactSummary:
+    collection: str
+    name: str
+    versions: int
+    newest: str | None
+    aliases: dict[str, str]
+    orphans: int
+
+
+def summarize(store: ObjectStore) -> list[ArtifactSummary]:
+    """One line per artifact in the store: versions, newest, aliases, orphaned writes."""
+    rows = []
+    for collection in COLLECTIONS:
+        for art in artifacts(store, collection):
+            complete = art.versions()
+            started = store.list_dirs(join_key(art.prefix, "versions"))
+            aliases = {}
+            for alias in art.aliases():
+                record = art.get_alias(alias)
+                if record is not None:
+                    aliases[alias] = record.version
+            rows.append(
+                ArtifactSummary(
+                    collection,
+                    art.name,
+                    len(complete),
+                    complete[-1] if complete else None,
+                    aliases,
+                    len(started) - len(complete),
+                )
+            )
+    return rows

@@ -55,8 +55,10 @@ def check_key(key: str) -> str:
         if part in ("", ".", ".."):
             raise StoreError(f"invalid object key {key!r}: empty, '.' or '..' path segment")
         if part.startswith(RESERVED_PREFIX):
-            raise StoreError(f"invalid object key {key!r}: segments may not start with "
-                             f"{RESERVED_PREFIX!r} (reserved for the store's own files)")
+            raise StoreError(
+                f"invalid object key {key!r}: segments may not start with "
+                f"{RESERVED_PREFIX!r} (reserved for the store's own files)"
+            )
     return key
 
 
@@ -102,7 +104,7 @@ class ObjectStore(ABC):
 
     # -- listing ----------------------------------------------------------------------------
     @abstractmethod
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every object whose key starts with `prefix`, recursively, in key order."""
 
     @abstractmethod
@@ -142,7 +144,9 @@ class ObjectStore(ABC):
                 "slmops or is corrupt"
             ) from exc
 
-    def put_dir(self, prefix: str, path: str | Path, *, overwrite: bool = False) -> list[ObjectInfo]:
+    def put_dir(
+        self, prefix: str, path: str | Path, *, overwrite: bool = False
+    ) -> list[ObjectInfo]:
         """Upload every file under `path` to `prefix/<relative path>`, in a stable order."""
         root = Path(path)
         if not root.is_dir():
@@ -157,8 +161,8 @@ class ObjectStore(ABC):
         """Download every object under `prefix/` into `path`, keeping relative paths."""
         prefix = prefix.rstrip("/") + "/"
         infos = []
-        for info in self.list(prefix):
-            rel = PurePosixPath(info.key[len(prefix):])
+        for info in self.list_objects(prefix):
+            rel = PurePosixPath(info.key[len(prefix) :])
             infos.append(self.get_file(info.key, Path(path, *rel.parts), sha256=info.sha256))
         return infos
 
@@ -227,7 +231,9 @@ def open_store(uri: str | None = None, **s3_options: Any) -> ObjectStore:
             parsed.prefix,
             endpoint_url=s3_options.get("endpoint_url", settings.s3_endpoint_url),
             region=s3_options.get("region", settings.s3_region),
-            multipart_threshold=s3_options.get("multipart_threshold", settings.s3_multipart_mb * 2**20),
+            multipart_threshold=s3_options.get(
+                "multipart_threshold", settings.s3_multipart_mb * 2**20
+            ),
             part_size=s3_options.get("part_size", settings.s3_multipart_mb * 2**20),
         )
     from slmops.store.local import LocalStore

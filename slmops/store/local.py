@@ -128,7 +128,7 @@ class LocalStore(ObjectStore):
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
         if not self.root.is_dir():
             return
         # Walk only the folder the prefix can live in, not the whole store.
@@ -153,7 +153,9 @@ class LocalStore(ObjectStore):
                 continue
 
     def list_dirs(self, prefix: str = "") -> list[str]:
-        folder = self.root.joinpath(*prefix.strip("/").split("/")) if prefix.strip("/") else self.root
+        folder = (
+            self.root.joinpath(*prefix.strip("/").split("/")) if prefix.strip("/") else self.root
+        )
         if not folder.is_dir():
             return []
         base = prefix.strip("/")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -94,7 +95,7 @@ class S3Store(ObjectStore):
         return join_key(self.prefix, check_key(key))
 
     def _rel(self, full_key: str) -> str:
-        return full_key[len(self.prefix) + 1:] if self.prefix else full_key
+        return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
 
     def _where(self) -> str:
         return f"{self.uri} (endpoint {self.endpoint_url or 'AWS default'})"
@@ -116,7 +117,9 @@ class S3Store(ObjectStore):
             code = str(exc.response.get("Error", {}).get("Code", ""))
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             what = f"object {key!r} in {self.uri}" if key else self.uri
-            if code == "NoSuchBucket" or (code in ("404", "NotFound") and not self._bucket_exists()):
+            if code == "NoSuchBucket" or (
+                code in ("404", "NotFound") and not self._bucket_exists()
+            ):
                 raise ConfigError(
                     f"bucket {self.bucket!r} does not exist at {self._where()}: create it "
                     f"(aws s3 mb s3://{self.bucket}) or fix SLMOPS_STORE"
@@ -160,8 +163,11 @@ class S3Store(ObjectStore):
         extra: dict[str, Any] = {} if overwrite else {"IfNoneMatch": "*"}
         try:
             resp = self.client.put_object(
-                Bucket=self.bucket, Key=self._key(key), Body=data,
-                Metadata={_SHA_META: digest}, **extra,
+                Bucket=self.bucket,
+                Key=self._key(key),
+                Body=data,
+                Metadata={_SHA_META: digest},
+                **extra,
             )
         except (ClientError, BotoCoreError) as exc:
             self._raise(exc, key)
@@ -178,8 +184,11 @@ class S3Store(ObjectStore):
             try:
                 with open(src, "rb") as fh:
                     resp = self.client.put_object(
-                        Bucket=self.bucket, Key=self._key(key), Body=fh,
-                        Metadata={_SHA_META: digest}, **extra,
+                        Bucket=self.bucket,
+                        Key=self._key(key),
+                        Body=fh,
+                        Metadata={_SHA_META: digest},
+                        **extra,
                     )
             except (ClientError, BotoCoreError) as exc:
                 self._raise(exc, key)
@@ -201,20 +210,25 @@ class S3Store(ObjectStore):
             with open(src, "rb") as fh:
                 for number, chunk in enumerate(iter(lambda: fh.read(self.part_size), b""), 1):
                     resp = self.client.upload_part(
-                        Bucket=self.bucket, Key=full, UploadId=upload_id,
-                        PartNumber=number, Body=chunk,
+                        Bucket=self.bucket,
+                        Key=full,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=chunk,
                     )
                     parts.append({"PartNumber": number, "ETag": resp["ETag"]})
             resp = self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=full, UploadId=upload_id,
-                MultipartUpload={"Parts": parts}, **extra,
+                Bucket=self.bucket,
+                Key=full,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+                **extra,
             )
             return str(resp["ETag"])
         except BaseException as exc:
-            try:
+            # If the abort fails too, a lifecycle rule for incomplete uploads cleans up.
+            with contextlib.suppress(ClientError, BotoCoreError):
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
-            except (ClientError, BotoCoreError):
-                pass  # the bucket's lifecycle rule for incomplete uploads cleans up the rest
             if isinstance(exc, ClientError | BotoCoreError):
                 self._raise(exc, key)
             raise
@@ -260,8 +274,11 @@ class S3Store(ObjectStore):
         except (ClientError, BotoCoreError) as exc:
             self._raise(exc, key)
         return ObjectInfo(
-            key, resp["ContentLength"], etag=resp.get("ETag"),
-            sha256=resp.get("Metadata", {}).get(_SHA_META), last_modified=resp.get("LastModified"),
+            key,
+            resp["ContentLength"],
+            etag=resp.get("ETag"),
+            sha256=resp.get("Metadata", {}).get(_SHA_META),
+            last_modified=resp.get("LastModified"),
         )
 
     def exists(self, key: str) -> bool:
@@ -271,7 +288,7 @@ class S3Store(ObjectStore):
         except ObjectNotFoundError:
             return False
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
         full_prefix = join_key(self.prefix, prefix) + ("/" if prefix.endswith("/") else "")
         if not prefix and self.prefix:
             full_prefix = self.prefix + "/"
@@ -280,7 +297,9 @@ class S3Store(ObjectStore):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
                 for obj in page.get("Contents", []):
                     yield ObjectInfo(
-                        self._rel(obj["Key"]), obj["Size"], etag=obj.get("ETag"),
+                        self._rel(obj["Key"]),
+                        obj["Size"],
+                        etag=obj.get("ETag"),
                         last_modified=obj.get("LastModified"),
                     )
         except (ClientError, BotoCoreError) as exc:
@@ -310,8 +329,11 @@ class S3Store(ObjectStore):
         cond = {"IfNoneMatch": "*"} if expected_etag is None else {"IfMatch": expected_etag}
         try:
             resp = self.client.put_object(
-                Bucket=self.bucket, Key=self._key(key), Body=data,
-                Metadata={_SHA_META: sha256_bytes(data)}, **cond,
+                Bucket=self.bucket,
+                Key=self._key(key),
+                Body=data,
+                Metadata={_SHA_META: sha256_bytes(data)},
+                **cond,
             )
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))

@@ -1,0 +1,339 @@
+"""The `slmops` command line: inspect the store, move aliases, run the local stack."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from slmops.errors import SlmopsError, StoreError
+from slmops.manifest import Trigger
+from slmops.store import open_store
+from slmops.versions import COLLECTIONS, VersionedArtifact, summarize
+
+if TYPE_CHECKING:
+    from slmops.stack import LocalStack
+
+app = typer.Typer(
+    help="Keep a self-hosted, fine-tuned, RAG-backed language model current in production.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+store_app = typer.Typer(help="Look inside the artifact store.", no_args_is_help=True)
+alias_app = typer.Typer(
+    help="Move an artifact's aliases (latest, champion...).", no_args_is_help=True
+)
+stack_app = typer.Typer(
+    help="The local stack: Prefect server + worker and an S3 server.", no_args_is_help=True
+)
+app.add_typer(store_app, name="store")
+app.add_typer(alias_app, name="alias")
+app.add_typer(stack_app, name="stack")
+
+console = Console()
+StoreOpt = Annotated[
+    str | None,
+    typer.Option("--store", "-s", help="Store URI (default: SLMOPS_STORE).", show_default=False),
+]
+
+
+def _artifact(target: str, store_uri: str | None) -> tuple[VersionedArtifact, str | None]:
+    """Parse `collection/name[@version-or-alias]`."""
+    ref, _, at = target.partition("@")
+    collection, _, name = ref.strip("/").partition("/")
+    if collection not in COLLECTIONS or not name or "/" in name:
+        raise StoreError(
+            f"{target!r} is not an artifact: write COLLECTION/NAME[@VERSION|@ALIAS] "
+            f"with COLLECTION one of {', '.join(COLLECTIONS)}, e.g. "
+            "adapters/support-bot@champion"
+        )
+    return VersionedArtifact(open_store(store_uri), collection, name), at or None
+
+
+def _pick_version(art: VersionedArtifact, at: str | None) -> str:
+    """A version id, an alias name, or (none given) `latest`, else the newest version."""
+    if at and at in art.versions():
+        return at
+    if at:
+        return art.resolve(at).version
+    if art.get_alias("latest") is not None:
+        return art.resolve("latest").version
+    versions = art.versions()
+    if not versions:
+        raise StoreError(f"{art.prefix} has no complete version in {art.store.uri}")
+    return versions[-1]
+
+
+@app.command()
+def status(store: StoreOpt = None) -> None:
+    """Indexes, datasets and adapters in the store, with their versions and aliases."""
+    obj = open_store(store)
+    rows = summarize(obj)
+    console.print(f"store: [bold]{obj.uri}[/bold]")
+    if not rows:
+        console.print("empty: nothing has been published yet")
+        return
+    table = Table("artifact", "versions", "newest", "aliases", "orphans")
+    for row in rows:
+        aliases = ", ".join(f"{a} -> {v}" for a, v in sorted(row.aliases.items())) or "-"
+        table.add_row(
+            f"{row.collection}/{row.name}",
+            str(row.versions),
+            row.newest or "-",
+            aliases,
+            str(row.orphans) if row.orphans else "-",
+        )
+    console.print(table)
+
+
+@store_app.command("ls")
+def store_ls(
+    uri: Annotated[
+        str | None, typer.Argument(help="Store URI or folder in it (default: SLMOPS_STORE).")
+    ] = None,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="List every object.")
+    ] = False,
+) -> None:
+    """List folders and objects under a store URI, e.g. `slmops store ls s3://bucket/adapters`."""
+    obj = open_store(uri)
+    for folder in [] if recursive else obj.list_dirs(""):
+        console.print(f"[blue]{folder}[/blue]")
+    count = 0
+    for info in obj.list_objects(""):
+        if not recursive and "/" in info.key:
+            continue
+        count += 1
+        stamp = f"{info.last_modified:%Y-%m-%d %H:%M:%S}" if info.last_modified else ""
+        console.print(f"{info.size:>12,}  {stamp}  {info.key}", highlight=False)
+    if recursive:
+        console.print(f"[dim]{count} objects[/dim]")
+
+
+@store_app.command("show")
+def store_show(
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="COLLECTION/NAME[@VERSION|@ALIAS], e.g. adapters/support-bot@champion."
+        ),
+    ],
+    store: StoreOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw manifest.")] = False,
+) -> None:
+    """Show the manifest of a version: files, inputs, config, metrics, trigger."""
+    art, at = _artifact(target, store)
+    manifest = art.manifest(_pick_version(art, at))
+    if as_json:
+        print(manifest.model_dump_json(indent=2))
+        return
+    console.print(
+        f"[bold]{art.prefix}[/bold] version [bold]{manifest.version}[/bold] "
+        f"({manifest.kind}, created {manifest.created_at:%Y-%m-%d %H:%M:%S %Z})"
+    )
+    commit = (manifest.code.git_commit or "no git")[:12]
+    console.print(
+        f"code: slmops {manifest.code.version} ({commit}"
+        f"{', dirty' if manifest.code.git_dirty else ''})   trigger: "
+        f"{manifest.trigger.type}{' ' + manifest.trigger.id if manifest.trigger.id else ''}"
+        f"{' by ' + manifest.trigger.by if manifest.trigger.by else ''}"
+    )
+    if manifest.parent:
+        console.print(f"parent: {manifest.parent}")
+    for title, data in (
+        ("inputs", [i.model_dump(exclude_none=True) for i in manifest.inputs]),
+        ("config", manifest.config),
+        ("metrics", manifest.metrics),
+        ("timings (s)", manifest.timings),
+        ("resources", manifest.resources),
+    ):
+        if data:
+            console.print(f"[bold]{title}[/bold]: {json.dumps(data, default=str)}", highlight=False)
+    table = Table("file", "bytes", "sha256")
+    for entry in manifest.files:
+        table.add_row(entry.path, f"{entry.size:,}", entry.sha256[:16])
+    console.print(table)
+
+
+@store_app.command("verify")
+def store_verify(
+    target: Annotated[
+        str | None,
+        typer.Argument(help="COLLECTION/NAME[@VERSION] (default: every version of everything)."),
+    ] = None,
+    store: StoreOpt = None,
+) -> None:
+    """Re-hash every file of every version against its manifest; exit 1 on any problem."""
+    if target:
+        art, at = _artifact(target, store)
+        pairs = [(art, v) for v in ([_pick_version(art, at)] if at else art.versions())]
+    else:
+        from slmops.versions import artifacts
+
+        obj = open_store(store)
+        pairs = [(a, v) for c in COLLECTIONS for a in artifacts(obj, c) for v in a.versions()]
+    bad = 0
+    for art, version in pairs:
+        report = art.verify(version)
+        mark = "[green]ok[/green]" if report.ok else "[red]CORRUPT[/red]"
+        console.print(
+            f"{mark}  {art.prefix}@{version}  {report.files} files, {report.bytes:,} bytes"
+        )
+        for problem in report.problems:
+            console.print(f"    {problem}", highlight=False)
+        bad += not report.ok
+    console.print(f"{len(pairs)} versions checked, {bad} with problems")
+    if bad:
+        raise typer.Exit(1)
+
+
+@alias_app.command("set")
+def alias_set(
+    target: Annotated[str, typer.Argument(help="COLLECTION/NAME, e.g. adapters/support-bot.")],
+    alias: Annotated[str, typer.Argument(help="Alias to move, e.g. champion.")],
+    version: Annotated[str, typer.Argument(help="Complete version to point it at.")],
+    reason: Annotated[str | None, typer.Option(help="Why, for the audit log.")] = None,
+    store: StoreOpt = None,
+) -> None:
+    """Point an alias at a version (recorded in the audit log)."""
+    art, _ = _artifact(target, store)
+    record = art.set_alias(alias, version, reason=reason, trigger=Trigger.from_cli())
+    console.print(f"{art.prefix}: {alias} -> {record.version} (was {record.previous or 'unset'})")
+
+
+@alias_app.command("rollback")
+def alias_rollback(
+    target: Annotated[str, typer.Argument(help="COLLECTION/NAME, e.g. adapters/support-bot.")],
+    alias: Annotated[str, typer.Argument(help="Alias to move back, e.g. champion.")],
+    reason: Annotated[str | None, typer.Option(help="Why, for the audit log.")] = None,
+    store: StoreOpt = None,
+) -> None:
+    """Point an alias back at its previous version (recorded in the audit log)."""
+    art, _ = _artifact(target, store)
+    before = art.get_alias(alias)
+    record = art.rollback(alias, reason=reason, trigger=Trigger.from_cli())
+    console.print(
+        f"{art.prefix}: {alias} -> {record.version} "
+        f"(rolled back from {before.version if before else '?'})"
+    )
+
+
+@app.command()
+def audit(
+    resource: Annotated[
+        str | None,
+        typer.Option(help="Only events for this resource id, e.g. slmops.adapter.support-bot."),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Show the newest N events.")] = 50,
+    store: StoreOpt = None,
+) -> None:
+    """The audit log: promotions, rollbacks, alias moves, gate decisions."""
+    from slmops.audit import AuditLog
+
+    events = list(AuditLog(open_store(store)).events(resource=resource))[-limit:]
+    table = Table("at (UTC)", "event", "resource", "trigger", "details")
+    for ev in events:
+        table.add_row(
+            f"{ev.at:%Y-%m-%d %H:%M:%S}",
+            ev.event,
+            ev.resource,
+            ev.trigger.type + (f" {ev.trigger.by}" if ev.trigger.by else ""),
+            json.dumps(ev.details, default=str),
+        )
+    console.print(table if events else "no audit events")
+
+
+def _stack(
+    state_dir: Path | None, prefect_port: int | None = None, s3_port: int | None = None
+) -> LocalStack:
+    """The stack in `state_dir`; ports given here, else those it was started with."""
+    from slmops.config import get_settings
+    from slmops.stack import LocalStack, StackConfig
+
+    config = StackConfig.load(state_dir or Path(get_settings().state_dir))
+    if prefect_port:
+        config.prefect_port = prefect_port
+    if s3_port:
+        config.s3_port = s3_port
+    return LocalStack(config, log=lambda m: console.print(f"[dim]{m}[/dim]"))
+
+
+StateOpt = Annotated[Path | None, typer.Option(help="State folder (default: SLMOPS_STATE_DIR).")]
+PrefectPort = Annotated[
+    int | None, typer.Option(help="Prefect server port [default: 4200].", show_default=False)
+]
+S3Port = Annotated[
+    int | None, typer.Option(help="S3 server port [default: 9000].", show_default=False)
+]
+
+
+@stack_app.command("up")
+def stack_up(
+    state_dir: StateOpt = None, prefect_port: PrefectPort = None, s3_port: S3Port = None
+) -> None:
+    """Start the Prefect server, the process worker and the S3 server (what isn't running)."""
+    stack = _stack(state_dir, prefect_port, s3_port)
+    stack.up()
+    _print_health(stack)
+    console.print('use it from a shell: [bold]eval "$(slmops stack env)"[/bold]')
+
+
+@stack_app.command("down")
+def stack_down(state_dir: StateOpt = None) -> None:
+    """Stop what `stack up` started (and nothing else)."""
+    stopped = _stack(state_dir).down()
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@stack_app.command("status")
+def stack_status(
+    state_dir: StateOpt = None, prefect_port: PrefectPort = None, s3_port: S3Port = None
+) -> None:
+    """Show each component: running, unhealthy or stopped."""
+    stack = _stack(state_dir, prefect_port, s3_port)
+    if not _print_health(stack):
+        raise typer.Exit(1)
+
+
+@stack_app.command("env")
+def stack_env(
+    state_dir: StateOpt = None, prefect_port: PrefectPort = None, s3_port: S3Port = None
+) -> None:
+    """Print `export` lines that point a shell at the stack: eval "$(slmops stack env)"."""
+    for key, value in _stack(state_dir, prefect_port, s3_port).config.client_env().items():
+        print(f"export {key}={value}")
+
+
+def _print_health(stack: LocalStack) -> bool:
+    table = Table("component", "state", "pid", "url", "log")
+    healthy = True
+    for name, (state, comp) in stack.health().items():
+        colour = {"running": "green", "unhealthy": "yellow"}.get(state, "red")
+        healthy &= state == "running"
+        table.add_row(
+            name,
+            f"[{colour}]{state}[/{colour}]",
+            str(comp.pid) if comp else "-",
+            (comp.url or "-") if comp else "-",
+            comp.log if comp else "-",
+        )
+    console.print(table)
+    return healthy
+
+
+def main() -> None:
+    """Entry point: slmops' own errors print as one clear line and exit 2, no traceback."""
+    try:
+        app()
+    except SlmopsError as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

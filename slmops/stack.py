@@ -1,0 +1,402 @@
+"""The local stack: a Prefect server, a process work pool + worker, and an S3 server, on loopback.
+
+`up` starts what is not already running (idempotent), records each process it started in
+`<state_dir>/stack.json` with its command line, and writes logs under `<state_dir>/logs/`.
+`down` stops only processes recorded there, and only if their command line still matches
+(a pid reused by another program is left alone). The worker is stopped before its server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from slmops.errors import SlmopsError
+
+HOST = "127.0.0.1"
+WORK_POOL = "slmops-local"
+S3_BUCKET = "slmops"
+# The local S3 server accepts any credentials; these are placeholders, not secrets.
+LOCAL_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "slmops-local",
+    "AWS_SECRET_ACCESS_KEY": "slmops-local",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+QUIET_PREFECT_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
+
+
+class StackError(SlmopsError):
+    """A component of the local stack failed to start or stop."""
+
+
+@dataclass
+class Component:
+    name: str
+    pid: int
+    cmdline: list[str]
+    log: str
+    url: str | None = None
+    started_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class StackConfig:
+    state_dir: Path
+    prefect_port: int = 4200
+    s3_port: int = 9000
+    pool: str = WORK_POOL
+    bucket: str = S3_BUCKET
+    project_dir: Path = field(default_factory=Path.cwd)
+
+    @classmethod
+    def load(cls, state_dir: Path) -> StackConfig:
+        """The config a stack in `state_dir` was started with, or the defaults."""
+        config = cls(state_dir=state_dir)
+        state = state_dir / "stack.json"
+        if state.exists():
+            try:
+                saved = json.loads(state.read_text()).get("config", {})
+            except (OSError, ValueError):
+                saved = {}
+            for key in ("prefect_port", "s3_port", "pool", "bucket"):
+                if key in saved:
+                    setattr(config, key, saved[key])
+        return config
+
+    @property
+    def prefect_api_url(self) -> str:
+        return f"http://{HOST}:{self.prefect_port}/api"
+
+    @property
+    def s3_url(self) -> str:
+        return f"http://{HOST}:{self.s3_port}"
+
+    def client_env(self) -> dict[str, str]:
+        """What a shell (or the worker) needs to use this stack: `eval $(slmops stack env)`."""
+        return {
+            "PREFECT_API_URL": self.prefect_api_url,
+            "SLMOPS_STORE": f"s3://{self.bucket}",
+            "SLMOPS_S3_ENDPOINT_URL": self.s3_url,
+            **LOCAL_AWS_ENV,
+            **QUIET_PREFECT_ENV,
+        }
+
+
+def _bin(name: str) -> str:
+    """A console script installed beside this interpreter (the venv's own), else on PATH."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def _pid_cmdline(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [p.decode(errors="replace") for p in raw.split(b"\0") if p]
+
+
+def _is_ours(comp: Component) -> bool:
+    """Is the recorded pid still the process we started (not a reused pid)?"""
+    return _pid_cmdline(comp.pid) == comp.cmdline
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((HOST, port)) == 0
+
+
+def _http_ok(url: str, *, method: str = "GET", body: bytes | None = None) -> bytes | None:
+    req = urllib.request.Request(
+        url, data=body, method=method, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return bytes(resp.read()) if resp.status < 300 else None
+    except (urllib.error.URLError, OSError, TimeoutError):
+        return None
+
+
+class LocalStack:
+    """Start, inspect and stop the stack that `StackConfig` describes."""
+
+    def __init__(self, config: StackConfig, log: Callable[[str], None] = print):
+        self.config = config
+        self.state_dir = config.state_dir.absolute()
+        self.state_file = self.state_dir / "stack.json"
+        self.log = log
+
+    # -- state ------------------------------------------------------------------------------
+    def _load(self) -> dict[str, Component]:
+        if not self.state_file.exists():
+            return {}
+        try:
+            raw = json.loads(self.state_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise StackError(
+                f"stack state {self.state_file} is unreadable ({exc}); stop the "
+                "processes it lists by hand and delete it"
+            ) from exc
+        return {name: Component(**c) for name, c in raw.get("components", {}).items()}
+
+    def _save(self, comps: dict[str, Component]) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(
+            json.dumps(
+                {
+                    "config": {
+                        "prefect_port": self.config.prefect_port,
+                        "s3_port": self.config.s3_port,
+                        "pool": self.config.pool,
+                        "bucket": self.config.bucket,
+                    },
+                    "components": {n: asdict(c) for n, c in comps.items()},
+                },
+                indent=2,
+            )
+        )
+        os.replace(tmp, self.state_file)
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.config.client_env())
+        env["PREFECT_HOME"] = str(self.state_dir / "prefect")
+        return env
+
+    def _spawn(self, name: str, cmd: list[str], url: str | None, env: dict[str, str]) -> Component:
+        logs = self.state_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log_path = logs / f"{name}.log"
+        with open(log_path, "ab") as log_fh:
+            proc = subprocess.Popen(
+                cmd,
+                stdout=log_fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=self.config.project_dir,
+                start_new_session=True,
+            )
+        # Record the command line as the kernel reports it, to recognise the process later.
+        deadline = time.time() + 5
+        cmdline = _pid_cmdline(proc.pid)
+        while not cmdline and time.time() < deadline:
+            time.sleep(0.05)
+            cmdline = _pid_cmdline(proc.pid)
+        return Component(name, proc.pid, cmdline or cmd, str(log_path), url)
+
+    def _wait(self, comp: Component, ready: Callable[[], bool], timeout: float) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if ready():
+                return
+            if not _is_ours(comp):
+                tail = Path(comp.log).read_text(errors="replace")[-2000:]
+                raise StackError(
+                    f"{comp.name} exited during start-up; its log ({comp.log}) ends with:\n{tail}"
+                )
+            time.sleep(0.5)
+        raise StackError(f"{comp.name} did not become ready in {timeout:.0f}s; see {comp.log}")
+
+    # -- health -----------------------------------------------------------------------------
+    def _s3_ready(self) -> bool:
+        return _port_open(self.config.s3_port) and _http_ok(self.config.s3_url + "/") is not None
+
+    def _prefect_ready(self) -> bool:
+        return _http_ok(self.config.prefect_api_url + "/health") is not None
+
+    def _worker_ready(self) -> bool:
+        body = _http_ok(
+            f"{self.config.prefect_api_url}/work_pools/{self.config.pool}/workers/filter",
+            method="POST",
+            body=b"{}",
+        )
+        return bool(body and json.loads(body))
+
+    def health(self) -> dict[str, tuple[str, Component | None]]:
+        """Each component's state: running, unhealthy, stopped (or not started by us)."""
+        comps = self._load()
+        checks = {
+            "s3": self._s3_ready,
+            "prefect": self._prefect_ready,
+            "worker": self._worker_ready,
+        }
+        result: dict[str, tuple[str, Component | None]] = {}
+        for name, check in checks.items():
+            comp = comps.get(name)
+            if comp is None or not _is_ours(comp):
+                result[name] = ("stopped", None)
+            else:
+                result[name] = ("running" if check() else "unhealthy", comp)
+        return result
+
+    # -- up / down --------------------------------------------------------------------------
+    def up(self, timeout: float = 180) -> dict[str, Component]:
+        """Start whatever is not running; leave running components alone."""
+        comps = {n: c for n, c in self._load().items() if _is_ours(c)}
+        env = self._env()
+        cfg = self.config
+
+        if "s3" not in comps:
+            self._refuse_busy_port(cfg.s3_port, "S3 server", "--s3-port")
+            self.log(f"starting S3 server on {cfg.s3_url}")
+            comp = self._spawn(
+                "s3",
+                [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(cfg.s3_port)],
+                cfg.s3_url,
+                env,
+            )
+            comps["s3"] = comp
+            self._save(comps)
+            self._wait(comp, self._s3_ready, 60)
+        self._ensure_bucket()
+
+        if "prefect" not in comps:
+            self._refuse_busy_port(cfg.prefect_port, "Prefect server", "--prefect-port")
+            self.log(
+                f"starting Prefect server on {cfg.prefect_api_url} (UI at "
+                f"http://{HOST}:{cfg.prefect_port})"
+            )
+            comp = self._spawn(
+                "prefect",
+                [
+                    _bin("prefect"),
+                    "server",
+                    "start",
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(cfg.prefect_port),
+                ],
+                f"http://{HOST}:{cfg.prefect_port}",
+                env,
+            )
+            comps["prefect"] = comp
+            self._save(comps)
+            self._wait(comp, self._prefect_ready, timeout)
+
+        if "worker" not in comps:
+            self._ensure_pool(env)
+            self.log(f"starting a process worker on pool {cfg.pool!r}")
+            worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "2"}
+            comp = self._spawn(
+                "worker",
+                [_bin("prefect"), "worker", "start", "--pool", cfg.pool, "--type", "process"],
+                None,
+                worker_env,
+            )
+            comps["worker"] = comp
+            self._save(comps)
+            self._wait(comp, self._worker_ready, timeout)
+        return comps
+
+    def _refuse_busy_port(self, port: int, what: str, option: str) -> None:
+        if _port_open(port):
+            raise StackError(
+                f"cannot start the {what}: port {port} on {HOST} is already in use "
+                f"by a process this stack did not start. Stop it or pass {option}"
+            )
+
+    def _ensure_bucket(self) -> None:
+        import boto3
+        from botocore.exceptions import ClientError
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.config.s3_url,
+            region_name=LOCAL_AWS_ENV["AWS_DEFAULT_REGION"],
+            aws_access_key_id=LOCAL_AWS_ENV["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=LOCAL_AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+        )
+        try:
+            client.create_bucket(Bucket=self.config.bucket)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] not in (
+                "BucketAlreadyOwnedByYou",
+                "BucketAlreadyExists",
+            ):
+                raise
+
+    def _ensure_pool(self, env: dict[str, str]) -> None:
+        url = f"{self.config.prefect_api_url}/work_pools/{self.config.pool}"
+        if _http_ok(url) is not None:
+            return
+        proc = subprocess.run(
+            [_bin("prefect"), "work-pool", "create", self.config.pool, "--type", "process"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if proc.returncode != 0 and _http_ok(url) is None:
+            raise StackError(
+                f"could not create work pool {self.config.pool!r}:\n{proc.stdout}\n{proc.stderr}"
+            )
+
+    def down(self, timeout: float = 30) -> list[str]:
+        """Stop what `up` started, worker first; return the names stopped."""
+        comps = self._load()
+        stopped = []
+        for name, sig in (
+            ("worker", signal.SIGINT),
+            ("prefect", signal.SIGTERM),
+            ("s3", signal.SIGTERM),
+        ):
+            comp = comps.get(name)
+            if comp is None:
+                continue
+            if _is_ours(comp):
+                self.log(f"stopping {name} (pid {comp.pid})")
+                _stop_group(comp, sig, timeout)
+                stopped.append(name)
+            del comps[name]
+            self._save(comps)
+        return stopped
+
+
+def _stop_group(comp: Component, sig: signal.Signals, timeout: float) -> None:
+    """Signal the process group the component leads; escalate to SIGKILL after `timeout`."""
+    try:
+        os.killpg(comp.pid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not _is_ours(comp) or _is_zombie(comp.pid):
+            break
+        time.sleep(0.2)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(comp.pid, signal.SIGKILL)
+    # Children of the group (e.g. the server's uvicorn) may outlive the leader briefly.
+    try:
+        os.killpg(comp.pid, 0)
+    except ProcessLookupError:
+        return
+    time.sleep(1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(comp.pid, signal.SIGKILL)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (OSError, IndexError):
+        return False
