@@ -56,9 +56,12 @@ def check_name(value: str, what: str) -> str:
 
 
 def new_version_id(now: datetime | None = None) -> str:
-    """A version id that sorts by creation time and never collides: 20261124T070102Z-1a2b3c4d."""
+    """A version id that sorts by creation time and never collides.
+
+    e.g. 20261124T070102.123456Z-1a2b3c4d: UTC to the microsecond, then a random suffix.
+    """
     now = now or datetime.now(UTC)
-    return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    return f"{now:%Y%m%dT%H%M%S.%fZ}-{uuid.uuid4().hex[:8]}"
 
 
 class AliasTarget(BaseModel):

@@ -206,17 +206,19 @@ class S3Store(ObjectStore):
         except (ClientError, BotoCoreError) as exc:
             self._raise(exc, key)
         try:
-            parts = []
+            parts: list[dict[str, Any]] = []
             with open(src, "rb") as fh:
-                for number, chunk in enumerate(iter(lambda: fh.read(self.part_size), b""), 1):
+                # One part in memory at a time: the next is read only after this one is sent.
+                while chunk := fh.read(self.part_size):
                     resp = self.client.upload_part(
                         Bucket=self.bucket,
                         Key=full,
                         UploadId=upload_id,
-                        PartNumber=number,
+                        PartNumber=len(parts) + 1,
                         Body=chunk,
                     )
-                    parts.append({"PartNumber": number, "ETag": resp["ETag"]})
+                    parts.append({"PartNumber": len(parts) + 1, "ETag": resp["ETag"]})
+                    del chunk
             resp = self.client.complete_multipart_upload(
                 Bucket=self.bucket,
                 Key=full,

@@ -1,0 +1,1 @@
+"""Prefect flows, one file per pipeline; prefect.yaml points its deployments here."""

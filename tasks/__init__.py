@@ -1,0 +1,1 @@
+"""Prefect tasks: orchestration policy (retries, caching, artifacts) over the slmops core."""

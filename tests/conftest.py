@@ -1,0 +1,125 @@
+"""Shared fixtures: an isolated environment, a real S3 server on loopback, both store backends."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Isolate every test session from the developer's own settings and Prefect profile.
+_SESSION_DIR = Path(os.environ.get("SLMOPS_TEST_TMP") or f"/tmp/slmops-tests-{os.getpid()}")
+for _var in [v for v in os.environ if v.startswith(("SLMOPS_", "PREFECT_", "AWS_"))]:
+    os.environ.pop(_var)
+os.environ.update({
+    "PREFECT_HOME": str(_SESSION_DIR / "prefect-home"),
+    "PREFECT_LOCAL_STORAGE_PATH": str(_SESSION_DIR / "prefect-results"),
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "DO_NOT_TRACK": "1",
+    "AWS_ACCESS_KEY_ID": "slmops-test",
+    "AWS_SECRET_ACCESS_KEY": "slmops-test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "SLMOPS_STORE": str(_SESSION_DIR / "default-store"),
+})
+
+from slmops.config import get_settings  # noqa: E402
+from slmops.store.base import ObjectStore  # noqa: E402
+from slmops.store.local import LocalStore  # noqa: E402
+from slmops.store.s3 import S3Store  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with {proc.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"server on port {port} did not start in {timeout}s")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings() -> Iterator[None]:
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3-compatible server (moto's server mode) in its own process on loopback."""
+    port = free_port()
+    log = open(_SESSION_DIR.joinpath("s3-server.log"), "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port, proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+def make_bucket(endpoint: str) -> str:
+    import boto3
+
+    bucket = f"slmops-test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    return bucket
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    """The same behavioural suite runs on both backends: a local directory and S3."""
+    if request.param == "local":
+        return LocalStore(tmp_path / "store")
+    endpoint = request.getfixturevalue("s3_endpoint")
+    return S3Store(make_bucket(endpoint), "team/prod", endpoint_url=endpoint,
+                   region="us-east-1", multipart_threshold=5 * 2**20, part_size=5 * 2**20)
+
+
+@pytest.fixture
+def store_uri_env(store: ObjectStore, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point SLMOPS_STORE (and the S3 endpoint) at `store`, as a user's settings would."""
+    monkeypatch.setenv("SLMOPS_STORE", store.uri)
+    if isinstance(store, S3Store) and store.endpoint_url:
+        monkeypatch.setenv("SLMOPS_S3_ENDPOINT_URL", store.endpoint_url)
+    monkeypatch.setenv("SLMOPS_S3_MULTIPART_MB", "5")
+    get_settings.cache_clear()
+    return store.uri
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """A temporary Prefect server for the whole session (started once: 15-30 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+_SESSION_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    import shutil
+
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
