@@ -36,6 +36,16 @@ app.add_typer(alias_app, name="alias")
 app.add_typer(stack_app, name="stack")
 
 console = Console()
+
+
+def _table(*columns: str) -> Table:
+    """A table whose cells fold instead of truncating: version ids must stay copyable."""
+    table = Table()
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
 StoreOpt = Annotated[
     str | None,
     typer.Option("--store", "-s", help="Store URI (default: SLMOPS_STORE).", show_default=False),
@@ -78,7 +88,7 @@ def status(store: StoreOpt = None) -> None:
     if not rows:
         console.print("empty: nothing has been published yet")
         return
-    table = Table("artifact", "versions", "newest", "aliases", "orphans")
+    table = _table("artifact", "versions", "newest", "aliases", "orphans")
     for row in rows:
         aliases = ", ".join(f"{a} -> {v}" for a, v in sorted(row.aliases.items())) or "-"
         table.add_row(
@@ -154,7 +164,7 @@ def store_show(
     ):
         if data:
             console.print(f"[bold]{title}[/bold]: {json.dumps(data, default=str)}", highlight=False)
-    table = Table("file", "bytes", "sha256")
+    table = _table("file", "bytes", "sha256")
     for entry in manifest.files:
         table.add_row(entry.path, f"{entry.size:,}", entry.sha256[:16])
     console.print(table)
@@ -236,7 +246,7 @@ def audit(
     from slmops.audit import AuditLog
 
     events = list(AuditLog(open_store(store)).events(resource=resource))[-limit:]
-    table = Table("at (UTC)", "event", "resource", "trigger", "details")
+    table = _table("at (UTC)", "event", "resource", "trigger", "details")
     for ev in events:
         table.add_row(
             f"{ev.at:%Y-%m-%d %H:%M:%S}",
@@ -310,7 +320,7 @@ def stack_env(
 
 
 def _print_health(stack: LocalStack) -> bool:
-    table = Table("component", "state", "pid", "url", "log")
+    table = _table("component", "state", "pid", "url", "log")
     healthy = True
     for name, (state, comp) in stack.health().items():
         colour = {"running": "green", "unhealthy": "yellow"}.get(state, "red")

@@ -15,7 +15,8 @@ class Settings(BaseSettings):
     """Where slmops keeps artifacts and which servers it talks to.
 
     AWS credentials are not settings: boto3's standard chain (environment, profile, instance
-    role) supplies them, so they never pass through slmops' config, manifests or logs.
+    role) supplies them, so they never pass through slmops' config, manifests or logs. Nor is
+    the Prefect API: Prefect's own PREFECT_API_URL and profiles apply, as users expect.
     """
 
     model_config = SettingsConfigDict(
@@ -32,9 +33,6 @@ class Settings(BaseSettings):
     s3_region: str | None = Field(None, description="S3 region (unset: from the AWS config).")
     s3_multipart_mb: int = Field(
         64, ge=5, description="Files at least this large (MiB) upload in parts of this size."
-    )
-    prefect_api_url: str | None = Field(
-        None, description="Prefect API the CLI and stack point flows at (unset: Prefect's own)."
     )
     vllm_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

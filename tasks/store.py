@@ -35,8 +35,12 @@ def verify_version(
 ) -> VersionCheck:
     report = VersionedArtifact(open_store(store_uri), collection, name).verify(version, deep=deep)
     return VersionCheck(
-        collection=collection, name=name, version=version, files=report.files,
-        bytes=report.bytes, problems=report.problems,
+        collection=collection,
+        name=name,
+        version=version,
+        files=report.files,
+        bytes=report.bytes,
+        problems=report.problems,
     )
 
 
@@ -44,8 +48,13 @@ def verify_version(
 def report_checks(store_uri: str, checks: list[VersionCheck]) -> str:
     """Publish the checks as a Prefect table artifact (the run's page in the UI shows it)."""
     rows = [
-        {"artifact": f"{c.collection}/{c.name}", "version": c.version, "files": c.files,
-         "bytes": c.bytes, "status": "ok" if not c.problems else "; ".join(c.problems)}
+        {
+            "artifact": f"{c.collection}/{c.name}",
+            "version": c.version,
+            "files": c.files,
+            "bytes": c.bytes,
+            "status": "ok" if not c.problems else "; ".join(c.problems),
+        }
         for c in checks
     ]
     bad = sum(1 for c in checks if c.problems)
@@ -53,6 +62,7 @@ def report_checks(store_uri: str, checks: list[VersionCheck]) -> str:
     if rows:
         create_table_artifact(rows, key="store-verification", description=summary)
     else:
-        create_markdown_artifact(f"**{summary}**: the store holds no versions yet.",
-                                 key="store-verification")
+        create_markdown_artifact(
+            f"**{summary}**: the store holds no versions yet.", key="store-verification"
+        )
     return summary

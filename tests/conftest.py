@@ -17,17 +17,19 @@ import pytest
 _SESSION_DIR = Path(os.environ.get("SLMOPS_TEST_TMP") or f"/tmp/slmops-tests-{os.getpid()}")
 for _var in [v for v in os.environ if v.startswith(("SLMOPS_", "PREFECT_", "AWS_"))]:
     os.environ.pop(_var)
-os.environ.update({
-    "PREFECT_HOME": str(_SESSION_DIR / "prefect-home"),
-    "PREFECT_LOCAL_STORAGE_PATH": str(_SESSION_DIR / "prefect-results"),
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    "DO_NOT_TRACK": "1",
-    "AWS_ACCESS_KEY_ID": "slmops-test",
-    "AWS_SECRET_ACCESS_KEY": "slmops-test",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "SLMOPS_STORE": str(_SESSION_DIR / "default-store"),
-})
+os.environ.update(
+    {
+        "PREFECT_HOME": str(_SESSION_DIR / "prefect-home"),
+        "PREFECT_LOCAL_STORAGE_PATH": str(_SESSION_DIR / "prefect-results"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "DO_NOT_TRACK": "1",
+        "AWS_ACCESS_KEY_ID": "slmops-test",
+        "AWS_SECRET_ACCESS_KEY": "slmops-test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "SLMOPS_STORE": str(_SESSION_DIR / "default-store"),
+    }
+)
 
 from slmops.config import get_settings  # noqa: E402
 from slmops.store.base import ObjectStore  # noqa: E402
@@ -67,7 +69,8 @@ def s3_endpoint() -> Iterator[str]:
     log = open(_SESSION_DIR.joinpath("s3-server.log"), "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         wait_for_port(port, proc)
@@ -92,8 +95,14 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     if request.param == "local":
         return LocalStore(tmp_path / "store")
     endpoint = request.getfixturevalue("s3_endpoint")
-    return S3Store(make_bucket(endpoint), "team/prod", endpoint_url=endpoint,
-                   region="us-east-1", multipart_threshold=5 * 2**20, part_size=5 * 2**20)
+    return S3Store(
+        make_bucket(endpoint),
+        "team/prod",
+        endpoint_url=endpoint,
+        region="us-east-1",
+        multipart_threshold=5 * 2**20,
+        part_size=5 * 2**20,
+    )
 
 
 @pytest.fixture

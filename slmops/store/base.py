@@ -199,7 +199,10 @@ def parse_store_uri(uri: str) -> StoreURI:
             )
         prefix = parsed.path.strip("/")
         if prefix:
-            check_key(prefix)
+            try:
+                check_key(prefix)
+            except StoreError as exc:
+                raise ConfigError(f"store URI {uri!r}: bad prefix: {exc}") from None
         return StoreURI("s3", bucket, prefix, None)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):

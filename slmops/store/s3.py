@@ -78,7 +78,8 @@ class S3Store(ObjectStore):
             with self._client_lock:
                 if self._client is None:
                     config = Config(
-                        retries={"max_attempts": 5, "mode": "standard"},
+                        # Attempts: AWS_MAX_ATTEMPTS or the AWS config file (botocore default: 3).
+                retries={"mode": "standard"},
                         connect_timeout=10,
                         read_timeout=60,
                         s3={"addressing_style": "path"} if self.endpoint_url else None,

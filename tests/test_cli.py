@@ -1,0 +1,118 @@
+"""The `slmops` command line, run as a user would against a store on either backend."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from slmops.cli import app
+from slmops.manifest import InputRef, Manifest
+from slmops.store.base import ObjectStore
+from slmops.versions import VersionedArtifact
+from tests.test_store import corrupt
+
+runner = CliRunner()
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args), env={"COLUMNS": "250"})
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def populated(store: ObjectStore, store_uri_env: str) -> dict[str, str]:
+    adapters = VersionedArtifact(store, "adapters", "support-bot")
+    v1 = adapters.publish(
+        Manifest(
+            kind="adapter",
+            name="support-bot",
+            inputs=[InputRef(kind="base-model", name="tiny", version="rev-a")],
+            metrics={"json_valid": 0.97},
+        ),
+        {"adapter_model.safetensors": b"w1"},
+    ).version
+    v2 = adapters.publish(
+        Manifest(kind="adapter", name="support-bot"), {"adapter_model.safetensors": b"w2"}
+    ).version
+    adapters.set_alias("champion", v1)
+    index = VersionedArtifact(store, "indexes", "docs")
+    i1 = index.publish(Manifest(kind="index", name="docs"), {"index.json": b"{}"}).version
+    index.set_alias("latest", i1)
+    return {"v1": v1, "v2": v2, "i1": i1}
+
+
+def test_status_lists_artifacts_versions_and_aliases(populated: dict[str, str]) -> None:
+    code, out = invoke("status")
+    assert code == 0
+    assert "adapters/support-bot" in out and "indexes/docs" in out
+    assert f"champion -> {populated['v1']}" in out.replace("\n", "")
+    assert f"latest -> {populated['i1']}" in out.replace("\n", "")
+
+
+def test_status_of_an_empty_store(tmp_path: Path) -> None:
+    code, out = invoke("status", "--store", str(tmp_path / "empty"))
+    assert code == 0 and "nothing has been published yet" in out
+
+
+def test_store_ls_lists_folders_and_objects(populated: dict[str, str]) -> None:
+    code, out = invoke("store", "ls")
+    assert code == 0 and "adapters/" in out and "indexes/" in out and "audit/" in out
+    code, out = invoke("store", "ls", "--recursive")
+    assert f"adapters/support-bot/versions/{populated['v1']}/manifest.json" in out
+
+
+def test_store_show_prints_a_manifest(populated: dict[str, str]) -> None:
+    code, out = invoke("store", "show", "adapters/support-bot@champion")
+    assert code == 0
+    assert populated["v1"] in out and "json_valid" in out and "rev-a" in out
+    code, out = invoke("store", "show", "adapters/support-bot", "--json")
+    assert code == 0 and '"version": "' + populated["v2"] in out
+
+
+def test_alias_set_and_rollback_from_the_cli(populated: dict[str, str]) -> None:
+    code, out = invoke(
+        "alias",
+        "set",
+        "adapters/support-bot",
+        "champion",
+        populated["v2"],
+        "--reason",
+        "manual promotion",
+    )
+    assert code == 0 and f"champion -> {populated['v2']}" in out
+    code, out = invoke("alias", "rollback", "adapters/support-bot", "champion")
+    assert code == 0 and f"champion -> {populated['v1']}" in out
+    code, out = invoke("audit", "--resource", "slmops.adapter.support-bot")
+    assert out.count("alias.set") == 2 and "alias.rollback" in out
+
+
+def test_store_verify_fails_on_a_damaged_version(
+    store: ObjectStore, populated: dict[str, str]
+) -> None:
+    code, out = invoke("store", "verify")
+    assert code == 0 and "3 versions checked, 0 with problems" in out
+    corrupt(
+        store, f"adapters/support-bot/versions/{populated['v2']}/adapter_model.safetensors", b"XX"
+    )
+    code, out = invoke("store", "verify")
+    assert code == 1 and "CORRUPT" in out and "1 with problems" in out
+
+
+def test_installed_command_reports_errors_in_one_line(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "slmops"
+    help_out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True)
+    assert "status" in help_out.stdout and "stack" in help_out.stdout
+    bad = subprocess.run(
+        [str(exe), "store", "show", "nonsense", "--store", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2
+    assert "error:" in bad.stderr and "COLLECTION/NAME" in bad.stderr
+    assert "Traceback" not in bad.stderr

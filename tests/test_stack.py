@@ -1,0 +1,113 @@
+"""The local stack end to end: real Prefect server, process worker and S3 server on loopback.
+
+Starts the stack, deploys prefect.yaml to it, runs a deployment through the worker against the
+stack's S3 store, and stops it again, leaving processes it did not start alone.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from slmops.manifest import Manifest
+from slmops.stack import LocalStack, StackConfig, _port_open
+from slmops.store.s3 import S3Store
+from slmops.versions import VersionedArtifact
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFECT = str(Path(sys.executable).parent / "prefect")
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    config = StackConfig(
+        state_dir=tmp_path_factory.mktemp("stack"),
+        prefect_port=free_port(),
+        s3_port=free_port(),
+        project_dir=ROOT,
+    )
+    local = LocalStack(config, log=lambda m: None)
+    try:
+        local.up()
+        yield local
+    finally:
+        local.down()
+
+
+def client_env(stack: LocalStack) -> dict[str, str]:
+    return {**os.environ, **stack.config.client_env()}
+
+
+def test_up_is_healthy_and_idempotent(stack: LocalStack) -> None:
+    health = stack.health()
+    assert {name: state for name, (state, _) in health.items()} == {
+        "s3": "running",
+        "prefect": "running",
+        "worker": "running",
+    }
+    pids = {name: comp.pid for name, (_, comp) in health.items() if comp}
+    again = stack.up()
+    assert {name: comp.pid for name, comp in again.items()} == pids
+
+
+def test_deployment_runs_on_the_worker_against_the_stack_store(stack: LocalStack) -> None:
+    env = client_env(stack)
+    store = S3Store(stack.config.bucket, endpoint_url=stack.config.s3_url, region="us-east-1")
+    art = VersionedArtifact(store, "adapters", "support-bot")
+    art.set_alias(
+        "champion",
+        art.publish(
+            Manifest(kind="adapter", name="support-bot"), {"adapter_model.safetensors": b"w"}
+        ).version,
+    )
+
+    deploy = subprocess.run(
+        [PREFECT, "--no-prompt", "deploy", "--all"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    run = subprocess.run(
+        [PREFECT, "deployment", "run", "verify-store/daily", "--watch", "--watch-timeout", "240"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, (
+        run.stdout + run.stderr + Path(stack.health()["worker"][1].log).read_text()[-3000:]
+    )  # type: ignore[union-attr]
+    assert "Completed" in run.stdout
+    worker_log = Path(stack.health()["worker"][1].log).read_text()  # type: ignore[union-attr]
+    assert "1 versions checked in s3://slmops, 0 with problems" in worker_log
+
+
+def test_down_stops_only_what_up_started(stack: LocalStack) -> None:
+    bystander = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True
+    )
+    try:
+        ports = (stack.config.prefect_port, stack.config.s3_port)
+        assert set(stack.down()) == {"worker", "prefect", "s3"}
+        deadline = time.time() + 15
+        while any(_port_open(p) for p in ports) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(_port_open(p) for p in ports)
+        assert {s for s, _ in stack.health().values()} == {"stopped"}
+        assert bystander.poll() is None, "down stopped a process it did not start"
+        assert stack.down() == []  # nothing left: idempotent
+    finally:
+        bystander.kill()
