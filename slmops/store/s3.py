@@ -79,7 +79,7 @@ class S3Store(ObjectStore):
                 if self._client is None:
                     config = Config(
                         # Attempts: AWS_MAX_ATTEMPTS or the AWS config file (botocore default: 3).
-                retries={"mode": "standard"},
+                        retries={"mode": "standard"},
                         connect_timeout=10,
                         read_timeout=60,
                         s3={"addressing_style": "path"} if self.endpoint_url else None,
