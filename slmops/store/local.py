@@ -165,6 +165,9 @@ class LocalStore(ObjectStore):
             if p.is_dir() and not p.name.startswith(RESERVED_PREFIX)
         )
 
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
     # -- pointers ---------------------------------------------------------------------------
     @contextmanager
     def _lock(self, key: str) -> Iterator[None]:

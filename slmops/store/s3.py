@@ -321,6 +321,12 @@ class S3Store(ObjectStore):
             self._raise(exc, None)
         return sorted(dirs)
 
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except (ClientError, BotoCoreError) as exc:
+            self._raise(exc, key)
+
     # -- pointers ---------------------------------------------------------------------------
     def read_versioned(self, key: str) -> tuple[bytes, str]:
         resp = self._get(key)

