@@ -53,6 +53,9 @@ class Embedder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a weights bar per load clutters logs
 
         self.path = model_path
         self.model = SentenceTransformer(str(model_path), device=device, local_files_only=True)

@@ -28,7 +28,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from slmops.docs import DocLimits, DocRejected, DocSource, ParsedDoc, SkippedDoc, parse_document
-from slmops.errors import ConfigError, SlmopsError
+from slmops.errors import ConfigError
 from slmops.manifest import InputRef, Manifest, Trigger
 from slmops.store.base import ObjectStore, sha256_bytes
 from slmops.versions import INDEXES, VersionedArtifact
@@ -106,6 +106,17 @@ class IngestReport(BaseModel):
     chunks_reused: int = 0
     retrieval: dict[str, float] = Field(default_factory=dict)
     timings: dict[str, float] = Field(default_factory=dict)
+
+    def record(self, stats: EmbedStats, index_dir: Path) -> None:
+        """Fill in the chunk counts once the new version is assembled in `index_dir`."""
+        from slmops.versions import new_version_id
+
+        self.version = self.version or new_version_id()
+        with open(index_dir / NODES, encoding="utf-8") as fh:
+            self.chunks_total = sum(1 for _ in fh)
+        self.chunks_embedded, self.chunks_resumed = stats.embedded, stats.resumed
+        self.chunks_reused = self.chunks_total - self.plan.new_chunks
+        self.timings["embed"] = stats.seconds
 
     def summary(self) -> str:
         p = self.plan
@@ -220,12 +231,12 @@ def prepare(
     t_read = time.perf_counter()
 
     if not files and not previous and not config.allow_empty:
-        raise SlmopsError(
+        raise ConfigError(
             f"docs source {source_uri!r} holds no documents "
             f"({len(skipped)} files skipped): nothing to index"
         )
     if previous and not present and not kept and not config.allow_empty:
-        raise SlmopsError(
+        raise ConfigError(
             f"docs source {source_uri!r} holds no readable documents, but index {name!r} has "
             f"{len(previous)}: refusing to publish an empty index over it. Check the source, or "
             "set allow_empty to really empty the index"
@@ -525,7 +536,7 @@ def run_ingest(
     """All stages in one call (the CLI and benchmarks; the flow runs them as tasks)."""
     from slmops.embedder import get_embedder
     from slmops.retrieval_eval import load_questions
-    from slmops.versions import check_name, new_version_id
+    from slmops.versions import check_name
 
     config = config or IngestConfig()
     check_name(name, "index name")
@@ -541,15 +552,11 @@ def run_ingest(
     t1 = time.perf_counter()
     index_dir = assemble(store, plan, workdir)
     t2 = time.perf_counter()
-    report.version = new_version_id()
-    with open(index_dir / NODES, encoding="utf-8") as fh:
-        report.chunks_total = sum(1 for _ in fh)
-    report.chunks_embedded, report.chunks_resumed = stats.embedded, stats.resumed
-    report.chunks_reused = report.chunks_total - plan.new_chunks
+    report.record(stats, index_dir)
     if evaluate:
         report.retrieval = evaluate_candidate(index_dir, name, config, questions=questions, k=k)
     t3 = time.perf_counter()
-    report.timings.update({"embed": stats.seconds, "assemble": t2 - t1, "evaluate": t3 - t2})
+    report.timings.update({"assemble": t2 - t1, "evaluate": t3 - t2})
     model_id = stats.model_id or get_embedder(config.embed_model).model_id
     publish(store, report, index_dir, config, model_id=model_id, trigger=trigger)
     report.timings["publish"] = time.perf_counter() - t3
