@@ -70,9 +70,7 @@ class Embedder:
         self.dim = int(dim)
         # Tokens the model reads per text: its window less the two special tokens.
         self.max_tokens = int(self.model.max_seq_length) - 2
-        # The bundled model's folder is just "model": name it after what it is.
-        name = "all-MiniLM-L6-v2" if model_path == _bundled_path() else model_path.name
-        self.model_id = f"{name}@{_folder_digest(model_path)[:12]}"
+        self.model_id = model_id(model_path)
         self.encoded = 0  # texts sent through the model in this process
 
     def count_tokens(self, text: str) -> list[int]:
@@ -99,6 +97,14 @@ def _bundled_path() -> Path | None:
         return default_model_path().resolve()
     except ConfigError:
         return None
+
+
+@lru_cache(maxsize=8)
+def model_id(model_path: Path) -> str:
+    """`<name>@<content hash>`: which model made a vector, without loading it."""
+    # The bundled model's folder is just "model": name it after what it is.
+    name = "all-MiniLM-L6-v2" if model_path == _bundled_path() else model_path.name
+    return f"{name}@{_folder_digest(model_path)[:12]}"
 
 
 def _folder_digest(path: Path) -> str:

@@ -88,11 +88,24 @@ class IngestPlan(BaseModel):
     )
     skipped: list[SkippedDoc] = Field(default_factory=list)
     new_chunks: int = 0
+    fingerprint: str = Field("", description="Chunking + embedding model of this run.")
+    rebuild: str | None = Field(None, description="Why every document is re-embedded.")
     timings: dict[str, float] = Field(default_factory=dict)
 
     @property
     def has_changes(self) -> bool:
         return bool(self.added or self.changed or self.deleted)
+
+
+def fingerprint(config: IngestConfig) -> str:
+    """What the chunks and vectors depend on: chunking settings and the model's content.
+
+    Computed without loading the model, so a run with nothing to do stays cheap."""
+    from slmops.embedder import model_id, resolve_model_path
+
+    model = model_id(resolve_model_path(config.embed_model))
+    basis = f"{config.chunk_size}/{config.chunk_overlap}/{model}"
+    return sha256_bytes(basis.encode())[:16]
 
 
 class IngestReport(BaseModel):
@@ -125,6 +138,8 @@ class IngestReport(BaseModel):
             f"{len(p.deleted)} deleted, {len(p.unchanged)} unchanged, "
             f"{len(p.skipped) + len(p.kept)} skipped"
         )
+        if p.rebuild:
+            head += f" ({p.rebuild})"
         if self.version is None:
             return f"{head}; nothing to publish, latest stays at {p.previous_version}"
         return (
@@ -137,15 +152,18 @@ def _index(store: ObjectStore, name: str) -> VersionedArtifact:
     return VersionedArtifact(store, INDEXES, name)
 
 
-def previous_docs(store: ObjectStore, name: str) -> tuple[str | None, dict[str, DocRecord]]:
-    """The version `latest` points at and its document table (empty for a new index)."""
+def previous_docs(
+    store: ObjectStore, name: str
+) -> tuple[str | None, dict[str, DocRecord], str | None]:
+    """The version `latest` points at, its document table and its fingerprint."""
     art = _index(store, name)
     alias = art.get_alias(LATEST)
     if alias is None:
-        return None, {}
+        return None, {}, None
     art.resolve(LATEST)  # a clear error if the alias points at a missing version
     table = json.loads(art.read_file(alias.version, DOCS))
-    return alias.version, {d["path"]: DocRecord.model_validate(d) for d in table["docs"]}
+    docs = {d["path"]: DocRecord.model_validate(d) for d in table["docs"]}
+    return alias.version, docs, table.get("fingerprint")
 
 
 # -- 1. prepare --------------------------------------------------------------------------------
@@ -200,10 +218,22 @@ def prepare(
     t0 = time.perf_counter()
     source = DocSource(source_uri, endpoint_url=source_endpoint)
     files, skipped = source.scan(config.limits)
-    previous_version, previous = previous_docs(store, name)
+    previous_version, previous, previous_fingerprint = previous_docs(store, name)
     plan = IngestPlan(
-        index=name, source=source_uri, previous_version=previous_version, skipped=skipped
+        index=name,
+        source=source_uri,
+        previous_version=previous_version,
+        skipped=skipped,
+        fingerprint=fingerprint(config),
     )
+    if previous and previous_fingerprint != plan.fingerprint:
+        plan.rebuild = (
+            "chunking settings or embedding model changed since "
+            f"{previous_version}: every document is re-embedded"
+        )
+        reusable: dict[str, DocRecord] = {}
+    else:
+        reusable = previous
     t_scan = time.perf_counter()
 
     parsed: list[ParsedDoc] = []
@@ -212,18 +242,18 @@ def prepare(
         try:
             data = source.read(file.path)
         except DocRejected as exc:
-            _reject(plan, previous, file.path, str(exc))
+            _reject(plan, reusable, file.path, str(exc))
             continue
         present.add(file.path)
         digest = sha256_bytes(data)
         old = previous.get(file.path)
-        if old is not None and old.sha256 == digest:
+        if old is not None and old.sha256 == digest and file.path in reusable:
             plan.unchanged.append(file.path)
             continue
         try:
             parsed.append(parse_document(file.path, data, config.limits))
         except DocRejected as exc:
-            _reject(plan, previous, file.path, str(exc))
+            _reject(plan, reusable, file.path, str(exc))
             continue
         (plan.changed if old is not None else plan.added).append(file.path)
     kept = {k.path for k in plan.kept}
@@ -426,6 +456,7 @@ def assemble(store: ObjectStore, plan: IngestPlan, workdir: Path) -> Path:
     _write_jsonl(out / NODES, nodes)
     np.save(out / EMBEDDINGS, vectors.astype(np.float32))
     table = {
+        "fingerprint": plan.fingerprint,
         "docs": [records[p].model_dump() for p in sorted(records)],
         "skipped": [s.model_dump() for s in plan.skipped + plan.kept],
     }
