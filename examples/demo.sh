@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: start the local stack (Prefect server + worker, S3 server), deploy prefect.yaml,
-# and run the pipelines built so far through the worker against the S3 store.
+# and run the pipelines built so far through the worker on the bundled example (the docs of
+# "Tidewell", a fictional help-desk product), with every artifact in the S3 store.
 # Run it with `make demo`; the stack keeps running afterwards so the UI can be browsed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,8 +13,18 @@ echo "== deploying prefect.yaml"
 prefect --no-prompt deploy --all >/dev/null
 prefect deployment ls
 
-echo "== verify-store: every stored version re-hashed against its manifest, on the worker"
-prefect deployment run 'verify-store/daily' --watch --watch-timeout 300 | tail -n 3
+echo "== ingest-docs: examples/support-bot/docs -> index 'support-docs' (new version, alias latest)"
+prefect deployment run 'ingest-docs/hourly' --watch --watch-timeout 600 | tail -n 2
+slmops store show indexes/support-docs@latest
+
+echo "== ingest-docs again: nothing changed, so no new version and nothing re-embedded"
+prefect deployment run 'ingest-docs/hourly' --watch --watch-timeout 600 | tail -n 1
+
+echo "== retrieval from the index (what the serving side calls)"
+slmops query support-docs "Can a Deckhand reply to customers?" -k 2
+
+echo "== verify-store: every stored version re-hashed against its manifest"
+prefect deployment run 'verify-store/daily' --watch --watch-timeout 300 | tail -n 1
 
 echo "== what the store holds"
 slmops status

@@ -28,9 +28,9 @@ os.environ.update(
         "AWS_SECRET_ACCESS_KEY": "slmops-test",
         "AWS_DEFAULT_REGION": "us-east-1",
         "SLMOPS_STORE": str(_SESSION_DIR / "default-store"),
-    "SLMOPS_CACHE_DIR": str(_SESSION_DIR / "cache"),
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
+        "SLMOPS_CACHE_DIR": str(_SESSION_DIR / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
     }
 )
 

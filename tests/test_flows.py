@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.verify_store import VerifyStoreParams, verify_store
-from slmops.errors import IntegrityError
+from slmops.errors import ConfigError, IntegrityError
 from slmops.manifest import Manifest
 from slmops.store.base import ObjectStore
 from slmops.versions import VersionedArtifact
 from tests.test_store import corrupt
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "support-bot"
 
 
 async def latest_artifact(key: str) -> str:
@@ -26,6 +29,17 @@ async def latest_artifact(key: str) -> str:
             sort="CREATED_DESC",  # type: ignore[arg-type]
         )
     return str(found[0].data) + " " + str(found[0].description)
+
+
+async def task_runs(flow_run_id: object) -> list[object]:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async with get_client() as client:
+        return list(
+            await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+        )
 
 
 def test_verify_store_checks_every_version_and_reports(
@@ -60,3 +74,65 @@ def test_verify_store_fails_the_run_on_a_damaged_version(
     by_version = {c.version: c for c in checks}
     assert by_version[good].problems == []
     assert "sha256" in by_version[bad].problems[0]
+
+
+def test_ingest_docs_flow_publishes_a_version_and_reports_it(
+    store: ObjectStore, store_uri_env: str, tmp_path: Path
+) -> None:
+    from flows.ingest_docs import IngestDocsParams, ingest_docs
+    from slmops.ingest import IngestConfig
+
+    docs = tmp_path / "docs"
+    for rel in ("crew/deckhands.md", "api/error-codes.md", "html/keyboard-shortcuts.html"):
+        (docs / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(EXAMPLE / "docs" / rel, docs / rel)
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(
+        '{"question": "Can a Deckhand reply?", "expected": ["crew/deckhands.md"]}\n'
+    )
+    params = IngestDocsParams(
+        source=str(docs),
+        index="support",
+        questions=str(questions),
+        config=IngestConfig(chunk_size=128),
+    )
+
+    report = ingest_docs(params)
+    assert report.version and sorted(report.plan.added) == [
+        "api/error-codes.md",
+        "crew/deckhands.md",
+        "html/keyboard-shortcuts.html",
+    ]
+    assert [s.path for s in report.plan.skipped] == ["broken.pdf"]
+    manifest = VersionedArtifact(store, "indexes", "support").resolve("latest")
+    assert manifest.version == report.version
+    assert manifest.metrics["retrieval.curated.hit_rate@5"] == 1.0
+    assert manifest.trigger.type == "api" and manifest.trigger.flow_run_id
+    summary = asyncio.run(latest_artifact("ingest-support"))
+    assert "3 added" in summary and "curated.mrr" in summary
+    documents = asyncio.run(latest_artifact("ingest-support-documents"))
+    assert "broken.pdf" in documents and "PDF does not parse" in documents
+
+    again = ingest_docs(params)
+    assert again.version is None and again.chunks_embedded == 0
+    assert VersionedArtifact(store, "indexes", "support").resolve("latest").version == (
+        report.version
+    )
+
+
+def test_ingest_docs_flow_fails_fast_on_bad_input_without_retrying(
+    store: ObjectStore, store_uri_env: str, tmp_path: Path
+) -> None:
+    from flows.ingest_docs import IngestDocsParams, ingest_docs
+
+    state = ingest_docs(
+        IngestDocsParams(source=str(tmp_path / "nope"), index="support"), return_state=True
+    )
+    assert state.is_failed() and "does not exist or is not a folder" in str(state.message)
+    [plan_task] = asyncio.run(task_runs(state.state_details.flow_run_id))
+    assert plan_task.name.startswith("plan-and-split") and plan_task.run_count == 1
+    bad = tmp_path / "q.jsonl"
+    bad.write_text("{oops\n")
+    with pytest.raises(ConfigError, match=r"q\.jsonl:1"):
+        ingest_docs(IngestDocsParams(source=str(tmp_path), index="support", questions=str(bad)))

@@ -277,8 +277,9 @@ def test_chunks_are_measured_in_the_embedders_tokens(
         ingest(docs, store, tmp_path, config=IngestConfig(chunk_size=400))
 
 
-def test_new_chunking_settings_rebuild_every_document(docs: Path, store: ObjectStore,
-                                                      tmp_path: Path) -> None:
+def test_new_chunking_settings_rebuild_every_document(
+    docs: Path, store: ObjectStore, tmp_path: Path
+) -> None:
     ingest(docs, store, tmp_path)
     before = encoded()
     rebuilt = ingest(docs, store, tmp_path, config=IngestConfig(chunk_size=120))
@@ -295,6 +296,12 @@ def test_a_source_can_be_an_s3_prefix(docs: Path, tmp_path: Path, s3_endpoint: s
     bucket = make_bucket(s3_endpoint)
     S3Store(bucket, endpoint_url=s3_endpoint).put_dir("product/docs", docs)
     store = LocalStore(tmp_path / "store")
-    report = run_ingest(f"s3://{bucket}/product/docs", store, "support",
-                        workdir=tmp_path / "w", evaluate=False, source_endpoint=s3_endpoint)
+    report = run_ingest(
+        f"s3://{bucket}/product/docs",
+        store,
+        "support",
+        workdir=tmp_path / "w",
+        evaluate=False,
+        source_endpoint=s3_endpoint,
+    )
     assert sorted(report.plan.added) == sorted(SLICE) and report.version

@@ -24,8 +24,14 @@ def indexed(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalStore, Inges
     """The whole bundled example, ingested once for this module."""
     root = tmp_path_factory.mktemp("retrieval")
     store = LocalStore(root / "store")
-    report = run_ingest(str(EXAMPLE / "docs"), store, "support", workdir=root / "w",
-                        questions=EXAMPLE / "retrieval-questions.jsonl", k=5)
+    report = run_ingest(
+        str(EXAMPLE / "docs"),
+        store,
+        "support",
+        workdir=root / "w",
+        questions=EXAMPLE / "retrieval-questions.jsonl",
+        k=5,
+    )
     return store, report
 
 
@@ -39,7 +45,7 @@ def test_the_bundled_docs_are_a_real_corpus(indexed: tuple[LocalStore, IngestRep
 def test_retrieve_returns_chunks_with_source_and_score(
     indexed: tuple[LocalStore, IngestReport],
 ) -> None:
-    store, report = indexed
+    store, _ = indexed
     hits = slmops.retrieve("support", "Can a Deckhand reply to a customer?", 3, store=store)
     assert len(hits) == 3
     assert hits[0].source == "crew/deckhands.md"  # type: ignore[attr-defined]
@@ -52,7 +58,7 @@ def test_retrieve_returns_chunks_with_source_and_score(
 def test_retrieval_metrics_are_stored_with_the_version(
     indexed: tuple[LocalStore, IngestReport],
 ) -> None:
-    store, report = indexed
+    store, _ = indexed
     art = VersionedArtifact(store, INDEXES, "support")
     manifest = art.resolve("latest")
     assert manifest.metrics["retrieval.curated.questions"] == 33
@@ -68,18 +74,24 @@ def test_query_command_prints_sources_and_scores(
     indexed: tuple[LocalStore, IngestReport],
 ) -> None:
     store, _ = indexed
-    result = CliRunner().invoke(app, ["query", "support", "How do I forward my mailbox?", "-k",
-                                      "2", "--store", store.uri], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(
+        app,
+        ["query", "support", "How do I forward my mailbox?", "-k", "2", "--store", store.uri],
+        env={"COLUMNS": "200"},
+    )
     assert result.exit_code == 0, result.output
     assert "1. inlets/email-inlet.md" in result.output and "score" in result.output
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ('{"question": "ok?", "expected": ["a.md"]}\nnot json\n', r"q\.jsonl:2: not a question"),
-    ('{"question": "", "expected": ["a.md"]}\n', r"q\.jsonl:1:"),
-    ('{"question": "no sources", "expected": []}\n', r"q\.jsonl:1:"),
-    ("\n\n", "has no questions"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"question": "ok?", "expected": ["a.md"]}\nnot json\n', r"q\.jsonl:2: not a question"),
+        ('{"question": "", "expected": ["a.md"]}\n', r"q\.jsonl:1:"),
+        ('{"question": "no sources", "expected": []}\n', r"q\.jsonl:1:"),
+        ("\n\n", "has no questions"),
+    ],
+)
 def test_bad_questions_files_name_the_line(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "q.jsonl"
     path.write_text(content)

@@ -95,6 +95,34 @@ def test_deployment_runs_on_the_worker_against_the_stack_store(stack: LocalStack
     assert "1 versions checked in s3://slmops, 0 with problems" in worker_log
 
 
+def test_ingest_deployment_builds_an_index_in_the_stack_store(stack: LocalStack) -> None:
+    env = client_env(stack)
+    deploy = subprocess.run(
+        [PREFECT, "--no-prompt", "deploy", "--all"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    run = subprocess.run(
+        [PREFECT, "deployment", "run", "ingest-docs/hourly", "--watch", "--watch-timeout", "300"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=360,
+    )
+    worker_log = Path(stack.health()["worker"][1].log).read_text()  # type: ignore[union-attr]
+    assert run.returncode == 0, run.stdout + run.stderr + worker_log[-4000:]
+    store = S3Store(stack.config.bucket, endpoint_url=stack.config.s3_url, region="us-east-1")
+    manifest = VersionedArtifact(store, "indexes", "support-docs").resolve("latest")
+    assert manifest.metrics["documents"] >= 56
+    assert manifest.metrics["retrieval.curated.hit_rate@5"] >= 0.9
+    assert manifest.trigger.type == "manual" and manifest.trigger.flow_run_id
+
+
 def test_down_stops_only_what_up_started(stack: LocalStack) -> None:
     bystander = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True
