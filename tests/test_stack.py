@@ -59,65 +59,54 @@ def test_up_is_healthy_and_idempotent(stack: LocalStack) -> None:
     assert {name: comp.pid for name, comp in again.items()} == pids
 
 
-def test_deployment_runs_on_the_worker_against_the_stack_store(stack: LocalStack) -> None:
-    env = client_env(stack)
-    store = S3Store(stack.config.bucket, endpoint_url=stack.config.s3_url, region="us-east-1")
-    art = VersionedArtifact(store, "adapters", "support-bot")
-    art.set_alias(
-        "champion",
-        art.publish(
-            Manifest(kind="adapter", name="support-bot"), {"adapter_model.safetensors": b"w"}
-        ).version,
-    )
-
+@pytest.fixture(scope="module")
+def deployed(stack: LocalStack) -> LocalStack:
+    """prefect.yaml deployed to the stack's server, as a user would: `prefect deploy --all`."""
     deploy = subprocess.run(
         [PREFECT, "--no-prompt", "deploy", "--all"],
         cwd=ROOT,
-        env=env,
+        env=client_env(stack),
         capture_output=True,
         text=True,
         timeout=180,
     )
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
-    run = subprocess.run(
-        [PREFECT, "deployment", "run", "verify-store/daily", "--watch", "--watch-timeout", "240"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, (
-        run.stdout + run.stderr + Path(stack.health()["worker"][1].log).read_text()[-3000:]
-    )  # type: ignore[union-attr]
-    assert "Completed" in run.stdout
-    worker_log = Path(stack.health()["worker"][1].log).read_text()  # type: ignore[union-attr]
-    assert "1 versions checked in s3://slmops, 0 with problems" in worker_log
+    return stack
 
 
-def test_ingest_deployment_builds_an_index_in_the_stack_store(stack: LocalStack) -> None:
-    env = client_env(stack)
-    deploy = subprocess.run(
-        [PREFECT, "--no-prompt", "deploy", "--all"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+def run_deployment(stack: LocalStack, name: str) -> str:
+    """Run a deployment on the worker, wait for it to finish; returns the worker's log."""
     run = subprocess.run(
-        [PREFECT, "deployment", "run", "ingest-docs/hourly", "--watch", "--watch-timeout", "300"],
+        [PREFECT, "deployment", "run", name, "--watch", "--watch-timeout", "300"],
         cwd=ROOT,
-        env=env,
+        env=client_env(stack),
         capture_output=True,
         text=True,
         timeout=360,
     )
     worker_log = Path(stack.health()["worker"][1].log).read_text()  # type: ignore[union-attr]
     assert run.returncode == 0, run.stdout + run.stderr + worker_log[-4000:]
-    store = S3Store(stack.config.bucket, endpoint_url=stack.config.s3_url, region="us-east-1")
-    manifest = VersionedArtifact(store, "indexes", "support-docs").resolve("latest")
+    assert "Completed" in run.stdout
+    return worker_log
+
+
+def stack_store(stack: LocalStack) -> S3Store:
+    return S3Store(stack.config.bucket, endpoint_url=stack.config.s3_url, region="us-east-1")
+
+
+def test_deployment_runs_on_the_worker_against_the_stack_store(deployed: LocalStack) -> None:
+    art = VersionedArtifact(stack_store(deployed), "adapters", "support-bot")
+    version = art.publish(
+        Manifest(kind="adapter", name="support-bot"), {"adapter_model.safetensors": b"w"}
+    ).version
+    art.set_alias("champion", version)
+    worker_log = run_deployment(deployed, "verify-store/daily")
+    assert "1 versions checked in s3://slmops, 0 with problems" in worker_log
+
+
+def test_ingest_deployment_builds_an_index_in_the_stack_store(deployed: LocalStack) -> None:
+    run_deployment(deployed, "ingest-docs/hourly")
+    manifest = VersionedArtifact(stack_store(deployed), "indexes", "support-docs").resolve("latest")
     assert manifest.metrics["documents"] >= 56
     assert manifest.metrics["retrieval.curated.hit_rate@5"] >= 0.9
     assert manifest.trigger.type == "manual" and manifest.trigger.flow_run_id
