@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from slmops.embedder import get_embedder
-from slmops.ingest import IngestConfig, run_ingest
+from slmops.ingest import IngestConfig, prepare, run_ingest
 from slmops.store.local import LocalStore
 
 EXAMPLE_DOCS = Path(__file__).resolve().parent.parent / "examples" / "support-bot" / "docs"
@@ -51,11 +51,11 @@ def generate_corpus(folder: Path, count: int, seed: int = 7) -> None:
         out.write_text(text, encoding="utf-8")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--docs", type=int, default=2000, help="generated corpus size")
     parser.add_argument("--batch-size", type=int, default=64)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="slmops-bench-"))
     try:
@@ -77,17 +77,10 @@ def main() -> None:
             )
             return time.perf_counter() - t
 
-        # The chunks the ingest will produce, for the raw baseline before the ingest runs.
-        probe = run_ingest(
-            str(corpus),
-            LocalStore(work / "probe"),
-            "probe",
-            config,
-            workdir=work / "w-probe",
-            evaluate=False,
-        )
-        probe_nodes = (work / "w-probe" / "index" / "nodes.jsonl").read_text().splitlines()
-        texts = [json.loads(line)["text"] for line in probe_nodes]
+        # The chunks the ingest will produce (parse and split only), for the raw baseline.
+        probe = prepare(str(corpus), LocalStore(work / "probe"), "probe", config, work / "probe-w")
+        probe_lines = (work / "probe-w" / "new_chunks.jsonl").read_text().splitlines()
+        texts = [json.loads(line)["text"] for line in probe_lines]
         raw_before = raw(texts)
 
         t = time.perf_counter()
@@ -95,7 +88,7 @@ def main() -> None:
         full_s = time.perf_counter() - t
         raw_after = raw(texts)
         raw_s = (raw_before + raw_after) / 2
-        assert full.chunks_embedded == len(texts) == probe.chunks_total
+        assert full.chunks_embedded == len(texts) == probe.new_chunks
 
         t = time.perf_counter()
         again = run_ingest(str(corpus), store, "bench", config, workdir=work / "w2", evaluate=False)
