@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
         again_s = time.perf_counter() - t
         assert again.version is None and again.chunks_embedded == 0
 
-        victim = sorted(corpus.rglob("*.md"))[len(texts) % 97]
+        pages = sorted(corpus.rglob("*.md"))
+        victim = pages[len(texts) % len(pages)]
         rel = victim.relative_to(corpus).as_posix()
         victim.write_text(victim.read_text() + "\n\nOne more paragraph about berths.\n")
         one = run_ingest(str(corpus), store, "bench", config, workdir=work / "w3", evaluate=False)
