@@ -42,12 +42,17 @@ def build_tokenizer(vocab_size: int = 2048) -> object:
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL, show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL,
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     core.train_from_iterator(_corpus(), trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<|pad|>", bos_token="<|bos|>", eos_token="<|end|>",
+        tokenizer_object=core,
+        pad_token="<|pad|>",
+        bos_token="<|bos|>",
+        eos_token="<|end|>",
         model_max_length=512,
     )
     tokenizer.chat_template = CHAT_TEMPLATE
@@ -78,15 +83,24 @@ def build_tiny_model(
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-model-", dir=out.parent if out.parent.exists()
-                                else None))
+    tmp = Path(
+        tempfile.mkdtemp(prefix=".tiny-model-", dir=out.parent if out.parent.exists() else None)
+    )
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; servers may run as another user
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)  # type: ignore[attr-defined]
-        (tmp / "generation_config.json").write_text(json.dumps({
-            "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
-            "pad_token_id": config.pad_token_id, "do_sample": False}, indent=2))
+        (tmp / "generation_config.json").write_text(
+            json.dumps(
+                {
+                    "bos_token_id": config.bos_token_id,
+                    "eos_token_id": config.eos_token_id,
+                    "pad_token_id": config.pad_token_id,
+                    "do_sample": False,
+                },
+                indent=2,
+            )
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.exists():
             shutil.rmtree(out)

@@ -16,10 +16,31 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 SCHEMA_VERSION = 1
 
-_SECRET_KEY = re.compile(
-    r"(secret|password|passwd|token|api[_-]?key|access[_-]?key|credential|private[_-]?key|auth)",
-    re.IGNORECASE,
-)
+# A key is secret if one of its words (split on _ - . and case) is one of these, or it ends
+# in a secret pair: "hf_token", "AWS_SECRET_ACCESS_KEY", "apiKey"; not "max_tokens".
+_SECRET_WORDS = {
+    "secret",
+    "password",
+    "passwd",
+    "token",
+    "apikey",
+    "credential",
+    "credentials",
+    "auth",
+    "authorization",
+    "cookie",
+    "signature",
+}
+_SECRET_PAIRS = {("api", "key"), ("access", "key"), ("private", "key"), ("secret", "key")}
+
+
+def _is_secret_key(key: str) -> bool:
+    words = [w.lower() for w in re.split(r"[_\-.\s]+|(?<=[a-z])(?=[A-Z])", key) if w]
+    return bool(set(words) & _SECRET_WORDS) or any(
+        pair in _SECRET_PAIRS for pair in zip(words, words[1:], strict=False)
+    )
+
+
 # Credentials embedded in URLs: scheme://user:password@host
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@", re.IGNORECASE)
 REDACTED = "***"
@@ -37,7 +58,7 @@ def redact(value: Any) -> Any:
         return {
             k: (
                 REDACTED
-                if isinstance(k, str) and _SECRET_KEY.search(k) and v not in (None, "")
+                if isinstance(k, str) and _is_secret_key(k) and v not in (None, "")
                 else redact(v)
             )
             for k, v in value.items()

@@ -112,3 +112,21 @@ def test_secrets_never_reach_a_manifest() -> None:
     dumped = Manifest(kind="adapter", name="x", config=config).model_dump_json()
     for secret in ("hf_abc", "SECRET", "me:pw", "Bearer t"):
         assert secret not in dumped
+
+
+@pytest.mark.parametrize(
+    ("key", "secret"),
+    [
+        ("hf_token", True),
+        ("AWS_SECRET_ACCESS_KEY", True),
+        ("apiKey", True),
+        ("Authorization", True),
+        ("db_password", True),
+        ("max_tokens", False),
+        ("tokens_seen", False),
+        ("tokenizer", False),
+        ("monkey", False),
+    ],
+)
+def test_only_secret_looking_keys_are_masked(key: str, secret: bool) -> None:
+    assert (redact({key: "value"})[key] == REDACTED) is secret

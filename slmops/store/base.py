@@ -163,7 +163,7 @@ class ObjectStore(ABC):
 
     def get_dir(self, prefix: str, path: str | Path) -> list[ObjectInfo]:
         """Download every object under `prefix/` into `path`, keeping relative paths."""
-        prefix = prefix.rstrip("/") + "/"
+        prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
         infos = []
         for info in self.list_objects(prefix):
             rel = PurePosixPath(info.key[len(prefix) :])

@@ -1,0 +1,174 @@
+"""Adapters in the store: idempotent lookup, resumable checkpoints, publishing with lineage.
+
+An adapter version is the folder vLLM and peft load (adapter_config.json,
+adapter_model.safetensors) plus `training/` (loss curve PNG, log) and the manifest. Its
+identity for idempotency is a key over base model + revision, dataset version + hash, and the
+training config: the same key twice trains once.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from slmops.manifest import InputRef, Manifest, Trigger
+from slmops.store.base import ObjectStore, sha256_bytes
+from slmops.training import TrainConfig, TrainResult
+from slmops.versions import ADAPTERS, VersionedArtifact
+
+
+def training_key(
+    model: str,
+    revision: str,
+    dataset: str,
+    dataset_version: str,
+    dataset_sha: str,
+    config: TrainConfig,
+) -> str:
+    """What an adapter is a function of. Cost-estimate prices do not change the weights."""
+    basis = json.dumps(
+        {
+            "model": model,
+            "revision": revision,
+            "dataset": dataset,
+            "dataset_version": dataset_version,
+            "dataset_sha256": dataset_sha,
+            "config": config.model_dump(exclude={"cpu_hour_usd", "gpu_hour_usd", "save_steps"}),
+        },
+        sort_keys=True,
+    )
+    return sha256_bytes(basis.encode())[:24]
+
+
+def find_trained(store: ObjectStore, adapter: str, key: str) -> Manifest | None:
+    """The adapter version already trained for `key`, if any (newest first)."""
+    art = VersionedArtifact(store, ADAPTERS, adapter)
+    for version in reversed(art.versions()):
+        manifest = art.manifest(version)
+        if manifest.config.get("training_key") == key:
+            return manifest
+    return None
+
+
+def _checkpoint_prefix(adapter: str, key: str) -> str:
+    return f"{ADAPTERS}/{adapter}/work/{key}"
+
+
+def save_checkpoint(store: ObjectStore, adapter: str, key: str, folder: Path) -> None:
+    """Copy a trainer checkpoint folder to the store (scratch area; replaced if re-saved)."""
+    store.put_dir(f"{_checkpoint_prefix(adapter, key)}/{folder.name}", folder, overwrite=True)
+    # Marks the checkpoint complete: a crash mid-upload leaves one without it, never used.
+    store.put_bytes(f"{_checkpoint_prefix(adapter, key)}/{folder.name}.done", b"", overwrite=True)
+
+
+def latest_checkpoint(store: ObjectStore, adapter: str, key: str, dest: Path) -> Path | None:
+    """Download the newest complete checkpoint of a run, to resume from it."""
+    prefix = _checkpoint_prefix(adapter, key)
+    done = [i.key for i in store.list_objects(prefix + "/") if i.key.endswith(".done")]
+    if not done:
+        return None
+    newest = max(done, key=lambda k: int(k.rsplit("-", 1)[-1].removesuffix(".done")))
+    name = newest.rsplit("/", 1)[-1].removesuffix(".done")
+    target = dest / name
+    shutil.rmtree(target, ignore_errors=True)
+    store.get_dir(f"{prefix}/{name}", target)
+    return target
+
+
+def clear_checkpoints(store: ObjectStore, adapter: str, key: str) -> None:
+    for info in list(store.list_objects(_checkpoint_prefix(adapter, key) + "/")):
+        store.delete(info.key)
+
+
+def loss_plot(curve: list[tuple[int, float]], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    if curve:
+        steps, losses = zip(*curve, strict=True)
+        ax.plot(steps, losses, linewidth=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def publish_adapter(
+    store: ObjectStore,
+    adapter: str,
+    adapter_dir: Path,
+    result: TrainResult,
+    *,
+    key: str,
+    base_model: str,
+    base_revision: str,
+    base_source: str,
+    dataset: str,
+    dataset_version: str,
+    dataset_sha: str,
+    config: TrainConfig,
+    metrics: dict[str, float] | None = None,
+    trigger: Trigger | None = None,
+) -> Manifest:
+    """Store the adapter folder with its training report; move alias `latest` to it."""
+    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    training = adapter_dir / "training"
+    loss_plot(
+        result.loss_curve, training / "loss.png", f"{adapter} on {base_model}@{base_revision[:12]}"
+    )
+    (training / "result.json").write_text(result.model_dump_json(indent=1))
+    manifest = Manifest(
+        kind="adapter",
+        name=adapter,
+        inputs=[
+            InputRef(kind="base-model", name=base_model, version=base_revision, uri=base_source),
+            InputRef(kind="dataset", name=dataset, version=dataset_version, sha256=dataset_sha),
+        ],
+        config={
+            **config.model_dump(),
+            "training_key": key,
+            "rank": adapter_config["r"],
+            "target_modules": adapter_config.get("target_modules"),
+            "served_base_model": adapter_config["base_model_name_or_path"],
+        },
+        metrics={
+            "final_loss": result.final_loss,
+            "eval_loss": result.eval_loss,
+            "tokens_seen": result.tokens_seen,
+            "steps": result.steps,
+            "tokens_per_second": round(result.tokens_per_second, 1),
+            "loss_curve": result.loss_curve,
+            **(metrics or {}),
+        },
+        timings={"train": result.train_seconds},
+        resources={
+            "method": result.method,
+            "device": result.device,
+            "cpu_seconds": round(result.cpu_seconds, 2),
+            "gpu_seconds": round(result.gpu_seconds, 2),
+            "peak_rss_mb": round(result.peak_rss_mb, 1),
+            "peak_gpu_mb": result.peak_gpu_mb,
+            "estimated_cost_usd": result.estimated_cost_usd,
+            "resumed_from_step": result.resumed_from_step,
+        },
+        trigger=trigger or Trigger(),
+    )
+    art = VersionedArtifact(store, ADAPTERS, adapter)
+    stored = art.publish(manifest, adapter_dir)
+    art.set_alias(
+        "latest",
+        stored.version,
+        reason=f"trained on {base_model}@{base_revision[:12]}",
+        trigger=trigger,
+    )
+    clear_checkpoints(store, adapter, key)
+    return stored

@@ -1,0 +1,183 @@
+"""Base-model sources and their revisions, and the watcher's record of what it has seen.
+
+A source is one of:
+  hf://org/name[@branch]   a Hugging Face Hub repo; revision = the commit sha (huggingface_hub;
+                           with HF_HUB_OFFLINE=1, read from the local HF cache)
+  s3://bucket/prefix       a save_pretrained folder in S3; revision = hash of its object list
+  /path/or/relative        a local save_pretrained folder; revision = hash of its files
+A revision is a stable id: the same files give the same revision on every machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from slmops.errors import ConfigError, ConflictError, ObjectNotFoundError
+from slmops.store import ObjectStore, open_store, parse_store_uri
+from slmops.store.base import sha256_file
+from slmops.versions import MODELS, check_name
+
+RELEASE_EVENT = "slmops.base-model.released"
+_WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+class WatchedModel(BaseModel):
+    """A base model to follow: the name vLLM serves it under, and where releases appear."""
+
+    name: str = Field(description="Model id as served (vLLM --served-model-name), e.g. tiny-llama.")
+    source: str = Field(description="hf://org/name[@branch], s3://bucket/prefix, or a folder.")
+
+
+class Revision(BaseModel):
+    model: str
+    revision: str
+    source: str
+
+
+def resource_id(model: str) -> str:
+    return f"slmops.model.{model}"
+
+
+def event_id(model: str, revision: str) -> uuid.UUID:
+    """The same (model, revision) always gives the same event id: the server keeps one."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"slmops:{RELEASE_EVENT}:{model}:{revision}")
+
+
+def _folder_revision(path: Path) -> str:
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not any(p.suffix in _WEIGHT_FILES for p in files) or not (path / "config.json").exists():
+        raise ConfigError(
+            f"{path} is not a model folder (needs config.json and weights, as "
+            "written by save_pretrained)"
+        )
+    for file in files:
+        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
+    return digest.hexdigest()[:40]
+
+
+def _hf_repo(source: str) -> tuple[str, str]:
+    repo, _, branch = source.removeprefix("hf://").partition("@")
+    if repo.count("/") != 1:
+        raise ConfigError(f"model source {source!r}: write hf://org/name or hf://org/name@branch")
+    return repo, branch or "main"
+
+
+def current_revision(model: WatchedModel) -> Revision:
+    """The revision a source offers now. Raises ConfigError if the source does not exist."""
+    check_name(model.name, "model name")
+    source = model.source
+    if source.startswith("hf://"):
+        repo, branch = _hf_repo(source)
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            path = hf_snapshot(source, branch)
+            return Revision(model=model.name, revision=path.name, source=source)
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+        try:
+            sha = HfApi().model_info(repo, revision=branch).sha
+        except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+            raise ConfigError(f"model {repo}@{branch} not found on the Hub: {exc}") from exc
+        return Revision(model=model.name, revision=str(sha), source=source)
+    parsed = parse_store_uri(source)
+    if parsed.scheme == "s3":
+        store = open_store(source)
+        listing = sorted((i.key, i.size, i.etag or "") for i in store.list_objects(""))
+        if not any(k.endswith("config.json") for k, _, _ in listing):
+            raise ConfigError(f"model source {source!r} holds no config.json: not a model")
+        digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:40]
+        return Revision(model=model.name, revision=digest, source=source)
+    assert parsed.path is not None
+    if not parsed.path.is_dir():
+        raise ConfigError(f"model source {source!r} does not exist or is not a folder")
+    return Revision(model=model.name, revision=_folder_revision(parsed.path), source=source)
+
+
+def hf_snapshot(source: str, revision: str) -> Path:
+    """The local snapshot folder of a Hub repo at a revision (downloaded if online)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    repo, _ = _hf_repo(source)
+    try:
+        return Path(
+            snapshot_download(
+                repo, revision=revision, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1"
+            )
+        )
+    except LocalEntryNotFoundError as exc:
+        raise ConfigError(
+            f"{repo}@{revision} is not in the local Hugging Face cache and "
+            "HF_HUB_OFFLINE=1 forbids downloading it"
+        ) from exc
+
+
+def materialize(source: str, revision: str, cache_dir: Path) -> Path:
+    """A local folder holding the model at exactly `revision`; refuses a different revision."""
+    if source.startswith("hf://"):
+        return hf_snapshot(source, revision)
+    now = current_revision(WatchedModel(name="check", source=source))
+    if now.revision != revision:
+        raise ConfigError(
+            f"model source {source!r} is at revision {now.revision}, not the "
+            f"requested {revision}: it changed since the release was seen"
+        )
+    parsed = parse_store_uri(source)
+    if parsed.scheme == "file":
+        assert parsed.path is not None
+        return parsed.path
+    target = cache_dir / "models" / hashlib.sha256(source.encode()).hexdigest()[:12] / revision
+    if not (target / "config.json").exists():
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
+        open_store(source).get_dir("", partial)
+        partial.rename(target)
+    return target
+
+
+class SeenRevisions(BaseModel):
+    """What the watcher has seen of one model: `models/<name>/revisions.json`."""
+
+    model: str
+    revisions: list[dict[str, str]] = Field(default_factory=list)
+
+    def has(self, revision: str) -> bool:
+        return any(r["revision"] == revision for r in self.revisions)
+
+
+def _seen_key(model: str) -> str:
+    return f"{MODELS}/{check_name(model, 'model name')}/revisions.json"
+
+
+def seen_revisions(store: ObjectStore, model: str) -> tuple[SeenRevisions, str | None]:
+    try:
+        data, etag = store.read_versioned(_seen_key(model))
+    except ObjectNotFoundError:
+        return SeenRevisions(model=model), None
+    return SeenRevisions.model_validate_json(data), etag
+
+
+def record_revision(
+    store: ObjectStore, rev: Revision, etag: str | None, seen: SeenRevisions
+) -> bool:
+    """Add `rev` to the seen list with compare-and-swap; False if another watcher did first."""
+    if seen.has(rev.revision):
+        return False
+    updated = seen.model_copy(deep=True)
+    updated.revisions.append(
+        {"revision": rev.revision, "source": rev.source, "seen_at": datetime.now(UTC).isoformat()}
+    )
+    try:
+        store.compare_and_swap(
+            _seen_key(rev.model), updated.model_dump_json(indent=1).encode(), etag
+        )
+    except ConflictError:
+        return False
+    return True
