@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import itertools
 import os
 import re
 import socket
@@ -37,7 +38,7 @@ _SECRET_PAIRS = {("api", "key"), ("access", "key"), ("private", "key"), ("secret
 def _is_secret_key(key: str) -> bool:
     words = [w.lower() for w in re.split(r"[_\-.\s]+|(?<=[a-z])(?=[A-Z])", key) if w]
     return bool(set(words) & _SECRET_WORDS) or any(
-        pair in _SECRET_PAIRS for pair in zip(words, words[1:], strict=False)
+        pair in _SECRET_PAIRS for pair in itertools.pairwise(words)
     )
 
 
