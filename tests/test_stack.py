@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from slmops.manifest import Manifest
+from slmops.models import WatchedModel, current_revision
 from slmops.stack import LocalStack, StackConfig, _port_open
 from slmops.store.s3 import S3Store
 from slmops.versions import VersionedArtifact
@@ -110,6 +111,98 @@ def test_ingest_deployment_builds_an_index_in_the_stack_store(deployed: LocalSta
     assert manifest.metrics["documents"] >= 56
     assert manifest.metrics["retrieval.curated.hit_rate@5"] >= 0.9
     assert manifest.trigger.type == "manual" and manifest.trigger.flow_run_id
+
+
+def test_a_base_model_release_triggers_refine_tune_through_an_event(
+    deployed: LocalStack, tiny_base: Path
+) -> None:
+    """watcher -> slmops.base-model.released -> automation -> refine-tune on the worker."""
+    import json
+    import time
+
+    params = json.dumps({"params": {"models": [{"name": "tiny-llama", "source": str(tiny_base)}]}})
+    revision = current_revision(WatchedModel(name="tiny-llama", source=str(tiny_base))).revision
+    run = subprocess.run(
+        [
+            PREFECT,
+            "deployment",
+            "run",
+            "watch-base-model/every-15-minutes",
+            "--params",
+            params,
+            "--watch",
+            "--watch-timeout",
+            "300",
+        ],
+        cwd=ROOT,
+        env=client_env(deployed),
+        capture_output=True,
+        text=True,
+        timeout=360,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    store = stack_store(deployed)
+    art = VersionedArtifact(store, "adapters", "support-bot")
+    deadline = time.time() + 420
+    while art.get_alias("latest") is None and time.time() < deadline:
+        time.sleep(3)
+    worker_log = Path(deployed.health()["worker"][1].log).read_text()  # type: ignore[union-attr]
+    assert art.get_alias("latest") is not None, worker_log[-5000:]
+    manifest = art.resolve("latest")
+    base = next(i for i in manifest.inputs if i.kind == "base-model")
+    assert base.version == revision and base.name == "tiny-llama"
+    assert manifest.trigger.type == "event" and manifest.trigger.id
+    assert manifest.metrics["json_valid"] >= 0.9
+
+    # Watching again finds nothing new: no event, no second training run.
+    run_deployment_with(deployed, "watch-base-model/every-15-minutes", params)
+    time.sleep(15)  # longer than emit -> flow start (8-12 s) if an event had gone out
+    seen = json.loads(store.get_bytes("models/tiny-llama/revisions.json"))
+    assert [r["revision"] for r in seen["revisions"]] == [revision]
+    assert flow_runs(deployed, "on-base-model-release") == 1
+
+
+def run_deployment_with(stack: LocalStack, name: str, params: str) -> None:
+    run = subprocess.run(
+        [
+            PREFECT,
+            "deployment",
+            "run",
+            name,
+            "--params",
+            params,
+            "--watch",
+            "--watch-timeout",
+            "300",
+        ],
+        cwd=ROOT,
+        env=client_env(stack),
+        capture_output=True,
+        text=True,
+        timeout=360,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def flow_runs(stack: LocalStack, deployment: str) -> int:
+    """How many runs a deployment has had (scheduled future runs are not counted)."""
+    import json
+    import urllib.request
+
+    body = json.dumps(
+        {
+            "deployments": {"name": {"any_": [deployment]}},
+            "flow_runs": {"state": {"type": {"not_any_": ["SCHEDULED"]}}},
+        }
+    ).encode()
+    req = urllib.request.Request(
+        f"{stack.config.prefect_api_url}/flow_runs/filter",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return len(json.loads(resp.read()))
 
 
 def test_down_stops_only_what_up_started(stack: LocalStack) -> None:

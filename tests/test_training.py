@@ -1,0 +1,237 @@
+"""Fine-tuning on the tiny base model: real training that measurably learns, QLoRA on CPU,
+resume from a stored checkpoint, idempotency, lineage, and faults that publish nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+from pathlib import Path
+
+import pytest
+
+from slmops import adapters
+from slmops.errors import ConfigError
+from slmops.manifest import Manifest
+from slmops.models import WatchedModel, current_revision
+from slmops.store.base import ObjectStore
+from slmops.store.local import LocalStore
+from slmops.store.s3 import S3Store
+from slmops.training import TrainConfig, TrainingError, finalize_adapter, train_adapter
+from slmops.versions import ADAPTERS, VersionedArtifact
+from tests.conftest import make_bucket
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "support-bot"
+ROWS = [json.loads(line)["messages"] for line in (EXAMPLE / "train.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(
+    prefect_harness: None,
+    tiny_base: Path,
+    s3_endpoint: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[S3Store, Manifest, float]:
+    """refine-tune run once, as a deployment would, against the S3 store."""
+    import time
+
+    from flows.refine_tune import refine_tune
+
+    store = S3Store(make_bucket(s3_endpoint), "prod", endpoint_url=s3_endpoint)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SLMOPS_S3_ENDPOINT_URL", s3_endpoint)
+    from slmops.config import get_settings
+
+    get_settings.cache_clear()
+    t0 = time.perf_counter()
+    manifest = refine_tune("tiny-llama", str(tiny_base), store=store.uri)
+    elapsed = time.perf_counter() - t0
+    yield store, manifest, elapsed
+    mp.undo()
+
+
+def test_training_teaches_the_answer_format(trained: tuple[S3Store, Manifest, float]) -> None:
+    _, manifest, _ = trained
+    metrics = manifest.metrics
+    # Held-out prompts: the random base never answers in JSON; the adapter nearly always does.
+    assert metrics["base_json_valid"] <= 0.1
+    assert metrics["json_valid"] >= 0.9, metrics
+    curve = metrics["loss_curve"]
+    assert curve[0][1] - curve[-1][1] > 1.5, "loss did not fall"
+    assert metrics["tokens_seen"] > 10_000 and metrics["steps"] == 200
+
+
+def test_the_adapter_has_full_lineage(
+    trained: tuple[S3Store, Manifest, float], tiny_base: Path
+) -> None:
+    _, manifest, _ = trained
+    base = next(i for i in manifest.inputs if i.kind == "base-model")
+    data = next(i for i in manifest.inputs if i.kind == "dataset")
+    assert base.name == "tiny-llama" and base.uri == str(tiny_base)
+    assert base.version == current_revision(WatchedModel(name="x", source=str(tiny_base))).revision
+    assert data.name == "support-bot" and data.version and data.sha256
+    assert manifest.config["rank"] == 16 and manifest.config["training_key"]
+    assert manifest.config["served_base_model"] == "tiny-llama"
+    assert manifest.resources["method"] == "lora" and manifest.resources["cpu_seconds"] > 0
+    assert manifest.resources["estimated_cost_usd"] > 0
+    assert manifest.code.version and manifest.trigger.flow_run_id
+
+
+def test_the_adapter_loads_in_peft_as_vllm_expects(
+    trained: tuple[S3Store, Manifest, float], tiny_base: Path, tmp_path: Path
+) -> None:
+    store, manifest, _ = trained
+    folder = tmp_path / "adapter"
+    VersionedArtifact(store, ADAPTERS, "support-bot").download(manifest.version, folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "tiny-llama"
+    assert not config.get("modules_to_save") and config["r"] == 16
+    assert (folder / "training" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), str(folder))
+    assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0
+
+
+def test_the_same_inputs_train_once(
+    trained: tuple[S3Store, Manifest, float], tiny_base: Path
+) -> None:
+    import time
+
+    from flows.refine_tune import refine_tune
+
+    store, manifest, first_run = trained
+    t0 = time.perf_counter()
+    again = refine_tune("tiny-llama", str(tiny_base), store=store.uri)
+    assert again.version == manifest.version
+    assert time.perf_counter() - t0 < first_run  # returned the stored adapter, no training
+    assert VersionedArtifact(store, ADAPTERS, "support-bot").versions() == [manifest.version]
+    from tests.test_flows import latest_artifact
+
+    assert "already trained" in asyncio.run(latest_artifact("training-support-bot"))
+
+
+def test_qlora_trains_on_cpu_with_bitsandbytes(tiny_base: Path, tmp_path: Path) -> None:
+    result = train_adapter(
+        tiny_base,
+        ROWS[:32],
+        [],
+        tmp_path,
+        TrainConfig(method="qlora", max_steps=4, batch_size=4),
+        served_model="tiny-llama",
+    )
+    assert result.method == "qlora" and result.steps == 4
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size > 0
+
+
+def test_a_killed_run_resumes_from_its_stored_checkpoint(tiny_base: Path, tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    config = TrainConfig(max_steps=6, save_steps=3, batch_size=4)
+
+    def save_then_die(folder: Path, step: int) -> None:
+        adapters.save_checkpoint(store, "bot", "key1", folder)
+        raise SystemExit("worker lost")  # the pod is killed right after the checkpoint
+
+    with pytest.raises(SystemExit):
+        train_adapter(
+            tiny_base,
+            ROWS[:48],
+            [],
+            tmp_path / "run1",
+            config,
+            served_model="tiny-llama",
+            on_checkpoint=save_then_die,
+        )
+    checkpoint = adapters.latest_checkpoint(store, "bot", "key1", tmp_path / "resume")
+    assert checkpoint is not None and checkpoint.name == "checkpoint-3"
+    result = train_adapter(
+        tiny_base,
+        ROWS[:48],
+        [],
+        tmp_path / "run2",
+        config,
+        served_model="tiny-llama",
+        resume_from=checkpoint,
+    )
+    assert result.resumed_from_step == 3 and result.steps == 6
+    assert [step for step, _ in result.loss_curve] == [4, 5, 6]
+
+
+def test_a_corrupt_adapter_is_refused(tiny_base: Path, tmp_path: Path) -> None:
+    train_adapter(
+        tiny_base,
+        ROWS[:16],
+        [],
+        tmp_path,
+        TrainConfig(max_steps=1, batch_size=4),
+        served_model="tiny-llama",
+    )
+    adapter = tmp_path / "adapter"
+    weights = adapter / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(TrainingError, match="unreadable"):
+        finalize_adapter(adapter, "tiny-llama")
+    weights.unlink()
+    with pytest.raises(TrainingError, match=r"missing adapter_model\.safetensors"):
+        finalize_adapter(adapter, "tiny-llama")
+
+
+def test_a_full_disk_while_storing_leaves_nothing_visible(
+    store: ObjectStore, tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = train_adapter(
+        tiny_base,
+        ROWS[:16],
+        [],
+        tmp_path,
+        TrainConfig(max_steps=1, batch_size=4),
+        served_model="tiny-llama",
+    )
+    art = VersionedArtifact(store, ADAPTERS, "bot")
+    good = art.publish(Manifest(kind="adapter", name="bot"), {"adapter_config.json": b"{}"})
+    art.set_alias("latest", good.version)
+    real_put_file = type(store).put_file
+    calls = {"n": 0}
+
+    def disk_full(self: ObjectStore, key: str, path: Path, **kw: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_put_file(self, key, path, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(type(store), "put_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        adapters.publish_adapter(
+            store,
+            "bot",
+            tmp_path / "adapter",
+            result,
+            key="k",
+            base_model="tiny-llama",
+            base_revision="r1",
+            base_source=str(tiny_base),
+            dataset="d",
+            dataset_version="v",
+            dataset_sha="s",
+            config=TrainConfig(),
+        )
+    assert art.versions() == [good.version]
+    assert art.resolve("latest").version == good.version
+
+
+def test_a_superseded_revision_is_not_trained_on(
+    prefect_harness: None, tiny_base: Path, tmp_path: Path
+) -> None:
+    from flows.refine_tune import refine_tune
+
+    state = refine_tune(
+        "tiny-llama",
+        str(tiny_base),
+        revision="0" * 40,
+        store=str(tmp_path / "store"),
+        return_state=True,
+    )
+    assert state.is_failed() and "not 000000000000" in str(state.message)
+    with pytest.raises(ConfigError, match="does not exist"):
+        refine_tune("tiny-llama", str(tmp_path / "no-model"), store=str(tmp_path / "store"))
