@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The demo: start the local stack (Prefect server + worker, S3 server), deploy prefect.yaml,
-# and run the pipelines built so far through the worker on the bundled example (the docs of
-# "Tidewell", a fictional help-desk product), with every artifact in the S3 store.
+# and run the pipelines built so far through the worker on the bundled example (the docs and
+# support conversations of "Tidewell", a fictional help-desk product): docs ingestion into a
+# RAG index, and a base-model release that triggers re-fine-tuning of the support adapter.
+# Every artifact lands in the S3 store with its lineage.
 # Run it with `make demo`; the stack keeps running afterwards so the UI can be browsed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +24,17 @@ prefect deployment run 'ingest-docs/hourly' --watch --watch-timeout 600 | tail -
 
 echo "== retrieval from the index (what the serving side calls)"
 slmops query support-docs "Can a Deckhand reply to customers?" -k 2
+
+echo "== a base-model release: build the tiny Llama (it stands in for a new revision on the Hub)"
+[ -f .slmops/models/tiny-llama/config.json ] || python -m infra.tiny_model .slmops/models/tiny-llama
+echo "== watch-base-model sees the revision and emits slmops.base-model.released"
+prefect deployment run 'watch-base-model/every-15-minutes' --watch --watch-timeout 300 | tail -n 1
+echo "== the event starts refine-tune on the worker: dataset version, LoRA training, adapter version"
+for _ in $(seq 1 120); do
+  slmops store show adapters/support-bot@latest >/dev/null 2>&1 && break
+  sleep 5
+done
+slmops store show adapters/support-bot@latest
 
 echo "== verify-store: every stored version re-hashed against its manifest"
 prefect deployment run 'verify-store/daily' --watch --watch-timeout 300 | tail -n 1

@@ -78,9 +78,9 @@ class TrainConfig(BaseModel):
     threads: int | None = Field(
         None,
         ge=1,
-        description="CPU threads for torch. Unset: 1 for "
-        "models under 100M parameters (as fast idle, much faster on "
-        "a busy machine), else torch's default.",
+        description="CPU threads for torch. Unset: the cores not already busy (by the 1-minute "
+        "load average), at least 1: all cores on an idle machine, one on a loaded one, where "
+        "extra threads only contend.",
     )
     cpu_hour_usd: float = Field(
         0.05, ge=0, description="Price of one CPU core-hour, for the cost estimate in the manifest."
@@ -112,6 +112,28 @@ def _device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def idle_cores(window: float = 0.5) -> int:
+    """Cores not busy right now (CPU time sampled over `window` seconds), at least 1.
+
+    Extra torch threads on a core another process is using only contend (a tiny model runs
+    several times slower); on an idle machine every core helps."""
+    cores = len(os.sched_getaffinity(0))
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as fh:
+            values = [int(v) for v in fh.readline().split()[1:]]
+        return sum(values), values[3] + values[4]  # total, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(window)
+        total1, idle1 = sample()
+    except OSError:
+        return 1
+    busy = 1 - (idle1 - idle0) / max(total1 - total0, 1)
+    return max(1, min(cores, round(cores * (1 - busy))))
 
 
 def choose_method(config: TrainConfig, base: Path, device: str) -> str:
@@ -169,9 +191,8 @@ def train_adapter(
             bnb_4bit_compute_dtype=model_kwargs["dtype"],
         )
     model = AutoModelForCausalLM.from_pretrained(base, **model_kwargs)
-    params = sum(p.numel() for p in model.parameters())
     if device == "cpu":
-        torch.set_num_threads(config.threads or (1 if params < 100_000_000 else old_threads))
+        torch.set_num_threads(config.threads or idle_cores())
     if method == "qlora":
         from peft import prepare_model_for_kbit_training
 
