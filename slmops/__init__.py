@@ -3,7 +3,13 @@
 The core package: plain Python, no Prefect import. flows/ and tasks/ orchestrate it.
 """
 
+import logging
+
 __version__ = "0.1.0"
+
+# bitsandbytes warns on import that an optional fast CPU kernel package is missing; it falls
+# back to its own kernels, and the warning only clutters every command's output.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def retrieve(index: str, query: str, k: int = 5, **kwargs: object) -> list[object]:

@@ -156,10 +156,14 @@ def store_show(
     )
     if manifest.parent:
         console.print(f"parent: {manifest.parent}")
+    metrics = {
+        k: (f"<{len(v)} points>" if isinstance(v, list) and len(v) > 10 else v)
+        for k, v in manifest.metrics.items()
+    }  # a loss curve is for the PNG, not here
     for title, data in (
         ("inputs", [i.model_dump(exclude_none=True) for i in manifest.inputs]),
         ("config", manifest.config),
-        ("metrics", manifest.metrics),
+        ("metrics", metrics),
         ("timings (s)", manifest.timings),
         ("resources", manifest.resources),
     ):
