@@ -47,3 +47,7 @@ def retry_unless_bad_input(task: object, task_run: object, state: object) -> boo
     except Exception:
         return True
     return False
+
+
+# Task options for steps that touch a store or a source: two retries, none for bad input.
+RETRIES = {"retries": 2, "retry_delay_seconds": 10, "retry_condition_fn": retry_unless_bad_input}

@@ -17,9 +17,7 @@ from slmops.ingest import EmbedStats, IngestConfig, IngestPlan, IngestReport
 from slmops.manifest import Manifest, Trigger
 from slmops.store import open_store
 from slmops.versions import INDEXES, VersionedArtifact
-from tasks.context import retry_unless_bad_input
-
-RETRIES = {"retries": 2, "retry_delay_seconds": 10, "retry_condition_fn": retry_unless_bad_input}
+from tasks.context import RETRIES
 
 
 @task(name="plan-and-split", **RETRIES)  # type: ignore[arg-type]

@@ -8,9 +8,7 @@ from prefect.events import emit_event
 from slmops import models
 from slmops.models import RELEASE_EVENT, Revision, WatchedModel
 from slmops.store import open_store
-from tasks.context import retry_unless_bad_input
-
-RETRIES = {"retries": 2, "retry_delay_seconds": 10, "retry_condition_fn": retry_unless_bad_input}
+from tasks.context import RETRIES
 
 
 @task(name="current-revision", task_run_name="revision of {model.name}", **RETRIES)  # type: ignore[arg-type]

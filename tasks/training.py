@@ -23,9 +23,8 @@ from slmops.manifest import Manifest, Trigger
 from slmops.models import Revision, WatchedModel
 from slmops.store import open_store
 from slmops.training import TrainConfig, TrainResult, train_adapter
-from tasks.context import retry_unless_bad_input
+from tasks.context import RETRIES
 
-RETRIES = {"retries": 2, "retry_delay_seconds": 10, "retry_condition_fn": retry_unless_bad_input}
 ANSWER_KEYS = ("answer", "sources", "confidence")
 
 

@@ -75,10 +75,11 @@ def deployed(stack: LocalStack) -> LocalStack:
     return stack
 
 
-def run_deployment(stack: LocalStack, name: str) -> str:
+def run_deployment(stack: LocalStack, name: str, params: str | None = None) -> str:
     """Run a deployment on the worker, wait for it to finish; returns the worker's log."""
+    extra = ["--params", params] if params else []
     run = subprocess.run(
-        [PREFECT, "deployment", "run", name, "--watch", "--watch-timeout", "300"],
+        [PREFECT, "deployment", "run", name, *extra, "--watch", "--watch-timeout", "300"],
         cwd=ROOT,
         env=client_env(stack),
         capture_output=True,
@@ -122,25 +123,7 @@ def test_a_base_model_release_triggers_refine_tune_through_an_event(
 
     params = json.dumps({"params": {"models": [{"name": "tiny-llama", "source": str(tiny_base)}]}})
     revision = current_revision(WatchedModel(name="tiny-llama", source=str(tiny_base))).revision
-    run = subprocess.run(
-        [
-            PREFECT,
-            "deployment",
-            "run",
-            "watch-base-model/every-15-minutes",
-            "--params",
-            params,
-            "--watch",
-            "--watch-timeout",
-            "300",
-        ],
-        cwd=ROOT,
-        env=client_env(deployed),
-        capture_output=True,
-        text=True,
-        timeout=360,
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
+    run_deployment(deployed, "watch-base-model/every-15-minutes", params)
     store = stack_store(deployed)
     art = VersionedArtifact(store, "adapters", "support-bot")
     deadline = time.time() + 420
@@ -155,33 +138,11 @@ def test_a_base_model_release_triggers_refine_tune_through_an_event(
     assert manifest.metrics["json_valid"] >= 0.9
 
     # Watching again finds nothing new: no event, no second training run.
-    run_deployment_with(deployed, "watch-base-model/every-15-minutes", params)
+    run_deployment(deployed, "watch-base-model/every-15-minutes", params)
     time.sleep(15)  # longer than emit -> flow start (8-12 s) if an event had gone out
     seen = json.loads(store.get_bytes("models/tiny-llama/revisions.json"))
     assert [r["revision"] for r in seen["revisions"]] == [revision]
     assert flow_runs(deployed, "on-base-model-release") == 1
-
-
-def run_deployment_with(stack: LocalStack, name: str, params: str) -> None:
-    run = subprocess.run(
-        [
-            PREFECT,
-            "deployment",
-            "run",
-            name,
-            "--params",
-            params,
-            "--watch",
-            "--watch-timeout",
-            "300",
-        ],
-        cwd=ROOT,
-        env=client_env(stack),
-        capture_output=True,
-        text=True,
-        timeout=360,
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
 
 
 def flow_runs(stack: LocalStack, deployment: str) -> int:
