@@ -6,7 +6,6 @@ is downloaded at run time. Any sentence-transformers model folder can be named i
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from functools import lru_cache
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from slmops.errors import ConfigError
+from slmops.store.base import folder_sha256
 
 _LOCK = threading.Lock()
 
@@ -104,18 +104,7 @@ def model_id(model_path: Path) -> str:
     """`<name>@<content hash>`: which model made a vector, without loading it."""
     # The bundled model's folder is just "model": name it after what it is.
     name = "all-MiniLM-L6-v2" if model_path == _bundled_path() else model_path.name
-    return f"{name}@{_folder_digest(model_path)[:12]}"
-
-
-def _folder_digest(path: Path) -> str:
-    """A content hash of a model folder: its identity in manifests and checkpoint keys."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        digest.update(file.relative_to(path).as_posix().encode())
-        with open(file, "rb") as fh:
-            for block in iter(lambda: fh.read(2**20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    return f"{name}@{folder_sha256(model_path)[:12]}"
 
 
 @lru_cache(maxsize=4)

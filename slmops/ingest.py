@@ -31,7 +31,7 @@ from slmops.docs import DocLimits, DocRejected, DocSource, ParsedDoc, SkippedDoc
 from slmops.errors import ConfigError
 from slmops.manifest import InputRef, Manifest, Trigger
 from slmops.store.base import ObjectStore, sha256_bytes
-from slmops.versions import INDEXES, VersionedArtifact
+from slmops.versions import INDEXES, VersionedArtifact, new_version_id
 
 NODES, EMBEDDINGS, DOCS = "nodes.jsonl", "embeddings.npy", "docs.json"
 LATEST = "latest"
@@ -122,8 +122,6 @@ class IngestReport(BaseModel):
 
     def record(self, stats: EmbedStats, index_dir: Path) -> None:
         """Fill in the chunk counts once the new version is assembled in `index_dir`."""
-        from slmops.versions import new_version_id
-
         self.version = self.version or new_version_id()
         with open(index_dir / NODES, encoding="utf-8") as fh:
             self.chunks_total = sum(1 for _ in fh)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from slmops.errors import ConfigError, ConflictError, ObjectNotFoundError
 from slmops.store import ObjectStore, open_store, parse_store_uri
-from slmops.store.base import sha256_file
+from slmops.store.base import folder_sha256
 from slmops.versions import MODELS, check_name
 
 RELEASE_EVENT = "slmops.base-model.released"
@@ -51,16 +51,13 @@ def event_id(model: str, revision: str) -> uuid.UUID:
 
 
 def _folder_revision(path: Path) -> str:
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = [p for p in path.rglob("*") if p.is_file()]
     if not any(p.suffix in _WEIGHT_FILES for p in files) or not (path / "config.json").exists():
         raise ConfigError(
             f"{path} is not a model folder (needs config.json and weights, as "
             "written by save_pretrained)"
         )
-    for file in files:
-        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
-    return digest.hexdigest()[:40]
+    return folder_sha256(path)[:40]
 
 
 def _hf_repo(source: str) -> tuple[str, str]:

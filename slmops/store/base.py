@@ -44,6 +44,16 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def folder_sha256(path: Path) -> str:
+    """Content hash of a folder: each file's relative path and sha256, in a stable order.
+
+    Hidden files (.git, .DS_Store) are left out, so a copy anywhere hashes the same."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
+    return digest.hexdigest()
+
+
 def check_key(key: str) -> str:
     """Return `key` if it is a valid relative object key, else raise a StoreError saying why."""
     if not key or key.startswith("/") or "\\" in key:
