@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: the CPU build (750 MB) instead of a multi-GB CUDA one.
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[training,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[training,stack,dev]"
 	touch $@
 
 lint: setup

@@ -16,26 +16,16 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
 from slmops.config import get_settings
-from slmops.embedder import get_embedder
-from slmops.ingest import IngestConfig, IngestReport
-from slmops.retrieval_eval import load_questions
-from slmops.versions import check_name
+from slmops.ingest import IngestConfig, IngestPlan, IngestReport, run_ingest
 from tasks.context import current_trigger
-from tasks.ingest import (
-    assemble_index,
-    embed_chunks,
-    evaluate_retrieval,
-    prepare_docs,
-    publish_index,
-    report_ingest,
-)
+from tasks.ingest import TASK_STAGES, report_ingest
 
 
 class IngestDocsParams(BaseModel):
     source: str = Field(
         description="Documentation to index: a folder, or s3://bucket/prefix (any bucket)."
     )
-    index: str = Field("docs", description="Index name; versions live under indexes/<name>/.")
+    index: str = Field("docs", description="Index name; versions live under indexes/INDEX/.")
     store: str | None = Field(
         None,
         description="Artifact store URI (s3://bucket/prefix or a folder). Empty: SLMOPS_STORE.",
@@ -58,20 +48,16 @@ class IngestDocsParams(BaseModel):
 def ingest_docs(params: IngestDocsParams) -> IngestReport:
     """Bring an index up to date with its documentation, as a new version (or none if nothing
     changed). The previous version stays intact; `latest` moves only once the new one is
-    complete and evaluated."""
+    complete and evaluated.
+
+    Args:
+        params: Which documentation, into which index and store, chunked and evaluated how.
+    """
     logger = get_run_logger()
     settings = get_settings()
     store_uri = params.store or settings.store
-    check_name(params.index, "index name")
-    if params.questions:
-        load_questions(params.questions)  # bad input fails before any work
-    endpoint = params.source_endpoint_url or settings.s3_endpoint_url
-    workdir = Path(tempfile.mkdtemp(prefix=f"slmops-ingest-{params.index}-"))
-    try:
-        plan = prepare_docs(
-            params.source, store_uri, params.index, params.config, workdir, endpoint
-        )
-        report = IngestReport(plan=plan, timings=dict(plan.timings))
+
+    def log_plan(plan: IngestPlan) -> None:
         logger.info(
             "%d added, %d changed, %d deleted, %d unchanged, %d skipped; %d chunks to embed",
             len(plan.added),
@@ -83,16 +69,23 @@ def ingest_docs(params: IngestDocsParams) -> IngestReport:
         )
         for skipped in plan.skipped + plan.kept:
             logger.warning("skipped %s: %s", skipped.path, skipped.reason)
-        if plan.has_changes:
-            stats = embed_chunks(store_uri, params.index, params.config, workdir, plan.new_chunks)
-            index_dir = assemble_index(store_uri, plan, workdir)
-            report.record(stats, index_dir)
-            report.retrieval = evaluate_retrieval(
-                index_dir, params.index, params.config, params.questions, params.k
-            )
-            model_id = stats.model_id or get_embedder(params.config.embed_model).model_id
-            publish_index(store_uri, report, index_dir, params.config, model_id, current_trigger())
-        logger.info(report_ingest(store_uri, report))
+
+    workdir = Path(tempfile.mkdtemp(prefix=f"slmops-ingest-{params.index}-"))
+    try:
+        report = run_ingest(
+            params.source,
+            store_uri,
+            params.index,
+            params.config,
+            workdir=workdir,
+            questions=params.questions,
+            k=params.k,
+            trigger=current_trigger(),
+            on_plan=log_plan,
+            source_endpoint=params.source_endpoint_url or settings.s3_endpoint_url,
+            stages=TASK_STAGES,
+        )
+        logger.info(report_ingest(store_uri=store_uri, report=report))
         return report
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

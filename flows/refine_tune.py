@@ -1,8 +1,10 @@
-"""refine-tune: base model + revision + dataset -> validated dataset version -> LoRA/QLoRA
-adapter -> adapter version in the store, with its lineage.
+"""refine-tune: base model + revision + dataset -> validated dataset version -> claim the
+training key -> LoRA/QLoRA adapter -> adapter version in the store, with its lineage.
 
-Triggered by `slmops.base-model.released` (adapters do not transfer between base revisions),
-weekly, or by hand. Idempotent: the same base revision, dataset and config train once.
+Triggered by `slmops.base-model.released` for the adapter's own base model (adapters do not
+transfer between base revisions), weekly, or by hand. Idempotent: the same base revision,
+dataset and weight-changing config train once, even when two runs start together (the one
+that claims the key trains; the other waits and returns its adapter).
 
 Run it:  python -m flows.refine_tune tiny-llama .slmops/models/tiny-llama
 """
@@ -15,8 +17,10 @@ import tempfile
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from pydantic import BaseModel, Field
 
-from slmops.adapters import find_trained, training_key
+from slmops.adapters import check_adapter_base, training_key
+from slmops.claims import holding
 from slmops.config import get_settings
 from slmops.datasets import DatasetConfig
 from slmops.manifest import Manifest, Trigger
@@ -26,7 +30,9 @@ from slmops.versions import check_name
 from tasks.context import current_trigger
 from tasks.training import (
     base_model,
+    claim_training,
     dataset_version,
+    find_trained,
     format_check,
     publish,
     report_training,
@@ -36,97 +42,147 @@ from tasks.training import (
 EXAMPLE_DATA = "examples/support-bot/train.jsonl"
 
 
+class RefineTuneParams(BaseModel):
+    """What to train: which base model and revision, on which data, into which adapter."""
+
+    model: str = Field(
+        description="Base model id as served (vLLM --served-model-name), e.g. tiny-llama. "
+        "An adapter is trained for one base model only."
+    )
+    source: str = Field(
+        description="Where the base model lives: hf://org/name, s3://bucket/prefix or a folder."
+    )
+    revision: str | None = Field(
+        None,
+        description="Base revision to train on (set from the release event). "
+        "Empty: the source's current revision.",
+    )
+    adapter: str = Field(
+        "support-bot", description="Adapter name in the store: adapters/ADAPTER/versions/..."
+    )
+    dataset: str = Field(
+        EXAMPLE_DATA, description="Training data, JSONL: chat messages or prompt/completion rows."
+    )
+    dataset_name: str = Field(
+        "support-bot", description="Dataset name in the store: datasets/NAME/versions/..."
+    )
+    config: TrainConfig = Field(
+        default_factory=TrainConfig, description="LoRA/QLoRA hyperparameters."
+    )
+    dataset_config: DatasetConfig = Field(
+        default_factory=DatasetConfig,
+        description="Bad-row policy, eval split, max tokens per row.",
+    )
+    answer_keys: list[str] = Field(
+        default_factory=lambda: ["answer", "sources", "confidence"],
+        description="Keys every answer's JSON object must hold, for the held-out format check "
+        "stored with the adapter.",
+    )
+    store: str | None = Field(
+        None,
+        description="Artifact store URI (s3://bucket/prefix or a folder). Empty: SLMOPS_STORE.",
+    )
+    event_id: str | None = Field(
+        None, description="The release event that started this run (set by the trigger)."
+    )
+
+
 @flow(name="refine-tune")
-def refine_tune(
-    model: str,
-    source: str,
-    revision: str | None = None,
-    dataset: str = EXAMPLE_DATA,
-    dataset_name: str = "support-bot",
-    adapter: str = "support-bot",
-    config: TrainConfig | None = None,
-    dataset_config: DatasetConfig | None = None,
-    store: str | None = None,
-    event_id: str | None = None,
-) -> Manifest:
+def refine_tune(params: RefineTuneParams) -> Manifest:
     """Fine-tune an adapter for a base-model revision and store it with its lineage.
 
     Args:
-        model: Base model id as served (vLLM --served-model-name), e.g. tiny-llama.
-        source: Where the base model lives: hf://org/name, s3://bucket/prefix or a folder.
-        revision: Revision to train on (from the release event). Empty: the source's current.
-        dataset: Training data, JSONL (chat messages or prompt/completion rows).
-        dataset_name: Dataset name in the store (datasets/<name>/versions/...).
-        adapter: Adapter name in the store (adapters/<name>/versions/...).
-        config: LoRA/QLoRA hyperparameters; defaults suit small models.
-        dataset_config: Bad-row policy, eval split, max tokens per row.
-        store: Store URI. Empty: SLMOPS_STORE.
-        event_id: The release event that triggered this run (set by the trigger).
+        params: Base model and revision, training data, adapter name and hyperparameters.
     """
     logger = get_run_logger()
-    config = config or TrainConfig()
-    dataset_config = dataset_config or DatasetConfig()
-    check_name(adapter, "adapter name")
-    store_uri = store or get_settings().store
+    check_name(params.adapter, "adapter name")
+    store_uri = params.store or get_settings().store
     trigger = current_trigger()
-    if event_id:
-        trigger = Trigger(type="event", id=event_id, by=trigger.by, flow_run_id=trigger.flow_run_id)
+    if params.event_id:
+        trigger = Trigger(
+            type="event", id=params.event_id, by=trigger.by, flow_run_id=trigger.flow_run_id
+        )
+    check_adapter_base(open_store(store_uri), params.adapter, params.model)
 
-    rev, base_path = base_model(model, source, revision or None)
-    data = dataset_version(store_uri, dataset_name, dataset, dataset_config, base_path, trigger)
-    dataset_sha = next(i.sha256 for i in data.inputs if i.kind == "file") or ""
-    key = training_key(rev.model, rev.revision, dataset_name, data.version, dataset_sha, config)
-    existing = find_trained(open_store(store_uri), adapter, key)
+    rev, base_path = base_model(
+        model=params.model, source=params.source, revision=params.revision or None
+    )
+    data = dataset_version(
+        store_uri=store_uri,
+        name=params.dataset_name,
+        path=params.dataset,
+        config=params.dataset_config,
+        base_path=base_path,
+        trigger=trigger,
+    )
+    dataset_sha = next((i.sha256 for i in data.inputs if i.kind == "file"), None) or ""
+    key = training_key(
+        rev.model, rev.revision, params.dataset_name, data.version or "", dataset_sha, params.config
+    )
+    claim = None
+    existing = find_trained(store_uri=store_uri, adapter=params.adapter, key=key)
+    if existing is None:
+        claim, existing = claim_training(store_uri=store_uri, adapter=params.adapter, key=key)
     if existing is not None:
         logger.info(
             "adapter %s version %s was already trained for these inputs; nothing to do",
-            adapter,
+            params.adapter,
             existing.version,
         )
-        report_training(store_uri, existing, True)
+        report_training(store_uri=store_uri, manifest=existing, reused=True)
         return existing
 
-    workdir = Path(tempfile.mkdtemp(prefix=f"slmops-train-{adapter}-"))
+    assert claim is not None
+    workdir = Path(tempfile.mkdtemp(prefix=f"slmops-train-{params.adapter}-"))
     try:
-        result = train(
-            store_uri,
-            adapter,
-            key,
-            base_path,
-            rev.model,
-            dataset_name,
-            data.version,
-            config,
-            workdir,
-        )
-        adapter_dir = workdir / "out" / "adapter"
-        metrics = format_check(store_uri, base_path, adapter_dir, dataset_name, data.version)
-        manifest = publish(
-            store_uri,
-            adapter,
-            adapter_dir,
-            result,
-            key,
-            rev,
-            dataset_name,
-            data,
-            config,
-            metrics,
-            trigger,
-        )
+        with holding(claim):
+            result, adapter_dir = train(
+                store_uri=store_uri,
+                adapter=params.adapter,
+                key=key,
+                base_path=base_path,
+                served_model=rev.model,
+                dataset=params.dataset_name,
+                version=data.version or "",
+                config=params.config,
+                workdir=workdir,
+            )
+            metrics = format_check(
+                store_uri=store_uri,
+                base_path=base_path,
+                adapter_dir=adapter_dir,
+                dataset=params.dataset_name,
+                version=data.version or "",
+                answer_keys=params.answer_keys,
+            )
+            manifest = publish(
+                store_uri=store_uri,
+                adapter=params.adapter,
+                adapter_dir=adapter_dir,
+                result=result,
+                key=key,
+                rev=rev,
+                dataset=data,
+                config=params.config,
+                metrics=metrics,
+                trigger=trigger,
+                claim=claim,
+            )
         logger.info(
             "adapter %s version %s: loss %.3f, json_valid %s (base %s)",
-            adapter,
+            params.adapter,
             manifest.version,
             result.final_loss,
             metrics.get("json_valid"),
             metrics.get("base_json_valid"),
         )
-        report_training(store_uri, manifest, False)
+        report_training(store_uri=store_uri, manifest=manifest, reused=False)
         return manifest
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    refine_tune(sys.argv[1], sys.argv[2])
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m flows.refine_tune MODEL_NAME MODEL_SOURCE")
+    refine_tune(RefineTuneParams(model=sys.argv[1], source=sys.argv[2]))

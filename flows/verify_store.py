@@ -27,21 +27,29 @@ class VerifyStoreParams(BaseModel):
 
 @flow(name="verify-store", log_prints=True)
 def verify_store(params: VerifyStoreParams | None = None) -> list[VersionCheck]:
-    """Check that every version in the store is intact: present, right size, right sha256."""
+    """Check that every version in the store is intact: present, right size, right sha256.
+
+    Args:
+        params: Which store, how deep to check, and whether damage fails the run.
+    """
     params = params or VerifyStoreParams()
     store_uri = params.store or get_settings().store
     logger = get_run_logger()
 
-    found = list_versions(store_uri)
+    found = list_versions(store_uri=store_uri)
     logger.info("verifying %d versions in %s", len(found), store_uri)
     checks: list[VersionCheck] = []
     if found:
         collections, names, versions = (list(col) for col in zip(*found, strict=True))
         futures = verify_version.map(
-            unmapped(store_uri), collections, names, versions, deep=unmapped(params.deep)
+            store_uri=unmapped(store_uri),
+            collection=collections,
+            name=names,
+            version=versions,
+            deep=unmapped(params.deep),
         )
         checks = [f.result() for f in futures]
-    logger.info(report_checks(store_uri, checks))
+    logger.info(report_checks(store_uri=store_uri, checks=checks))
 
     damaged = [c for c in checks if c.problems]
     if damaged and params.fail_on_problems:

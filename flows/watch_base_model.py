@@ -25,13 +25,17 @@ class WatchParams(BaseModel):
 
 @flow(name="watch-base-model")
 def watch_base_model(params: WatchParams) -> list[Revision]:
-    """Announce each watched model's revision if it was not seen before; returns the new ones."""
+    """Announce each watched model's revision if it was not seen before; returns the new ones.
+
+    Args:
+        params: The base models to follow, and the store holding what was seen.
+    """
     logger = get_run_logger()
     store_uri = params.store or get_settings().store
     released = []
     for model in params.models:
-        rev = current_revision(model)
-        if announce_if_new(store_uri, rev):
+        rev = current_revision(model=model)
+        if announce_if_new(store_uri=store_uri, rev=rev):
             logger.info("new revision of %s: %s (from %s)", rev.model, rev.revision, rev.source)
             released.append(rev)
         else:

@@ -3,7 +3,13 @@
 The core package: plain Python, no Prefect import. flows/ and tasks/ orchestrate it.
 """
 
+from __future__ import annotations
+
 import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from slmops.retrieval import Retrieved
 
 __version__ = "0.1.0"
 
@@ -12,11 +18,11 @@ __version__ = "0.1.0"
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
-def retrieve(index: str, query: str, k: int = 5, **kwargs: object) -> list[object]:
+def retrieve(index: str, query: str, k: int = 5, **kwargs: Any) -> list[Retrieved]:
     """The `k` chunks of an index's `latest` version closest to `query` (source, score, text).
 
     `store=` (URI or ObjectStore) and `version=` pick another store or version.
     """
     from slmops.retrieval import retrieve as _retrieve
 
-    return list(_retrieve(index, query, k, **kwargs))  # type: ignore[arg-type]
+    return _retrieve(index, query, k, **kwargs)

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
+from slmops.claims import Claim, ClaimRecord, wait_for_claim
+from slmops.errors import ConfigError
 from slmops.manifest import InputRef, Manifest, Trigger
-from slmops.store.base import ObjectStore, sha256_bytes
+from slmops.store.base import ObjectStore
+from slmops.store.hashing import sha256_bytes
 from slmops.training import TrainConfig, TrainResult
 from slmops.versions import ADAPTERS, VersionedArtifact
 
@@ -26,7 +30,8 @@ def training_key(
     dataset_sha: str,
     config: TrainConfig,
 ) -> str:
-    """What an adapter is a function of. Cost-estimate prices do not change the weights."""
+    """What an adapter is a function of: base revision, data, and the config fields that
+    change the weights (`TrainConfig.weight_fields`; threads or prices do not)."""
     basis = json.dumps(
         {
             "model": model,
@@ -34,21 +39,66 @@ def training_key(
             "dataset": dataset,
             "dataset_version": dataset_version,
             "dataset_sha256": dataset_sha,
-            "config": config.model_dump(exclude={"cpu_hour_usd", "gpu_hour_usd", "save_steps"}),
+            "config": config.model_dump(include=set(TrainConfig.weight_fields())),
         },
         sort_keys=True,
     )
     return sha256_bytes(basis.encode())[:24]
 
 
+TRAINING_KEY = "training-key"  # lookup kind: training key -> adapter version
+CLAIM_TTL_S = 600.0  # a claim not renewed for this long is taken over (its run has died)
+
+
 def find_trained(store: ObjectStore, adapter: str, key: str) -> Manifest | None:
-    """The adapter version already trained for `key`, if any (newest first)."""
+    """The adapter version already trained for `key`, if any (one read, however many exist)."""
+    return VersionedArtifact(store, ADAPTERS, adapter).find(TRAINING_KEY, key)
+
+
+def check_adapter_base(store: ObjectStore, adapter: str, model: str) -> None:
+    """Refuse to train `adapter` on `model` if its versions were trained on another base model.
+
+    An adapter serves one base model; a release of another model must train its own adapter
+    (one refine-tune deployment per model -> adapter pair)."""
     art = VersionedArtifact(store, ADAPTERS, adapter)
-    for version in reversed(art.versions()):
-        manifest = art.manifest(version)
-        if manifest.config.get("training_key") == key:
-            return manifest
-    return None
+    latest = art.get_alias("latest")
+    if latest is None:
+        return
+    base = next((i for i in art.manifest(latest.version).inputs if i.kind == "base-model"), None)
+    if base is not None and base.name != model:
+        raise ConfigError(
+            f"adapter {adapter!r} is trained on base model {base.name!r}, not {model!r}: an "
+            "adapter does not transfer between base models. Give this model its own adapter "
+            "name (one refine-tune deployment per model -> adapter pair in prefect.yaml)"
+        )
+
+
+def claim_training(
+    store: ObjectStore,
+    adapter: str,
+    key: str,
+    *,
+    ttl: float = CLAIM_TTL_S,
+    poll: float = 5.0,
+    timeout: float | None = None,
+    on_wait: Callable[[ClaimRecord], None] | None = None,
+) -> tuple[Claim | None, Manifest | None]:
+    """Claim the right to train `key`, so that of runs racing on it exactly one trains.
+
+    Returns (claim, None): train, then publish while holding it; or (None, manifest): the
+    adapter was trained meanwhile by the run that held the claim. Waits while another live run
+    holds it; a claim its holder stopped renewing (crashed) is taken over after `ttl`."""
+    claim, found = wait_for_claim(
+        store,
+        f"{ADAPTERS}/{adapter}/claims/{key}.json",
+        f"training of adapter {adapter} key {key}",
+        ttl=ttl,
+        done=lambda: find_trained(store, adapter, key),
+        poll=poll,
+        timeout=timeout,
+        on_wait=on_wait,
+    )
+    return claim, found if isinstance(found, Manifest) else None
 
 
 def _checkpoint_prefix(adapter: str, key: str) -> str:
@@ -118,8 +168,11 @@ def publish_adapter(
     config: TrainConfig,
     metrics: dict[str, float] | None = None,
     trigger: Trigger | None = None,
+    claim: Claim | None = None,
 ) -> Manifest:
-    """Store the adapter folder with its training report; move alias `latest` to it."""
+    """Store the adapter folder with its training report; move alias `latest` to it.
+
+    With the run's training `claim`, refuses to publish if another run took the claim over."""
     adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
     training = adapter_dir / "training"
     loss_plot(
@@ -159,11 +212,14 @@ def publish_adapter(
             "peak_gpu_mb": result.peak_gpu_mb,
             "estimated_cost_usd": result.estimated_cost_usd,
             "resumed_from_step": result.resumed_from_step,
+            "threads": result.threads,
         },
         trigger=trigger or Trigger(),
     )
     art = VersionedArtifact(store, ADAPTERS, adapter)
-    stored = art.publish(manifest, adapter_dir)
+    if claim is not None:
+        claim.check()
+    stored = art.publish(manifest, adapter_dir, lookup={TRAINING_KEY: key})
     art.set_alias(
         "latest",
         stored.version,

@@ -18,7 +18,7 @@ from slmops.store import open_store
 from slmops.versions import COLLECTIONS, VersionedArtifact, summarize
 
 if TYPE_CHECKING:
-    from slmops.stack import LocalStack
+    from infra.stack import LocalStack
 
 app = typer.Typer(
     help="Keep a self-hosted, fine-tuned, RAG-backed language model current in production.",
@@ -346,8 +346,8 @@ def _stack(
     state_dir: Path | None, prefect_port: int | None = None, s3_port: int | None = None
 ) -> LocalStack:
     """The stack in `state_dir`; ports given here, else those it was started with."""
+    from infra.stack import LocalStack, StackConfig
     from slmops.config import get_settings
-    from slmops.stack import LocalStack, StackConfig
 
     config = StackConfig.load(state_dir or Path(get_settings().state_dir))
     if prefect_port:

@@ -20,7 +20,8 @@ from pydantic import BaseModel, Field
 
 from slmops.errors import ConfigError, SlmopsError
 from slmops.manifest import InputRef, Manifest, Trigger
-from slmops.store.base import ObjectStore, sha256_bytes
+from slmops.store.base import ObjectStore
+from slmops.store.hashing import sha256_bytes
 from slmops.versions import DATASETS, VersionedArtifact
 
 ROLES = ("system", "user", "assistant")
@@ -175,6 +176,21 @@ def _jsonl(rows: list[list[dict[str, str]]]) -> bytes:
     return "".join(json.dumps({"messages": m}, ensure_ascii=False) + "\n" for m in rows).encode()
 
 
+def chat_token_counter(base: str | Path) -> Callable[[list[dict[str, str]]], int]:
+    """Tokens a chat row takes once the base model's chat template is applied."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+
+    def count(messages: list[dict[str, str]]) -> int:
+        return len(tokenizer.apply_chat_template(messages, tokenize=True))
+
+    return count
+
+
+CONTENT_KEY = "content"  # lookup kind: hash of the source file + validation config -> version
+
+
 def publish_dataset(
     store: ObjectStore,
     name: str,
@@ -191,12 +207,10 @@ def publish_dataset(
         raise ConfigError(f"dataset {str(path)!r} does not exist")
     source_hash = sha256_bytes(path.read_bytes())
     settings = config.model_dump()
-    for version in reversed(art.versions()):
-        manifest = art.manifest(version)
-        if manifest.config == settings and any(
-            i.kind == "file" and i.sha256 == source_hash for i in manifest.inputs
-        ):
-            return manifest  # idempotent: this exact data was validated and stored before
+    content_key = sha256_bytes(json.dumps([source_hash, settings], sort_keys=True).encode())[:40]
+    existing = art.find(CONTENT_KEY, content_key)
+    if existing is not None:
+        return existing  # idempotent: this exact data was validated and stored before
     rows, report = validate_rows(path, config, count_tokens)
     train, held_out = split(rows, config.eval_fraction)
     if not train:
@@ -222,7 +236,7 @@ def publish_dataset(
         EVAL: _jsonl(held_out),
         REPORT: (report.model_dump_json(indent=1) + "\n").encode(),
     }
-    stored = art.publish(manifest, files)
+    stored = art.publish(manifest, files, lookup={CONTENT_KEY: content_key})
     art.set_alias(
         "latest", stored.version, reason=f"{report.kept} rows from {path.name}", trigger=trigger
     )

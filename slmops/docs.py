@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from slmops.errors import ConfigError, ObjectNotFoundError
 from slmops.store import ObjectStore, open_store, parse_store_uri
-from slmops.store.base import sha256_bytes
+from slmops.store.hashing import sha256_bytes
 
 FORMATS = {
     ".md": "markdown",

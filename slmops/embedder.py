@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from slmops.errors import ConfigError
-from slmops.store.base import folder_sha256
+from slmops.store.hashing import folder_sha256
 
 _LOCK = threading.Lock()
 

@@ -62,3 +62,19 @@ def json_valid_rate(replies: list[str], required_keys: tuple[str, ...] = ()) -> 
         return isinstance(value, dict) and all(k in value for k in required_keys)
 
     return sum(ok(r) for r in replies) / len(replies) if replies else 0.0
+
+
+def json_format_scores(
+    base: Path,
+    adapter: Path,
+    prompts: list[list[dict[str, str]]],
+    required_keys: tuple[str, ...],
+) -> dict[str, float]:
+    """Share of answers that are a JSON object with `required_keys`: base alone vs adapter.
+
+    A quick held-out check stored with every adapter; the eval gate judges promotion."""
+    if not prompts:
+        return {}
+    base_rate = json_valid_rate(generate(base, prompts), required_keys)
+    tuned_rate = json_valid_rate(generate(base, prompts, adapter=adapter), required_keys)
+    return {"json_valid": tuned_rate, "base_json_valid": base_rate, "format_prompts": len(prompts)}

@@ -1,6 +1,7 @@
 """Incremental documentation ingestion into versioned RAG indices.
 
-The stages, each usable on its own (the ingest-docs flow runs them as Prefect tasks):
+The stages, each usable on its own; `run_ingest` chains them, and the ingest-docs flow passes
+the same stages wrapped as Prefect tasks (`IngestStages`), so the sequence exists once:
 
 1. `prepare`: scan the source, hash every document, compare with the index version `latest`
    points at; parse and split only new and changed documents.
@@ -21,6 +22,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +31,19 @@ from pydantic import BaseModel, Field
 
 from slmops.docs import DocLimits, DocRejected, DocSource, ParsedDoc, SkippedDoc, parse_document
 from slmops.errors import ConfigError
+from slmops.index_files import DOCS, EMBEDDINGS, EVAL_REPORT, LATEST, NODES, disable_llm
 from slmops.manifest import InputRef, Manifest, Trigger
-from slmops.store.base import ObjectStore, sha256_bytes
+from slmops.store import open_store
+from slmops.store.base import ObjectStore
+from slmops.store.hashing import sha256_bytes
 from slmops.versions import INDEXES, VersionedArtifact, new_version_id
 
-NODES, EMBEDDINGS, DOCS = "nodes.jsonl", "embeddings.npy", "docs.json"
-LATEST = "latest"
 Progress = Callable[[int, int], None]
+StoreRef = ObjectStore | str  # a store, or its URI (what Prefect tasks are given)
+
+
+def as_store(store: StoreRef) -> ObjectStore:
+    return store if isinstance(store, ObjectStore) else open_store(store)
 
 
 class IngestConfig(BaseModel):
@@ -187,25 +195,13 @@ def make_splitter(
     )
 
 
-def disable_llm() -> None:
-    """llama-index must never reach for a hosted LLM (its default); set once per process."""
-    from llama_index.core import Settings
-
-    if getattr(Settings, "_llm", None) is None:
-        import contextlib
-        import io as _io
-
-        with contextlib.redirect_stdout(_io.StringIO()):  # it prints a notice on every set
-            Settings.llm = None
-
-
 def chunk_id(path: str, index: int, text: str) -> str:
     return sha256_bytes(f"{path}\0{index}\0{text}".encode())[:32]
 
 
 def prepare(
     source_uri: str,
-    store: ObjectStore,
+    store: StoreRef,
     name: str,
     config: IngestConfig,
     workdir: Path,
@@ -213,6 +209,7 @@ def prepare(
     source_endpoint: str | None = None,
 ) -> IngestPlan:
     """Plan the run and split new/changed documents into `workdir/new_chunks.jsonl`."""
+    store = as_store(store)
     t0 = time.perf_counter()
     source = DocSource(source_uri, endpoint_url=source_endpoint)
     files, skipped = source.scan(config.limits)
@@ -358,7 +355,7 @@ def _load_checkpoints(store: ObjectStore, prefix: str) -> dict[str, np.ndarray]:
 
 
 def embed(
-    store: ObjectStore,
+    store: StoreRef,
     name: str,
     config: IngestConfig,
     workdir: Path,
@@ -366,6 +363,7 @@ def embed(
     on_progress: Progress | None = None,
 ) -> EmbedStats:
     """Embed `workdir/new_chunks.jsonl` into `workdir/new_embeddings.npy`, resumably."""
+    store = as_store(store)
     chunks = _read_jsonl(workdir / "new_chunks.jsonl")
     stats = EmbedStats()
     if not chunks:
@@ -414,8 +412,9 @@ def clear_checkpoints(store: ObjectStore, name: str, model_id: str) -> None:
 
 
 # -- 3. assemble -------------------------------------------------------------------------------
-def assemble(store: ObjectStore, plan: IngestPlan, workdir: Path) -> Path:
+def assemble(store: StoreRef, plan: IngestPlan, workdir: Path) -> Path:
     """Write the new version's files into `workdir/index/`; returns that folder."""
+    store = as_store(store)
     out = workdir / "index"
     out.mkdir(parents=True, exist_ok=True)
     new_chunks = _read_jsonl(workdir / "new_chunks.jsonl")
@@ -464,7 +463,7 @@ def assemble(store: ObjectStore, plan: IngestPlan, workdir: Path) -> Path:
 
 # -- 4. publish --------------------------------------------------------------------------------
 def publish(
-    store: ObjectStore,
+    store: StoreRef,
     report: IngestReport,
     index_dir: Path,
     config: IngestConfig,
@@ -473,6 +472,7 @@ def publish(
     trigger: Trigger | None = None,
 ) -> Manifest:
     """Upload the version, then move `latest` to it (only if `latest` has not moved meanwhile)."""
+    store = as_store(store)
     plan = report.plan
     art = _index(store, plan.index)
     docs = json.loads((index_dir / DOCS).read_text())["docs"]
@@ -526,8 +526,6 @@ def publish(
 
 
 # -- evaluation and the whole run --------------------------------------------------------------
-EVAL_REPORT = "retrieval-eval.json"
-
 
 def evaluate_candidate(
     index_dir: Path, name: str, config: IngestConfig, *, questions: str | Path | None, k: int
@@ -548,9 +546,22 @@ def evaluate_candidate(
     return {key: value for r in results for key, value in r.metrics().items()}
 
 
+@dataclass(frozen=True)
+class IngestStages:
+    """The stage functions `run_ingest` calls, by keyword. The defaults run them in-process;
+    the ingest-docs flow passes the same functions wrapped as Prefect tasks (retries,
+    progress artifacts), so the pipeline is written once."""
+
+    prepare: Callable[..., IngestPlan] = prepare
+    embed: Callable[..., EmbedStats] = embed
+    assemble: Callable[..., Path] = assemble
+    evaluate: Callable[..., dict[str, float]] = evaluate_candidate
+    publish: Callable[..., Manifest] = publish
+
+
 def run_ingest(
     source_uri: str,
-    store: ObjectStore,
+    store: StoreRef,
     name: str,
     config: IngestConfig | None = None,
     *,
@@ -559,10 +570,13 @@ def run_ingest(
     k: int = 5,
     trigger: Trigger | None = None,
     on_progress: Progress | None = None,
+    on_plan: Callable[[IngestPlan], None] | None = None,
     source_endpoint: str | None = None,
     evaluate: bool = True,
+    stages: IngestStages = IngestStages(),
 ) -> IngestReport:
-    """All stages in one call (the CLI and benchmarks; the flow runs them as tasks)."""
+    """Bring index `name` up to date with `source_uri`: plan, embed what changed, assemble,
+    evaluate, publish and move `latest`. Nothing changed: no new version."""
     from slmops.embedder import get_embedder
     from slmops.retrieval_eval import load_questions
     from slmops.versions import check_name
@@ -572,22 +586,42 @@ def run_ingest(
     if questions:
         load_questions(questions)  # a bad questions file fails before any work
     t0 = time.perf_counter()
-    plan = prepare(source_uri, store, name, config, workdir, source_endpoint=source_endpoint)
+    plan = stages.prepare(
+        source_uri=source_uri,
+        store=store,
+        name=name,
+        config=config,
+        workdir=workdir,
+        source_endpoint=source_endpoint,
+    )
+    if on_plan:
+        on_plan(plan)
     report = IngestReport(plan=plan, timings=dict(plan.timings))
     if not plan.has_changes:
         report.timings["total"] = time.perf_counter() - t0
         return report
-    stats = embed(store, name, config, workdir, on_progress=on_progress)
+    stats = stages.embed(
+        store=store, name=name, config=config, workdir=workdir, on_progress=on_progress
+    )
     t1 = time.perf_counter()
-    index_dir = assemble(store, plan, workdir)
+    index_dir = stages.assemble(store=store, plan=plan, workdir=workdir)
     t2 = time.perf_counter()
     report.record(stats, index_dir)
     if evaluate:
-        report.retrieval = evaluate_candidate(index_dir, name, config, questions=questions, k=k)
+        report.retrieval = stages.evaluate(
+            index_dir=index_dir, name=name, config=config, questions=questions, k=k
+        )
     t3 = time.perf_counter()
     report.timings.update({"assemble": t2 - t1, "evaluate": t3 - t2})
     model_id = stats.model_id or get_embedder(config.embed_model).model_id
-    publish(store, report, index_dir, config, model_id=model_id, trigger=trigger)
+    stages.publish(
+        store=store,
+        report=report,
+        index_dir=index_dir,
+        config=config,
+        model_id=model_id,
+        trigger=trigger,
+    )
     report.timings["publish"] = time.perf_counter() - t3
     report.timings["total"] = time.perf_counter() - t0
     return report

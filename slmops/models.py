@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from slmops.errors import ConfigError, ConflictError, ObjectNotFoundError
 from slmops.store import ObjectStore, open_store, parse_store_uri
-from slmops.store.base import folder_sha256
+from slmops.store.hashing import folder_sha256
 from slmops.versions import MODELS, check_name
 
 RELEASE_EVENT = "slmops.base-model.released"
@@ -124,8 +124,9 @@ def materialize(source: str, revision: str, cache_dir: Path) -> Path:
     now = current_revision(WatchedModel(name="check", source=source))
     if now.revision != revision:
         raise ConfigError(
-            f"model source {source!r} is at revision {now.revision}, not the "
-            f"requested {revision}: it changed since the release was seen"
+            f"model source {source!r} is now at revision {now.revision[:12]}, not the "
+            f"requested {revision[:12]}: a newer release superseded this one (its own event "
+            "trains it), or the folder was changed in place"
         )
     parsed = parse_store_uri(source)
     if parsed.scheme == "file":
@@ -137,6 +138,18 @@ def materialize(source: str, revision: str, cache_dir: Path) -> Path:
         open_store(source).get_dir("", partial)
         partial.rename(target)
     return target
+
+
+def checkout(
+    model: str, source: str, revision: str | None, cache_dir: Path
+) -> tuple[Revision, Path]:
+    """The base model at `revision` (None: the source's current one) as a local folder.
+
+    A revision the source no longer offers (superseded by a newer release) is refused."""
+    rev = current_revision(WatchedModel(name=model, source=source))
+    if revision:
+        rev = rev.model_copy(update={"revision": revision})
+    return rev, materialize(source, rev.revision, cache_dir)
 
 
 class SeenRevisions(BaseModel):

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from slmops.embedder import Embedder, as_llama_index, get_embedder
 from slmops.errors import StoreError
-from slmops.ingest import EMBEDDINGS, LATEST, NODES
+from slmops.index_files import EMBEDDINGS, LATEST, NODES, disable_llm
 from slmops.store import ObjectStore, open_store
 from slmops.versions import INDEXES, VersionedArtifact
 
@@ -45,8 +45,6 @@ class LoadedIndex:
     def __init__(self, name: str, version: str, folder: Path, embedder: Embedder):
         from llama_index.core import VectorStoreIndex
         from llama_index.core.schema import TextNode
-
-        from slmops.ingest import disable_llm
 
         disable_llm()
         self.name, self.version, self.folder = name, version, folder

@@ -28,12 +28,17 @@ class TrainingError(SlmopsError):
 
 
 class TrainConfig(BaseModel):
-    """Hyperparameters of one fine-tuning run. Same config + base revision + data = same adapter."""
+    """Hyperparameters of one fine-tuning run. Same config + base revision + data = same adapter.
+
+    Every field says whether it changes the trained weights (`changes_weights`): only those
+    go into the training key, so e.g. a different thread count or price reuses the adapter.
+    """
 
     method: Literal["lora", "qlora", "auto"] = Field(
         "lora",
         description="lora; qlora (4-bit nf4 base via bitsandbytes); auto: qlora when "
         "the base model would not fit in memory for LoRA.",
+        json_schema_extra={"changes_weights": True},
     )
     rank: int = Field(
         16,
@@ -41,53 +46,110 @@ class TrainConfig(BaseModel):
         le=256,
         description="LoRA rank r: higher learns more, costs "
         "more memory; vLLM must allow it (--max-lora-rank).",
+        json_schema_extra={"changes_weights": True},
     )
-    alpha: int = Field(32, ge=1, description="LoRA alpha; the update is scaled by alpha/rank.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
+    alpha: int = Field(
+        32,
+        ge=1,
+        description="LoRA alpha; the update is scaled by alpha/rank.",
+        json_schema_extra={"changes_weights": True},
+    )
+    dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="LoRA dropout.",
+        json_schema_extra={"changes_weights": True},
+    )
     target_modules: str = Field(
         "all-linear",
         description="Modules to adapt: 'all-linear' or "
         "a comma-separated list such as 'q_proj,v_proj'.",
+        json_schema_extra={"changes_weights": True},
     )
     learning_rate: float = Field(
         3e-3,
         gt=0,
         description="3e-3 suits LoRA on small models; trl's 2e-5 default barely moves them.",
+        json_schema_extra={"changes_weights": True},
     )
     max_steps: int = Field(
         200,
         ge=1,
         description="Optimizer steps (200 teach the tiny test "
         "model the answer format; real runs usually need more).",
+        json_schema_extra={"changes_weights": True},
     )
-    batch_size: int = Field(8, ge=1, description="Rows per step (per device).")
-    grad_accum: int = Field(1, ge=1, description="Steps accumulated per optimizer update.")
+    batch_size: int = Field(
+        8,
+        ge=1,
+        description="Rows per step (per device).",
+        json_schema_extra={"changes_weights": True},
+    )
+    grad_accum: int = Field(
+        1,
+        ge=1,
+        description="Steps accumulated per optimizer update.",
+        json_schema_extra={"changes_weights": True},
+    )
     max_length: int = Field(
         512,
         ge=32,
         description="Longest sequence in tokens; longer rows "
         "are truncated (the dataset check refuses them first).",
+        json_schema_extra={"changes_weights": True},
     )
-    warmup_steps: int = Field(0, ge=0)
-    seed: int = Field(42, description="Seeds data order, dropout and LoRA init.")
-    save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (to the store).")
+    warmup_steps: int = Field(
+        0,
+        ge=0,
+        description="Steps over which the learning rate rises linearly from 0 to its value.",
+        json_schema_extra={"changes_weights": True},
+    )
+    seed: int = Field(
+        42,
+        description="Seeds data order, dropout and LoRA init.",
+        json_schema_extra={"changes_weights": True},
+    )
+    save_steps: int = Field(
+        50,
+        ge=1,
+        description="Checkpoint every N steps (to the store).",
+        json_schema_extra={"changes_weights": False},
+    )
     gradient_checkpointing: bool = Field(
         False,
         description="Trades compute for memory; off: it costs about a third more time on CPU.",
+        json_schema_extra={"changes_weights": False},
     )
     threads: int | None = Field(
         None,
         ge=1,
-        description="CPU threads for torch. Unset: the cores not already busy (by the 1-minute "
-        "load average), at least 1: all cores on an idle machine, one on a loaded one, where "
-        "extra threads only contend.",
+        description="CPU threads for torch. Unset: the cores not busy right now (CPU time "
+        "sampled for half a second), at least 1: all cores on an idle machine, one on a "
+        "loaded one, where extra threads only contend.",
+        json_schema_extra={"changes_weights": False},
     )
     cpu_hour_usd: float = Field(
-        0.05, ge=0, description="Price of one CPU core-hour, for the cost estimate in the manifest."
+        0.05,
+        ge=0,
+        description="Price of one CPU core-hour, for the cost estimate in the manifest.",
+        json_schema_extra={"changes_weights": False},
     )
     gpu_hour_usd: float = Field(
-        2.5, ge=0, description="Price of one GPU-hour, for the cost estimate."
+        2.5,
+        ge=0,
+        description="Price of one GPU-hour, for the cost estimate.",
+        json_schema_extra={"changes_weights": False},
     )
+
+    @classmethod
+    def weight_fields(cls) -> list[str]:
+        """The fields the trained weights depend on (the training key is built from these)."""
+        return [
+            name
+            for name, info in cls.model_fields.items()
+            if (info.json_schema_extra or {}).get("changes_weights", True)  # type: ignore[union-attr]
+        ]
 
 
 class TrainResult(BaseModel):
@@ -106,6 +168,7 @@ class TrainResult(BaseModel):
     peak_gpu_mb: float | None
     estimated_cost_usd: float
     resumed_from_step: int | None = None
+    threads: int | None = None  # torch threads actually used on CPU (None on GPU)
 
 
 def _device() -> str:
@@ -191,8 +254,10 @@ def train_adapter(
             bnb_4bit_compute_dtype=model_kwargs["dtype"],
         )
     model = AutoModelForCausalLM.from_pretrained(base, **model_kwargs)
+    threads = None
     if device == "cpu":
-        torch.set_num_threads(config.threads or idle_cores())
+        threads = config.threads or idle_cores()
+        torch.set_num_threads(threads)
     if method == "qlora":
         from peft import prepare_model_for_kbit_training
 
@@ -315,6 +380,7 @@ def train_adapter(
         peak_gpu_mb=(torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None),
         estimated_cost_usd=round(cost, 6),
         resumed_from_step=resumed,
+        threads=threads,
     )
 
 

@@ -10,6 +10,7 @@ Layout under the store: `<collection>/<name>/versions/<version>/...` and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import uuid
@@ -29,7 +30,8 @@ from slmops.errors import (
     StoreError,
 )
 from slmops.manifest import FileEntry, Manifest, Trigger
-from slmops.store.base import ObjectStore, join_key, sha256_bytes
+from slmops.store.base import ObjectStore, join_key
+from slmops.store.hashing import sha256_bytes
 
 INDEXES, DATASETS, ADAPTERS, MODELS = "indexes", "datasets", "adapters", "models"
 COLLECTIONS = (INDEXES, DATASETS, ADAPTERS)
@@ -137,12 +139,17 @@ class VersionedArtifact:
         *,
         version: str | None = None,
         on_file: Callable[[FileEntry], None] | None = None,
+        lookup: Mapping[str, str] | None = None,
     ) -> Manifest:
         """Upload a version's files (a folder, or {relative path: bytes}), then its manifest.
 
         Returns the manifest as stored, with `version` and `files` filled in. Until the
         manifest is written the version does not exist for readers; if anything fails
         before that, whatever was uploaded stays an invisible orphan.
+
+        `lookup` ({kind: key}, e.g. {"training-key": "ab12..."}) writes a small pointer per
+        entry after the manifest, so `find(kind, key)` answers with one read however many
+        versions there are. The first version published under a key keeps it.
         """
         version = check_name(version or new_version_id(), "version")
         if self.store.exists(self._manifest_key(version)):
@@ -177,7 +184,26 @@ class VersionedArtifact:
             update={"version": version, "name": self.name, "files": entries}
         )
         self.store.put_json(join_key(base, MANIFEST), stored.model_dump(mode="json"))
+        for kind, key in (lookup or {}).items():
+            with contextlib.suppress(ObjectExistsError):  # an equal version was published first
+                self.store.put_json(self._lookup_key(kind, key) + ".json", {"version": version})
         return stored
+
+    def _lookup_key(self, kind: str, key: str) -> str:
+        return join_key(
+            self.prefix, "lookup", check_name(kind, "lookup kind"), check_name(key, "lookup key")
+        )
+
+    def find(self, kind: str, key: str) -> Manifest | None:
+        """The version published with lookup `{kind: key}`, or None: one read, no scan."""
+        try:
+            pointer = self.store.get_json(self._lookup_key(kind, key) + ".json")
+        except ObjectNotFoundError:
+            return None
+        try:
+            return self.manifest(str(pointer["version"]))
+        except ObjectNotFoundError:
+            return None  # pointer to a version that was removed by hand: treat as unknown
 
     @staticmethod
     def _check_rel(rel: str) -> None:
@@ -189,14 +215,16 @@ class VersionedArtifact:
 
     # -- reading ----------------------------------------------------------------------------
     def versions(self) -> list[str]:
-        """Complete versions (those with a manifest), oldest first. Orphans are left out."""
-        candidates = [
-            d.rstrip("/").rsplit("/", 1)[-1]
-            for d in self.store.list_dirs(join_key(self.prefix, "versions"))
-        ]
-        return [
-            v for v in candidates if _NAME_RE.match(v) and self.store.exists(self._manifest_key(v))
-        ]
+        """Complete versions (those with a manifest), oldest first. Orphans are left out.
+
+        One listing of the versions' objects (paginated), not one request per version."""
+        base = join_key(self.prefix, "versions") + "/"
+        found = []
+        for info in self.store.list_objects(base):
+            version, _, rest = info.key[len(base) :].partition("/")
+            if rest == MANIFEST and _NAME_RE.match(version):
+                found.append(version)
+        return sorted(found)
 
     def manifest(self, version: str) -> Manifest:
         """The manifest of a complete version; ObjectNotFoundError if there is none."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect.runtime import flow_run
 
-from slmops.errors import SlmopsError, StoreError
+from slmops.errors import is_transient
 from slmops.manifest import Trigger
 
 
@@ -37,17 +39,19 @@ def current_trigger() -> Trigger:
     return Trigger(type="api", flow_run_id=str(run_id))
 
 
-def retry_unless_bad_input(task: object, task_run: object, state: object) -> bool:
-    """Retry what may be transient (a store or source that blipped), never bad input,
-    corrupt data or a lost race: retrying those would fail the same way or do harm."""
+def retry_if_transient(task: object, task_run: object, state: object) -> bool:
+    """Prefect's retry condition: retry only what may succeed if tried again (a connection
+    failure, a timeout, a 5xx), never bad input, damaged data, a lost race or a bug."""
     try:
         state.result()  # type: ignore[attr-defined]
-    except SlmopsError as exc:
-        return type(exc) is StoreError  # plain StoreError: the store could not be reached
-    except Exception:
-        return True
+    except Exception as exc:
+        return is_transient(exc)
     return False
 
 
-# Task options for steps that touch a store or a source: two retries, none for bad input.
-RETRIES = {"retries": 2, "retry_delay_seconds": 10, "retry_condition_fn": retry_unless_bad_input}
+# Every task that touches a store, a source or a server: two retries, transient errors only.
+RETRIES: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": 10,
+    "retry_condition_fn": retry_if_transient,
+}

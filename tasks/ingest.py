@@ -11,75 +11,57 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.cache_policies import NONE
 
 from slmops import ingest
-from slmops.ingest import EmbedStats, IngestConfig, IngestPlan, IngestReport
-from slmops.manifest import Manifest, Trigger
+from slmops.ingest import EmbedStats, IngestConfig, IngestReport, IngestStages
 from slmops.store import open_store
 from slmops.versions import INDEXES, VersionedArtifact
 from tasks.context import RETRIES
 
+prepare_docs = task(ingest.prepare, name="plan-and-split", **RETRIES)
+assemble_index = task(ingest.assemble, name="assemble-index", **RETRIES)
+evaluate_retrieval = task(ingest.evaluate_candidate, name="evaluate-retrieval")
+# Not retried: a version half-written by a failed attempt must not be written again, and a
+# lost race on `latest` must be looked at, not overwritten.
+publish_index = task(ingest.publish, name="publish-index", cache_policy=NONE)
 
-@task(name="plan-and-split", **RETRIES)  # type: ignore[arg-type]
-def prepare_docs(
-    source: str,
-    store_uri: str,
-    index: str,
+
+@task(name="embed-chunks", cache_policy=NONE, **RETRIES)
+def embed_chunks(
+    store: str,
+    name: str,
     config: IngestConfig,
     workdir: Path,
-    source_endpoint: str | None,
-) -> IngestPlan:
-    """Compare the source with `latest`; parse and split only new and changed documents."""
-    return ingest.prepare(
-        source, open_store(store_uri), index, config, workdir, source_endpoint=source_endpoint
-    )
-
-
-@task(name="embed-chunks", **RETRIES)  # type: ignore[arg-type]
-def embed_chunks(
-    store_uri: str, index: str, config: IngestConfig, workdir: Path, total: int
+    on_progress: object = None,
 ) -> EmbedStats:
-    """Embed new chunks with checkpoints; a retried or re-run task resumes from them."""
+    """Embed new chunks with checkpoints; a retried or re-run task resumes from them.
+
+    Progress shows as a Prefect progress artifact (`on_progress` is not used here)."""
     artifact_id = create_progress_artifact(
         progress=0.0,
-        key=f"embedding-{index}",
-        description=f"Embedding {total} chunks of index {index}",
+        key=f"embedding-{name}",
+        description=f"Embedding the new chunks of index {name}",
     )
+    last = {"shown": -1.0}
 
     def progress(done: int, of: int) -> None:
-        update_progress_artifact(artifact_id, progress=100.0 * done / max(of, 1))
+        percent = 100.0 * done / max(of, 1)
+        if percent - last["shown"] >= 5 or done == of:  # each update is a server event
+            last["shown"] = percent
+            update_progress_artifact(artifact_id, progress=percent)
 
-    return ingest.embed(open_store(store_uri), index, config, workdir, on_progress=progress)
-
-
-@task(name="assemble-index", **RETRIES)  # type: ignore[arg-type]
-def assemble_index(store_uri: str, plan: IngestPlan, workdir: Path) -> Path:
-    return ingest.assemble(open_store(store_uri), plan, workdir)
+    return ingest.embed(store, name, config, workdir, on_progress=progress)
 
 
-@task(name="evaluate-retrieval")
-def evaluate_retrieval(
-    index_dir: Path, index: str, config: IngestConfig, questions: str | None, k: int
-) -> dict[str, float]:
-    """Hit rate@k and MRR of the candidate version, before it is published."""
-    return ingest.evaluate_candidate(index_dir, index, config, questions=questions, k=k)
-
-
-@task(name="publish-index", retries=0)
-def publish_index(
-    store_uri: str,
-    report: IngestReport,
-    index_dir: Path,
-    config: IngestConfig,
-    model_id: str,
-    trigger: Trigger,
-) -> Manifest:
-    """Upload the version, then flip `latest` from the previous version to it.
-
-    Not retried: a lost race on `latest` must be looked at, not overwritten."""
-    return ingest.publish(
-        open_store(store_uri), report, index_dir, config, model_id=model_id, trigger=trigger
-    )
+# The ingest pipeline (slmops.ingest.run_ingest) with each stage as a Prefect task.
+TASK_STAGES = IngestStages(
+    prepare=prepare_docs,
+    embed=embed_chunks,
+    assemble=assemble_index,
+    evaluate=evaluate_retrieval,
+    publish=publish_index,
+)
 
 
 @task(name="report-ingest")

@@ -11,12 +11,12 @@ from slmops.store import open_store
 from tasks.context import RETRIES
 
 
-@task(name="current-revision", task_run_name="revision of {model.name}", **RETRIES)  # type: ignore[arg-type]
+@task(name="current-revision", task_run_name="revision of {model.name}", **RETRIES)
 def current_revision(model: WatchedModel) -> Revision:
     return models.current_revision(model)
 
 
-@task(name="announce-release", task_run_name="announce {rev.model}@{rev.revision:.12}", **RETRIES)  # type: ignore[arg-type]
+@task(name="announce-release", task_run_name="announce {rev.model}@{rev.revision:.12}", **RETRIES)
 def announce_if_new(store_uri: str, rev: Revision) -> bool:
     """Emit `slmops.base-model.released` for a revision not seen before; record it as seen.
 

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from slmops.store import open_store
 from slmops.versions import COLLECTIONS, VersionedArtifact, artifacts
+from tasks.context import RETRIES
 
 
 class VersionCheck(BaseModel):
@@ -21,7 +22,7 @@ class VersionCheck(BaseModel):
     problems: list[str]
 
 
-@task(retries=2, retry_delay_seconds=5)
+@task(**RETRIES)
 def list_versions(store_uri: str) -> list[tuple[str, str, str]]:
     """Every complete version in the store, as (collection, name, version)."""
     store = open_store(store_uri)
@@ -29,7 +30,7 @@ def list_versions(store_uri: str) -> list[tuple[str, str, str]]:
 
 
 # Retries cover a flaky store connection; an integrity problem is a result, not an exception.
-@task(retries=2, retry_delay_seconds=5, task_run_name="verify {collection}/{name}@{version}")
+@task(task_run_name="verify {collection}/{name}@{version}", **RETRIES)
 def verify_version(
     store_uri: str, collection: str, name: str, version: str, deep: bool = True
 ) -> VersionCheck:

@@ -1,65 +1,89 @@
-"""Fine-tuning steps as Prefect tasks: base model, dataset version, training with checkpoints
-in the store, a format check, publishing, the run's report."""
+"""Fine-tuning steps as Prefect tasks: base model, dataset version, the training claim,
+training with checkpoints in the store, a format check, publishing, the run's report."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
     update_progress_artifact,
 )
+from prefect.cache_policies import NONE
 
 from slmops import adapters, datasets, models
+from slmops.claims import Claim
 from slmops.config import get_settings
 from slmops.datasets import DatasetConfig
-from slmops.errors import ConfigError
-from slmops.generation import generate, json_valid_rate
+from slmops.generation import json_format_scores
 from slmops.manifest import Manifest, Trigger
-from slmops.models import Revision, WatchedModel
+from slmops.models import Revision
 from slmops.store import open_store
 from slmops.training import TrainConfig, TrainResult, train_adapter
 from tasks.context import RETRIES
+from tasks.report import adapter_report
 
-ANSWER_KEYS = ("answer", "sources", "confidence")
+# Progress updates each add an event to the server's feed: about 20 per run is plenty.
+PROGRESS_UPDATES = 20
 
 
-@task(name="base-model", **RETRIES)  # type: ignore[arg-type]
+@task(name="base-model", task_run_name="base model {model}", **RETRIES)
 def base_model(model: str, source: str, revision: str | None) -> tuple[Revision, str]:
     """The base model at `revision` (default: the source's current one) as a local folder."""
-    rev = models.current_revision(WatchedModel(name=model, source=source))
-    if revision and revision != rev.revision and not source.startswith("hf://"):
-        raise ConfigError(
-            f"model {model} at {source} is now at revision {rev.revision[:12]}, not "
-            f"{revision[:12]}: a newer release superseded this one; its own event trains it"
-        )
-    rev = rev.model_copy(update={"revision": revision or rev.revision})
-    path = models.materialize(source, rev.revision, Path(get_settings().cache_dir).expanduser())
+    cache = Path(get_settings().cache_dir).expanduser()
+    rev, path = models.checkout(model, source, revision, cache)
     return rev, str(path)
 
 
-@task(name="dataset-version", **RETRIES)  # type: ignore[arg-type]
+@task(name="dataset-version", task_run_name="dataset {name}", **RETRIES)
 def dataset_version(
     store_uri: str, name: str, path: str, config: DatasetConfig, base_path: str, trigger: Trigger
 ) -> Manifest:
     """Validate the training data (every bad row by line) and store it as a version."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base_path)
-
-    def count(messages: list[dict[str, str]]) -> int:
-        return len(tokenizer.apply_chat_template(messages, tokenize=True))
-
     return datasets.publish_dataset(
-        open_store(store_uri), name, path, config, count, trigger=trigger
+        open_store(store_uri),
+        name,
+        path,
+        config,
+        datasets.chat_token_counter(base_path),
+        trigger=trigger,
     )
 
 
-@task(name="train-adapter", retries=1, retry_delay_seconds=5)
+@task(name="find-trained", **RETRIES)
+def find_trained(store_uri: str, adapter: str, key: str) -> Manifest | None:
+    """The adapter version already trained for this training key, if any."""
+    return adapters.find_trained(open_store(store_uri), adapter, key)
+
+
+# Holds a live claim (a store client, a lease): never cached or persisted.
+@task(name="claim-training", cache_policy=NONE, persist_result=False, **RETRIES)
+def claim_training(store_uri: str, adapter: str, key: str) -> tuple[Claim | None, Manifest | None]:
+    """Claim the training key (one run trains it), or wait for the run that holds it."""
+    logger = get_run_logger()
+
+    def waiting(holder: adapters.ClaimRecord) -> None:
+        logger.info(
+            "training key %s is being trained by %s (claim valid until %s); waiting for it",
+            key,
+            holder.holder,
+            f"{holder.expires_at:%H:%M:%S} UTC",
+        )
+
+    claim, found = adapters.claim_training(open_store(store_uri), adapter, key, on_wait=waiting)
+    if claim is not None and claim.taken_over is not None:
+        logger.warning(
+            "took over the claim of %s, which stopped renewing it (a crashed run); "
+            "resuming from its newest checkpoint",
+            claim.taken_over.holder,
+        )
+    return claim, found
+
+
+@task(name="train-adapter", cache_policy=NONE, **RETRIES)
 def train(
     store_uri: str,
     adapter: str,
@@ -70,23 +94,27 @@ def train(
     version: str,
     config: TrainConfig,
     workdir: Path,
-) -> TrainResult:
-    """Train, copying each checkpoint to the store; a re-run resumes from the newest one."""
+) -> tuple[TrainResult, Path]:
+    """Train, copying each checkpoint to the store; a re-run resumes from the newest one.
+
+    Returns the result and the adapter folder (peft files + training/)."""
     store = open_store(store_uri)
     train_rows = datasets.read_rows(store, dataset, version, datasets.TRAIN)
     eval_rows = datasets.read_rows(store, dataset, version, datasets.EVAL)
     resume = adapters.latest_checkpoint(store, adapter, key, workdir / "resume")
     progress = create_progress_artifact(
         progress=0.0,
-        key=f"training-{adapter}",
+        key=f"training-progress-{adapter}",
         description=f"Training {adapter}: {config.max_steps} steps",
     )
+    every = max(1, config.max_steps // PROGRESS_UPDATES)
 
     def on_log(step: int, _: dict[str, float]) -> None:
-        update_progress_artifact(progress, progress=100.0 * step / config.max_steps)
+        if step % every == 0 or step == config.max_steps:
+            update_progress_artifact(progress, progress=100.0 * step / config.max_steps)
 
     shutil.rmtree(workdir / "out", ignore_errors=True)
-    return train_adapter(
+    result = train_adapter(
         Path(base_path),
         train_rows,
         eval_rows,
@@ -97,23 +125,26 @@ def train(
         on_checkpoint=lambda folder, _: adapters.save_checkpoint(store, adapter, key, folder),
         on_log=on_log,
     )
+    return result, workdir / "out" / "adapter"
 
 
 @task(name="format-check")
 def format_check(
-    store_uri: str, base_path: str, adapter_dir: Path, dataset: str, version: str
+    store_uri: str,
+    base_path: str,
+    adapter_dir: Path,
+    dataset: str,
+    version: str,
+    answer_keys: list[str],
+    prompts: int = 50,
 ) -> dict[str, float]:
     """Share of valid JSON answers on held-out prompts: base model alone vs with the adapter."""
     rows = datasets.read_rows(open_store(store_uri), dataset, version, datasets.EVAL)
-    prompts = [r[:-1] for r in rows][:50]
-    if not prompts:
-        return {}
-    base = json_valid_rate(generate(Path(base_path), prompts), ANSWER_KEYS)
-    tuned = json_valid_rate(generate(Path(base_path), prompts, adapter=adapter_dir), ANSWER_KEYS)
-    return {"json_valid": tuned, "base_json_valid": base, "format_prompts": len(prompts)}
+    held_out = [r[:-1] for r in rows][:prompts]
+    return json_format_scores(Path(base_path), adapter_dir, held_out, tuple(answer_keys))
 
 
-@task(name="publish-adapter", retries=0)
+@task(name="publish-adapter", cache_policy=NONE, persist_result=False)
 def publish(
     store_uri: str,
     adapter: str,
@@ -121,13 +152,16 @@ def publish(
     result: TrainResult,
     key: str,
     rev: Revision,
-    dataset: str,
-    dataset_manifest: Manifest,
+    dataset: Manifest,
     config: TrainConfig,
     metrics: dict[str, float],
     trigger: Trigger,
+    claim: Claim | None,
 ) -> Manifest:
-    dataset_sha = next(i.sha256 for i in dataset_manifest.inputs if i.kind == "file")
+    """Store the adapter version with its lineage and move `latest` to it.
+
+    Not retried: a version half-written by a failed attempt must not be written again."""
+    dataset_sha = next((i.sha256 for i in dataset.inputs if i.kind == "file"), None)
     return adapters.publish_adapter(
         open_store(store_uri),
         adapter,
@@ -137,65 +171,19 @@ def publish(
         base_model=rev.model,
         base_revision=rev.revision,
         base_source=rev.source,
-        dataset=dataset,
-        dataset_version=dataset_manifest.version,
+        dataset=dataset.name,
+        dataset_version=dataset.version or "",
         dataset_sha=dataset_sha or "",
         config=config,
         metrics=metrics,
         trigger=trigger,
+        claim=claim,
     )
 
 
 @task(name="report-training")
 def report_training(store_uri: str, manifest: Manifest, reused: bool) -> str:
-    m, r = manifest.metrics, manifest.resources
-    base = next(i for i in manifest.inputs if i.kind == "base-model")
-    data = next(i for i in manifest.inputs if i.kind == "dataset")
-    head = f"adapter {manifest.name} version {manifest.version}" + (
-        " (already trained for these inputs: nothing trained)" if reused else ""
-    )
-    lines = [
-        f"## {head}",
-        "",
-        f"- base model: `{base.name}` revision `{base.version}`",
-        f"- dataset: `{data.name}` version `{data.version}`",
-        f"- trigger: {manifest.trigger.type} {manifest.trigger.id or ''}",
-        "",
-        "| metric | value |",
-        "|---|---|",
-    ]
-    for key in (
-        "final_loss",
-        "eval_loss",
-        "json_valid",
-        "base_json_valid",
-        "tokens_seen",
-        "tokens_per_second",
-        "steps",
-    ):
-        if key in m:
-            lines.append(f"| {key} | {m[key]} |")
-    for key in (
-        "method",
-        "device",
-        "cpu_seconds",
-        "gpu_seconds",
-        "peak_rss_mb",
-        "estimated_cost_usd",
-    ):
-        lines.append(f"| {key} | {r.get(key)} |")
-    curve = m.get("loss_curve") or []
-    if curve:
-        step = max(1, len(curve) // 10)
-        lines += [
-            "",
-            "Loss curve (every few steps; the PNG is stored at "
-            f"`{store_uri}/adapters/{manifest.name}/versions/{manifest.version}/"
-            "training/loss.png`):",
-            "",
-            "| step | loss |",
-            "|---|---|",
-        ]
-        lines += [f"| {s} | {loss:.3f} |" for s, loss in curve[::step]]
-    create_markdown_artifact("\n".join(lines), key=f"training-{manifest.name}")
-    return json.dumps({"adapter": manifest.name, "version": manifest.version, "reused": reused})
+    """The run's report in the Prefect UI: lineage, metrics, the loss curve as a chart."""
+    markdown, summary = adapter_report(open_store(store_uri), manifest, reused)
+    create_markdown_artifact(markdown, key=f"training-report-{manifest.name}")
+    return summary

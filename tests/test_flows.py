@@ -109,6 +109,8 @@ def test_ingest_docs_flow_publishes_a_version_and_reports_it(
     assert manifest.version == report.version
     assert manifest.metrics["retrieval.curated.hit_rate@5"] == 1.0
     assert manifest.trigger.type == "api" and manifest.trigger.flow_run_id
+    # The flow runs the same pipeline as the CLI: every stage is timed in the manifest.
+    assert {"scan", "parse_and_split", "embed", "assemble", "evaluate"} <= set(manifest.timings)
     summary = asyncio.run(latest_artifact("ingest-support"))
     assert "3 added" in summary and "curated.mrr" in summary
     documents = asyncio.run(latest_artifact("ingest-support-documents"))

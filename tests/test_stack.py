@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from infra.stack import LocalStack, StackConfig, _port_open
 from slmops.manifest import Manifest
 from slmops.models import WatchedModel, current_revision
-from slmops.stack import LocalStack, StackConfig, _port_open
 from slmops.store.s3 import S3Store
 from slmops.versions import VersionedArtifact
 from tests.conftest import free_port

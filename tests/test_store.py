@@ -12,7 +12,8 @@ import boto3
 import pytest
 
 from slmops.errors import ConflictError, IntegrityError, ObjectExistsError, ObjectNotFoundError
-from slmops.store.base import ObjectStore, sha256_bytes, sha256_file
+from slmops.store.base import ObjectStore
+from slmops.store.hashing import sha256_bytes, sha256_file
 from slmops.store.local import LocalStore
 from slmops.store.s3 import S3Store
 

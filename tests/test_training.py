@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,11 +32,9 @@ def trained(
     tiny_base: Path,
     s3_endpoint: str,
     tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[S3Store, Manifest, float]:
+) -> Iterator[tuple[S3Store, Manifest, list[str]]]:
     """refine-tune run once, as a deployment would, against the S3 store."""
-    import time
-
-    from flows.refine_tune import refine_tune
+    from flows.refine_tune import RefineTuneParams, refine_tune
 
     store = S3Store(make_bucket(s3_endpoint), "prod", endpoint_url=s3_endpoint)
     mp = pytest.MonkeyPatch()
@@ -43,14 +42,23 @@ def trained(
     from slmops.config import get_settings
 
     get_settings.cache_clear()
-    t0 = time.perf_counter()
-    manifest = refine_tune("tiny-llama", str(tiny_base), store=store.uri)
-    elapsed = time.perf_counter() - t0
-    yield store, manifest, elapsed
+    state = refine_tune(
+        RefineTuneParams(model="tiny-llama", source=str(tiny_base), store=store.uri),
+        return_state=True,
+    )
+    manifest = state.result()
+    yield store, manifest, task_runs(state.state_details.flow_run_id)
     mp.undo()
 
 
-def test_training_teaches_the_answer_format(trained: tuple[S3Store, Manifest, float]) -> None:
+def task_runs(flow_run_id: object) -> list[str]:
+    """Names of the task runs a flow run made (e.g. train-adapter-0)."""
+    from tests.test_flows import task_runs as read_task_runs
+
+    return sorted(str(getattr(r, "name", "")) for r in asyncio.run(read_task_runs(flow_run_id)))
+
+
+def test_training_teaches_the_answer_format(trained: tuple[S3Store, Manifest, list[str]]) -> None:
     _, manifest, _ = trained
     metrics = manifest.metrics
     # Held-out prompts: the random base never answers in JSON; the adapter nearly always does.
@@ -62,7 +70,7 @@ def test_training_teaches_the_answer_format(trained: tuple[S3Store, Manifest, fl
 
 
 def test_the_adapter_has_full_lineage(
-    trained: tuple[S3Store, Manifest, float], tiny_base: Path
+    trained: tuple[S3Store, Manifest, list[str]], tiny_base: Path
 ) -> None:
     _, manifest, _ = trained
     base = next(i for i in manifest.inputs if i.kind == "base-model")
@@ -78,7 +86,7 @@ def test_the_adapter_has_full_lineage(
 
 
 def test_the_adapter_loads_in_peft_as_vllm_expects(
-    trained: tuple[S3Store, Manifest, float], tiny_base: Path, tmp_path: Path
+    trained: tuple[S3Store, Manifest, list[str]], tiny_base: Path, tmp_path: Path
 ) -> None:
     store, manifest, _ = trained
     folder = tmp_path / "adapter"
@@ -95,21 +103,25 @@ def test_the_adapter_loads_in_peft_as_vllm_expects(
 
 
 def test_the_same_inputs_train_once(
-    trained: tuple[S3Store, Manifest, float], tiny_base: Path
+    trained: tuple[S3Store, Manifest, list[str]], tiny_base: Path
 ) -> None:
-    import time
+    from flows.refine_tune import RefineTuneParams, refine_tune
 
-    from flows.refine_tune import refine_tune
-
-    store, manifest, first_run = trained
-    t0 = time.perf_counter()
-    again = refine_tune("tiny-llama", str(tiny_base), store=store.uri)
-    assert again.version == manifest.version
-    assert time.perf_counter() - t0 < first_run  # returned the stored adapter, no training
+    store, manifest, first_tasks = trained
+    assert any(name.startswith("train-adapter") for name in first_tasks)
+    # Another thread count and checkpoint interval do not change the weights: same key.
+    config = TrainConfig(threads=1, save_steps=7)
+    state = refine_tune(
+        RefineTuneParams(model="tiny-llama", source=str(tiny_base), store=store.uri, config=config),
+        return_state=True,
+    )
+    assert state.result().version == manifest.version
+    again = task_runs(state.state_details.flow_run_id)
+    assert not any(name.startswith(("train-adapter", "claim-training")) for name in again), again
     assert VersionedArtifact(store, ADAPTERS, "support-bot").versions() == [manifest.version]
     from tests.test_flows import latest_artifact
 
-    assert "already trained" in asyncio.run(latest_artifact("training-support-bot"))
+    assert "already trained" in asyncio.run(latest_artifact("training-report-support-bot"))
 
 
 def test_qlora_trains_on_cpu_with_bitsandbytes(tiny_base: Path, tmp_path: Path) -> None:
@@ -223,15 +235,45 @@ def test_a_full_disk_while_storing_leaves_nothing_visible(
 def test_a_superseded_revision_is_not_trained_on(
     prefect_harness: None, tiny_base: Path, tmp_path: Path
 ) -> None:
-    from flows.refine_tune import refine_tune
+    from flows.refine_tune import RefineTuneParams, refine_tune
 
     state = refine_tune(
-        "tiny-llama",
-        str(tiny_base),
-        revision="0" * 40,
-        store=str(tmp_path / "store"),
+        RefineTuneParams(
+            model="tiny-llama",
+            source=str(tiny_base),
+            revision="0" * 40,
+            store=str(tmp_path / "store"),
+        ),
         return_state=True,
     )
-    assert state.is_failed() and "not 000000000000" in str(state.message)
+    assert state.is_failed() and "not the requested 000000000000" in str(state.message)
+    assert "superseded" in str(state.message)
     with pytest.raises(ConfigError, match="does not exist"):
-        refine_tune("tiny-llama", str(tmp_path / "no-model"), store=str(tmp_path / "store"))
+        refine_tune(
+            RefineTuneParams(
+                model="tiny-llama", source=str(tmp_path / "no-model"), store=str(tmp_path / "store")
+            )
+        )
+
+
+def test_an_adapter_is_never_retrained_on_another_base_model(
+    prefect_harness: None, tiny_base: Path, tmp_path: Path
+) -> None:
+    from flows.refine_tune import RefineTuneParams, refine_tune
+
+    store = LocalStore(tmp_path / "store")
+    art = VersionedArtifact(store, ADAPTERS, "support-bot")
+    from slmops.manifest import InputRef
+
+    trained_on_other = art.publish(
+        Manifest(
+            kind="adapter",
+            name="support-bot",
+            inputs=[InputRef(kind="base-model", name="qwen-0.5b", version="abc")],
+        ),
+        {"adapter_model.safetensors": b"w"},
+    )
+    art.set_alias("latest", trained_on_other.version)
+    with pytest.raises(ConfigError, match="trained on base model 'qwen-0.5b', not 'tiny-llama'"):
+        refine_tune(RefineTuneParams(model="tiny-llama", source=str(tiny_base), store=store.uri))
+    assert art.versions() == [trained_on_other.version]

@@ -168,9 +168,10 @@ def test_tampered_file_fails_verification_and_reads(store: ObjectStore, tmp_path
         art.read_file(version, "adapter_model.safetensors")
     with pytest.raises(IntegrityError):
         art.download(version, tmp_path / "dl")
+    corrupt(store, f"adapters/bot/versions/{version}/adapter_config.json", b"")
     with pytest.raises(StoreError, match="refusing to point an alias"):
-        corrupt(store, f"adapters/bot/versions/{version}/adapter_config.json", b"")
         art.set_alias("champion", version)
+    assert art.get_alias("champion") is None
 
 
 def test_manifest_that_is_not_a_manifest_is_a_clear_error(store: ObjectStore) -> None:
@@ -228,3 +229,44 @@ def test_killed_writer_leaves_latest_on_the_previous_version(store: ObjectStore)
 def test_bad_artifact_names_are_refused(store: ObjectStore, name: str) -> None:
     with pytest.raises(StoreError, match="invalid"):
         VersionedArtifact(store, "adapters", name)
+
+
+class CountingStore:
+    """A store that counts the requests made through it (to check lookups do not scan)."""
+
+    def __init__(self, inner: ObjectStore):
+        self.inner, self.calls = inner, 0
+
+    def __getattr__(self, name: str) -> object:
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*args: object, **kwargs: object) -> object:
+            self.calls += 1
+            return attr(*args, **kwargs)
+
+        return counted
+
+
+def test_lookups_stay_constant_in_the_number_of_versions(store: ObjectStore) -> None:
+    art = VersionedArtifact(store, "adapters", "bot")
+    counted = CountingStore(store)
+    looked_up = VersionedArtifact(counted, "adapters", "bot")  # type: ignore[arg-type]
+    costs = []
+    for n in (1, 6):
+        while len(art.versions()) < n:
+            key = f"key{len(art.versions())}"
+            art.publish(
+                Manifest(kind="adapter", name="bot"), {"w": key.encode()}, lookup={"k": key}
+            )
+        counted.calls = 0
+        found = looked_up.find("k", "key0")
+        missing = looked_up.find("k", "nope")
+        costs.append(counted.calls)
+        assert found is not None and found.files[0].sha256 and missing is None
+    assert costs[0] == costs[1] <= 3, costs
+
+    counted.calls = 0
+    assert len(looked_up.versions()) == 6
+    assert counted.calls == 1  # one listing, not one request per version

@@ -13,14 +13,13 @@ from pathlib import Path
 
 from slmops.errors import ConflictError, ObjectExistsError, ObjectNotFoundError, StoreError
 from slmops.store.base import (
-    HASH_CHUNK,
     RESERVED_PREFIX,
     ObjectInfo,
     ObjectStore,
     check_key,
-    sha256_bytes,
     verify_sha256,
 )
+from slmops.store.hashing import HASH_CHUNK, sha256_bytes
 
 _LOCK_DIR = RESERVED_PREFIX + "locks"
 

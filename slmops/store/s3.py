@@ -16,9 +16,12 @@ from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    ConnectionClosedError,
     EndpointConnectionError,
     NoCredentialsError,
+    ReadTimeoutError,
 )
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from slmops.errors import (
     ConfigError,
@@ -26,21 +29,22 @@ from slmops.errors import (
     ObjectExistsError,
     ObjectNotFoundError,
     StoreError,
+    StoreUnavailableError,
 )
 from slmops.store.base import (
-    HASH_CHUNK,
     RESERVED_PREFIX,
     ObjectInfo,
     ObjectStore,
     check_key,
     join_key,
-    sha256_bytes,
-    sha256_file,
     verify_sha256,
 )
+from slmops.store.hashing import HASH_CHUNK, sha256_bytes, sha256_file
 
 _SHA_META = "sha256"  # user metadata: x-amz-meta-sha256
 _MIN_PART = 5 * 2**20  # S3's smallest part, except the last
+# Error codes S3 documents as "try again" (some arrive with a 4xx status).
+_TRANSIENT_CODES = frozenset({"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout"})
 
 
 class S3Store(ObjectStore):
@@ -110,9 +114,13 @@ class S3Store(ObjectStore):
                 "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance role"
             ) from exc
         if isinstance(exc, EndpointConnectionError):
-            raise StoreError(
+            raise StoreUnavailableError(
                 f"cannot reach S3 at {self._where()}: is the server running and "
                 "SLMOPS_S3_ENDPOINT_URL right?"
+            ) from exc
+        if isinstance(exc, BotoConnectionError | ReadTimeoutError | ConnectionClosedError):
+            raise StoreUnavailableError(
+                f"S3 at {self._where()} did not answer in time or dropped the connection: {exc}"
             ) from exc
         if isinstance(exc, ClientError):
             code = str(exc.response.get("Error", {}).get("Code", ""))
@@ -145,6 +153,11 @@ class S3Store(ObjectStore):
                 raise ConfigError(
                     f"access denied to {what} at {self._where()} ({code}): check the AWS "
                     "credentials and the bucket policy"
+                ) from exc
+            if (isinstance(status, int) and status >= 500) or code in _TRANSIENT_CODES:
+                raise StoreUnavailableError(
+                    f"S3 at {self._where()} failed on {what} with {code or status} (a server-side "
+                    "error; retried by the flow's tasks)"
                 ) from exc
             raise StoreError(f"S3 error on {what}: {code or status}: {exc}") from exc
         if isinstance(exc, BotoCoreError):

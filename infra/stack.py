@@ -1,5 +1,8 @@
 """The local stack: a Prefect server, a process work pool + worker, and an S3 server, on loopback.
 
+The S3 server (`infra/s3_server.py`, moto's S3 with its buckets mirrored to
+`<state_dir>/s3-data/`) keeps every object across `down` and `up`, and across a crash.
+
 `up` starts what is not already running (idempotent), records each process it started in
 `<state_dir>/stack.json` with its command line, and writes logs under `<state_dir>/logs/`.
 `down` stops only processes recorded there, and only if their command line still matches
@@ -42,6 +45,18 @@ QUIET_PREFECT_ENV = {
 
 class StackError(SlmopsError):
     """A component of the local stack failed to start or stop."""
+
+
+def require_stack_extra() -> None:
+    """The S3 server comes from the `stack` extra (moto's server); say so if it is missing."""
+    import importlib.util
+
+    missing = [m for m in ("moto", "flask", "werkzeug") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise StackError(
+            f"the local stack needs {', '.join(missing)}, from the 'stack' extra: "
+            "pip install 'slmops[stack]' (make setup installs it)"
+        )
 
 
 @dataclass
@@ -140,6 +155,7 @@ class LocalStack:
         self.config = config
         self.state_dir = config.state_dir.absolute()
         self.state_file = self.state_dir / "stack.json"
+        self.s3_data = self.state_dir / "s3-data"
         self.log = log
 
     # -- state ------------------------------------------------------------------------------
@@ -250,6 +266,7 @@ class LocalStack:
     # -- up / down --------------------------------------------------------------------------
     def up(self, timeout: float = 180) -> dict[str, Component]:
         """Start whatever is not running; leave running components alone."""
+        require_stack_extra()
         comps = {n: c for n, c in self._load().items() if _is_ours(c)}
         env = self._env()
         cfg = self.config
@@ -259,7 +276,17 @@ class LocalStack:
             self.log(f"starting S3 server on {cfg.s3_url}")
             comp = self._spawn(
                 "s3",
-                [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(cfg.s3_port)],
+                [
+                    sys.executable,
+                    "-m",
+                    "infra.s3_server",
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(cfg.s3_port),
+                    "--data",
+                    str(self.s3_data),
+                ],
                 cfg.s3_url,
                 env,
             )

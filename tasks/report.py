@@ -1,0 +1,104 @@
+"""Reports a person reads on a flow run's page in the Prefect UI (markdown artifacts).
+
+Numbers are rounded to what a reader can compare; charts stored with a version are shown
+inline (a PNG as a data URI: the UI needs no access to the store to display it).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from slmops.errors import StoreError
+from slmops.manifest import Manifest
+from slmops.store.base import ObjectStore
+from slmops.versions import ADAPTERS, VersionedArtifact
+
+LOSS_PNG = "training/loss.png"
+LOSS_ROWS = 10  # rows of the loss table below the chart (the last step always included)
+
+
+def fmt(value: Any) -> str:
+    """A number as a reader compares it: 4 significant digits, thousands separated."""
+    if isinstance(value, bool) or value is None:
+        return "-" if value is None else str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "n/a"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def inline_png(data: bytes, alt: str) -> str:
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(data).decode()})"
+
+
+def sampled_curve(curve: list[tuple[int, float]], rows: int = LOSS_ROWS) -> list[tuple[int, float]]:
+    """About `rows` evenly spaced points of a curve, always ending with its last point."""
+    if not curve:
+        return []
+    step = max(1, len(curve) // rows)
+    picked = list(curve[::step])
+    if picked[-1] != curve[-1]:
+        picked.append(curve[-1])
+    return [(int(s), float(v)) for s, v in picked]
+
+
+def adapter_report(store: ObjectStore, manifest: Manifest, reused: bool) -> tuple[str, str]:
+    """Markdown for an adapter version's training run, and a one-line JSON summary."""
+    m, r = manifest.metrics, manifest.resources
+    base = next(i for i in manifest.inputs if i.kind == "base-model")
+    data = next(i for i in manifest.inputs if i.kind == "dataset")
+    head = f"Adapter `{manifest.name}` version `{manifest.version}`" + (
+        " (already trained for these inputs: nothing trained)" if reused else ""
+    )
+    trigger = manifest.trigger
+    lines = [
+        f"## {head}",
+        "",
+        f"- base model: `{base.name}` revision `{(base.version or '')[:12]}`",
+        f"- dataset: `{data.name}` version `{data.version}`",
+        f"- trigger: {trigger.type}" + (f" ({trigger.by})" if trigger.by else ""),
+        f"- stored at: `{store.uri}/{ADAPTERS}/{manifest.name}/versions/{manifest.version}/`",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    for key in (
+        "final_loss",
+        "eval_loss",
+        "json_valid",
+        "base_json_valid",
+        "steps",
+        "tokens_seen",
+        "tokens_per_second",
+    ):
+        if key in m:
+            lines.append(f"| {key} | {fmt(m[key])} |")
+    for key in (
+        "method",
+        "device",
+        "threads",
+        "cpu_seconds",
+        "gpu_seconds",
+        "peak_rss_mb",
+        "estimated_cost_usd",
+    ):
+        if r.get(key) is not None:
+            lines.append(f"| {key} | {fmt(r[key])} |")
+    if m.get("loss_curve"):
+        art = VersionedArtifact(store, ADAPTERS, manifest.name)
+        assert manifest.version is not None
+        try:
+            chart = inline_png(art.read_file(manifest.version, LOSS_PNG), "training loss by step")
+        except StoreError as exc:
+            chart = f"(loss chart unavailable: {exc})"
+        lines += ["", "### Training loss", "", chart, "", "| step | loss |", "|---|---|"]
+        lines += [f"| {s} | {loss:.3f} |" for s, loss in sampled_curve(m["loss_curve"])]
+    summary = json.dumps({"adapter": manifest.name, "version": manifest.version, "reused": reused})
+    return "\n".join(lines), summary
