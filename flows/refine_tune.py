@@ -19,7 +19,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
-from slmops.adapters import check_adapter_base, training_key
+from slmops.adapters import check_adapter_base, rows_sha256, training_key
 from slmops.claims import holding
 from slmops.config import get_settings
 from slmops.datasets import DatasetConfig
@@ -115,9 +115,8 @@ def refine_tune(params: RefineTuneParams) -> Manifest:
         base_path=base_path,
         trigger=trigger,
     )
-    dataset_sha = next((i.sha256 for i in data.inputs if i.kind == "file"), None) or ""
     key = training_key(
-        rev.model, rev.revision, params.dataset_name, data.version or "", dataset_sha, params.config
+        rev.model, rev.revision, params.dataset_name, rows_sha256(data), params.config
     )
     claim = None
     existing = find_trained(store_uri=store_uri, adapter=params.adapter, key=key)

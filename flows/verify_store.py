@@ -53,8 +53,8 @@ def verify_store(params: VerifyStoreParams | None = None) -> list[VersionCheck]:
 
     damaged = [c for c in checks if c.problems]
     if damaged and params.fail_on_problems:
-        names = ", ".join(f"{c.collection}/{c.name}@{c.version}" for c in damaged)
-        raise IntegrityError(f"{len(damaged)} damaged versions in {store_uri}: {names}")
+        listed = ", ".join(f"{c.collection}/{c.name}@{c.version}" for c in damaged)
+        raise IntegrityError(f"{len(damaged)} damaged versions in {store_uri}: {listed}")
     return checks
 
 

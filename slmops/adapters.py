@@ -23,27 +23,33 @@ from slmops.versions import ADAPTERS, VersionedArtifact
 
 
 def training_key(
-    model: str,
-    revision: str,
-    dataset: str,
-    dataset_version: str,
-    dataset_sha: str,
-    config: TrainConfig,
+    model: str, revision: str, dataset: str, rows_sha256: str, config: TrainConfig
 ) -> str:
-    """What an adapter is a function of: base revision, data, and the config fields that
-    change the weights (`TrainConfig.weight_fields`; threads or prices do not)."""
+    """What an adapter is a function of: base model and revision, the rows it trains on (by
+    content, so two runs that stored the same data as two dataset versions agree), and the
+    config fields that change the weights (`TrainConfig.weight_fields`; not threads, prices)."""
     basis = json.dumps(
         {
             "model": model,
             "revision": revision,
             "dataset": dataset,
-            "dataset_version": dataset_version,
-            "dataset_sha256": dataset_sha,
+            "rows_sha256": rows_sha256,
             "config": config.model_dump(include=set(TrainConfig.weight_fields())),
         },
         sort_keys=True,
     )
     return sha256_bytes(basis.encode())[:24]
+
+
+def rows_sha256(dataset: Manifest) -> str:
+    """Content hash of a dataset version's rows: its train and eval files, as stored."""
+    return sha256_bytes(
+        "".join(
+            f"{f.path}:{f.sha256}\n"
+            for f in sorted(dataset.files, key=lambda f: f.path)
+            if f.path.endswith(".jsonl")
+        ).encode()
+    )
 
 
 TRAINING_KEY = "training-key"  # lookup kind: training key -> adapter version

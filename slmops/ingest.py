@@ -527,6 +527,7 @@ def publish(
 
 # -- evaluation and the whole run --------------------------------------------------------------
 
+
 def evaluate_candidate(
     index_dir: Path, name: str, config: IngestConfig, *, questions: str | Path | None, k: int
 ) -> dict[str, float]:

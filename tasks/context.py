@@ -1,8 +1,10 @@
-"""Who or what started the current flow run, for manifests and the audit log."""
+"""What every flow run shares: who or what started it (for manifests and the audit log), and
+the one retry rule for tasks."""
 
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from prefect.runtime import flow_run
 
@@ -18,7 +20,7 @@ def current_trigger() -> Trigger:
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        run = client.read_flow_run(run_id)
+        run = client.read_flow_run(UUID(str(run_id)))
     created_by = run.created_by
     if run.auto_scheduled:
         return Trigger(type="schedule", id=str(run.deployment_id), flow_run_id=str(run_id))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from uuid import UUID
 
 from prefect import task
 from prefect.artifacts import (
@@ -19,12 +20,12 @@ from slmops.store import open_store
 from slmops.versions import INDEXES, VersionedArtifact
 from tasks.context import RETRIES
 
-prepare_docs = task(ingest.prepare, name="plan-and-split", **RETRIES)
-assemble_index = task(ingest.assemble, name="assemble-index", **RETRIES)
-evaluate_retrieval = task(ingest.evaluate_candidate, name="evaluate-retrieval")
+prepare_docs = task(name="plan-and-split", **RETRIES)(ingest.prepare)
+assemble_index = task(name="assemble-index", **RETRIES)(ingest.assemble)
+evaluate_retrieval = task(name="evaluate-retrieval")(ingest.evaluate_candidate)
 # Not retried: a version half-written by a failed attempt must not be written again, and a
 # lost race on `latest` must be looked at, not overwritten.
-publish_index = task(ingest.publish, name="publish-index", cache_policy=NONE)
+publish_index = task(name="publish-index", cache_policy=NONE)(ingest.publish)
 
 
 @task(name="embed-chunks", cache_policy=NONE, **RETRIES)
@@ -43,6 +44,7 @@ def embed_chunks(
         key=f"embedding-{name}",
         description=f"Embedding the new chunks of index {name}",
     )
+    assert isinstance(artifact_id, UUID)  # sync call in a sync task
     last = {"shown": -1.0}
 
     def progress(done: int, of: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.artifacts import (
@@ -107,6 +108,7 @@ def train(
         key=f"training-progress-{adapter}",
         description=f"Training {adapter}: {config.max_steps} steps",
     )
+    assert isinstance(progress, UUID)  # sync call in a sync task
     every = max(1, config.max_steps // PROGRESS_UPDATES)
 
     def on_log(step: int, _: dict[str, float]) -> None:

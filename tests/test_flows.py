@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.objects import TaskRun
 
 from flows.verify_store import VerifyStoreParams, verify_store
 from slmops.errors import ConfigError, IntegrityError
@@ -31,7 +32,7 @@ async def latest_artifact(key: str) -> str:
     return str(found[0].data) + " " + str(found[0].description)
 
 
-async def task_runs(flow_run_id: object) -> list[object]:
+async def task_runs(flow_run_id: object) -> list[TaskRun]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     async with get_client() as client:

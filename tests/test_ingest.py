@@ -10,11 +10,12 @@ import io
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from slmops.docs import DocSource
+from slmops.docs import DocLimits, DocSource
 from slmops.embedder import get_embedder
 from slmops.errors import ConfigError
 from slmops.ingest import EMBEDDINGS, NODES, IngestConfig, IngestReport, run_ingest
@@ -43,11 +44,11 @@ def docs(tmp_path: Path) -> Path:
     return folder
 
 
-def ingest(docs: Path, store: ObjectStore, tmp_path: Path, **kw: object) -> IngestReport:
+def ingest(docs: Path, store: ObjectStore, tmp_path: Path, **kw: Any) -> IngestReport:
     run = len(list(tmp_path.glob("work-*")))
     return run_ingest(
         str(docs), store, "support", workdir=tmp_path / f"work-{run}", evaluate=False, **kw
-    )  # type: ignore[arg-type]
+    )
 
 
 def version_nodes(store: ObjectStore, version: str) -> tuple[list[dict], np.ndarray]:
@@ -178,7 +179,8 @@ def test_bad_files_are_reported_by_path_and_the_rest_is_indexed(
 
 
 def test_limits_skip_long_pdfs(docs: Path, store: ObjectStore, tmp_path: Path) -> None:
-    report = ingest(docs, store, tmp_path, config=IngestConfig(limits={"max_pdf_pages": 2}))  # type: ignore[arg-type]
+    limits = DocLimits(max_pdf_pages=2)
+    report = ingest(docs, store, tmp_path, config=IngestConfig(limits=limits))
     [skipped] = report.plan.skipped
     assert skipped.path.endswith(".pdf") and "too many pages: 3 > 2" in skipped.reason
 

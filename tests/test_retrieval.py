@@ -48,11 +48,11 @@ def test_retrieve_returns_chunks_with_source_and_score(
     store, _ = indexed
     hits = slmops.retrieve("support", "Can a Deckhand reply to a customer?", 3, store=store)
     assert len(hits) == 3
-    assert hits[0].source == "crew/deckhands.md"  # type: ignore[attr-defined]
-    assert hits[0].score >= hits[1].score >= hits[2].score  # type: ignore[attr-defined]
-    assert "Deckhand" in hits[0].text  # type: ignore[attr-defined]
+    assert hits[0].source == "crew/deckhands.md"
+    assert hits[0].score >= hits[1].score >= hits[2].score
+    assert "Deckhand" in hits[0].text
     codes = slmops.retrieve("support", "what does error TW-161 mean", 5, store=store)
-    assert "api/error-codes.md" in [h.source for h in codes]  # type: ignore[attr-defined]
+    assert "api/error-codes.md" in [h.source for h in codes]
 
 
 def test_retrieval_metrics_are_stored_with_the_version(

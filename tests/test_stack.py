@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.stack import LocalStack, StackConfig, _port_open
+from infra.stack import Component, LocalStack, StackConfig, _pid_cmdline, _port_open
 from slmops.manifest import Manifest
 from slmops.models import WatchedModel, current_revision
 from slmops.store.s3 import S3Store
@@ -138,11 +138,135 @@ def test_a_base_model_release_triggers_refine_tune_through_an_event(
     assert manifest.metrics["json_valid"] >= 0.9
 
     # Watching again finds nothing new: no event, no second training run.
-    run_deployment(deployed, "watch-base-model/every-15-minutes", params)
-    time.sleep(15)  # longer than emit -> flow start (8-12 s) if an event had gone out
+    second = run_deployment(deployed, "watch-base-model/every-15-minutes", params)
+    assert "already seen" in second
+    # Barrier: the watcher's process sends its events in order, so once the second run's own
+    # Completed event is on the server, a release event it emitted would be there too.
+    run_id = last_flow_run_id(deployed, "every-15-minutes")
+    wait_for_event(deployed, "prefect.flow-run.Completed", f"prefect.flow-run.{run_id}")
+    assert len(events(deployed, "slmops.base-model.released")) == 1
     seen = json.loads(store.get_bytes("models/tiny-llama/revisions.json"))
     assert [r["revision"] for r in seen["revisions"]] == [revision]
     assert flow_runs(deployed, "on-base-model-release") == 1
+
+
+def test_two_deployments_training_one_key_at_once_train_it_once(
+    deployed: LocalStack, tiny_base: Path
+) -> None:
+    """The release event's deployment and the weekly one, started together on the same base
+    revision, data and config: exactly one trains and publishes; both return its adapter."""
+    import json
+
+    params = json.dumps(
+        {
+            "params": {
+                "model": "tiny-llama",
+                "source": str(tiny_base),
+                "adapter": "support-bot",
+                "dataset": "examples/support-bot/train.jsonl",
+                "config": {"max_steps": 12, "save_steps": 6},  # a new training key
+            }
+        }
+    )
+    art = VersionedArtifact(stack_store(deployed), "adapters", "support-bot")
+    before = set(art.versions())
+    runs = [
+        start_deployment(deployed, "refine-tune/on-base-model-release", params),
+        start_deployment(deployed, "refine-tune/weekly", params),
+    ]
+    states = [wait_for_flow_run(deployed, run_id) for run_id in runs]
+    worker_log = Path(deployed.health()["worker"][1].log).read_text()  # type: ignore[union-attr]
+    assert states == ["COMPLETED", "COMPLETED"], worker_log[-5000:]
+    new = set(art.versions()) - before
+    assert len(new) == 1, new  # one adapter version, not two
+    [version] = new
+    manifest = art.manifest(version)
+    assert manifest.metrics["steps"] == 12
+    assert "already trained for these inputs" in worker_log
+    claim = json.loads(
+        stack_store(deployed).get_bytes(
+            f"adapters/support-bot/claims/{manifest.config['training_key']}.json"
+        )
+    )
+    assert claim["released"] is True
+
+
+def api(stack: LocalStack, path: str, body: dict[str, object] | None = None) -> object:
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"{stack.config.prefect_api_url}/{path}",
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+        method="POST" if body is not None else "GET",
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def start_deployment(stack: LocalStack, name: str, params: str) -> str:
+    """Create a run of a deployment (the worker picks it up); returns the flow run id."""
+    flow_name, deployment = name.split("/")
+    found = api(stack, f"deployments/name/{flow_name}/{deployment}")
+    assert isinstance(found, dict)
+    import json
+
+    run = api(
+        stack, f"deployments/{found['id']}/create_flow_run", {"parameters": json.loads(params)}
+    )
+    assert isinstance(run, dict)
+    return str(run["id"])
+
+
+def wait_for_flow_run(stack: LocalStack, run_id: str, timeout: float = 420) -> str:
+    deadline = time.time() + timeout
+    state = "PENDING"
+    while time.time() < deadline:
+        run = api(stack, f"flow_runs/{run_id}")
+        assert isinstance(run, dict)
+        state = run["state"]["type"]
+        if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return str(state)
+        time.sleep(2)
+    return f"still {state} after {timeout:.0f}s"
+
+
+def last_flow_run_id(stack: LocalStack, deployment: str) -> str:
+    runs = api(
+        stack,
+        "flow_runs/filter",
+        {
+            "deployments": {"name": {"any_": [deployment]}},
+            "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
+            "sort": "EXPECTED_START_TIME_DESC",
+            "limit": 1,
+        },
+    )
+    assert isinstance(runs, list) and runs
+    return str(runs[0]["id"])
+
+
+def events(stack: LocalStack, name: str, resource: str | None = None) -> list[dict[str, object]]:
+    """Events of one name the server has received (the last day's)."""
+    from datetime import UTC, datetime, timedelta
+
+    event_filter: dict[str, object] = {
+        "event": {"name": [name]},
+        "occurred": {"since": (datetime.now(UTC) - timedelta(days=1)).isoformat()},
+    }
+    if resource:
+        event_filter["resource"] = {"id": [resource]}
+    page = api(stack, "events/filter", {"filter": event_filter, "limit": 50})
+    assert isinstance(page, dict)
+    return list(page["events"])
+
+
+def wait_for_event(stack: LocalStack, name: str, resource: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while not events(stack, name, resource):
+        assert time.time() < deadline, f"no {name} event for {resource} in {timeout:.0f}s"
+        time.sleep(1)
 
 
 def flow_runs(stack: LocalStack, deployment: str) -> int:
@@ -166,6 +290,23 @@ def flow_runs(stack: LocalStack, deployment: str) -> int:
         return len(json.loads(resp.read()))
 
 
+def test_nothing_is_lost_across_down_and_up(stack: LocalStack) -> None:
+    store = stack_store(stack)
+    art = VersionedArtifact(store, "datasets", "kept")
+    version = art.publish(Manifest(kind="dataset", name="kept"), {"train.jsonl": b"{}\n"}).version
+    art.set_alias("latest", version)
+    _, etag = store.read_versioned("datasets/kept/aliases/latest.json")
+    stored = sum(1 for _ in store.list_objects(""))
+
+    stack.down()
+    stack.up()
+    store = stack_store(stack)
+    art = VersionedArtifact(store, "datasets", "kept")
+    assert sum(1 for _ in store.list_objects("")) == stored
+    assert art.resolve("latest").version == version and art.verify(version).ok
+    assert store.read_versioned("datasets/kept/aliases/latest.json")[1] == etag
+
+
 def test_down_stops_only_what_up_started(stack: LocalStack) -> None:
     bystander = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True
@@ -178,7 +319,18 @@ def test_down_stops_only_what_up_started(stack: LocalStack) -> None:
             time.sleep(0.2)
         assert not any(_port_open(p) for p in ports)
         assert {s for s, _ in stack.health().values()} == {"stopped"}
+
+        # The state file names the bystander's pid, as if a stale entry's pid had been reused
+        # by another program: its command line differs, so down must leave it alone.
+        stale = Component("s3", bystander.pid, ["moto-server", "--gone"], "/dev/null")
+        stack._save({"s3": stale})
+        assert stack.down() == []
         assert bystander.poll() is None, "down stopped a process it did not start"
+        # Recorded with its real command line, the same process is ours, and down stops it.
+        ours = Component("s3", bystander.pid, _pid_cmdline(bystander.pid) or [], "/dev/null")
+        stack._save({"s3": ours})
+        assert stack.down() == ["s3"]
+        bystander.wait(timeout=30)
         assert stack.down() == []  # nothing left: idempotent
     finally:
         bystander.kill()

@@ -274,6 +274,6 @@ def test_an_adapter_is_never_retrained_on_another_base_model(
         {"adapter_model.safetensors": b"w"},
     )
     art.set_alias("latest", trained_on_other.version)
-    with pytest.raises(ConfigError, match="trained on base model 'qwen-0.5b', not 'tiny-llama'"):
+    with pytest.raises(ConfigError, match=r"trained on base model 'qwen-0\.5b', not 'tiny-llama'"):
         refine_tune(RefineTuneParams(model="tiny-llama", source=str(tiny_base), store=store.uri))
     assert art.versions() == [trained_on_other.version]

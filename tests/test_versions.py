@@ -28,7 +28,7 @@ from tests.test_store import corrupt
 
 
 def publish(art: VersionedArtifact, content: bytes = b"weights", **kw: object) -> str:
-    manifest = Manifest(kind="adapter", name=art.name, **kw)  # type: ignore[arg-type]
+    manifest = Manifest(kind="adapter", name=art.name, **kw)
     files = {"adapter_model.safetensors": content, "adapter_config.json": b'{"r": 16}'}
     return art.publish(manifest, files).version
 
