@@ -157,14 +157,14 @@ def store_show(
     if manifest.parent:
         console.print(f"parent: {manifest.parent}")
     metrics = {
-        k: (f"<{len(v)} points>" if isinstance(v, list) and len(v) > 10 else v)
+        k: (f"<{len(v)} points>" if isinstance(v, list) and len(v) > 10 else _round(v))
         for k, v in manifest.metrics.items()
-    }  # a loss curve is for the PNG, not here
+    }  # a loss curve is for the PNG, not here (--json prints every value in full)
     for title, data in (
         ("inputs", [i.model_dump(exclude_none=True) for i in manifest.inputs]),
         ("config", manifest.config),
         ("metrics", metrics),
-        ("timings (s)", manifest.timings),
+        ("timings (s)", {k: _round(v) for k, v in manifest.timings.items()}),
         ("resources", manifest.resources),
     ):
         if data:
@@ -401,6 +401,11 @@ def stack_env(
     """Print `export` lines that point a shell at the stack: eval "$(slmops stack env)"."""
     for key, value in _stack(state_dir, prefect_port, s3_port).config.client_env().items():
         print(f"export {key}={value}")
+
+
+def _round(value: object) -> object:
+    """Floats to 4 significant digits for reading; everything else as it is."""
+    return float(f"{value:.4g}") if isinstance(value, float) else value
 
 
 def _print_health(stack: LocalStack) -> bool:

@@ -93,3 +93,18 @@ def test_objects_survive_a_crash_with_their_metadata(
     _, etag_now = again.store.read_versioned("adapters/bot/aliases/champion.json")
     assert etag_now == alias_etag
     again.store.compare_and_swap("adapters/bot/aliases/champion.json", b"{}", alias_etag)
+
+
+def test_the_stack_names_the_missing_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from infra.stack import StackError, require_stack_extra
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "moto" else real(name, *a)
+    )
+    with pytest.raises(
+        StackError, match=r"moto, from the 'stack' extra: pip install 'slmops\[stack\]'"
+    ):
+        require_stack_extra()
