@@ -183,7 +183,10 @@ def chat_token_counter(base: str | Path) -> Callable[[list[dict[str, str]]], int
     tokenizer = AutoTokenizer.from_pretrained(base)
 
     def count(messages: list[dict[str, str]]) -> int:
-        return len(tokenizer.apply_chat_template(messages, tokenize=True))
+        # Template to text, then tokens: apply_chat_template(tokenize=True) returns a dict of
+        # tensors in transformers 5, whose len() is its number of keys, not of tokens.
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     return count
 

@@ -1,54 +1,130 @@
-"""Run a base model (optionally with a LoRA adapter) locally on chat prompts.
+"""Answers from a base model, optionally with a LoRA adapter, behind one small interface.
 
-Used to measure what training changed, e.g. the share of answers that are valid JSON, before
-any server is involved. Greedy decoding, so results repeat.
+`Generator.generate(prompts)` returns the assistant's reply to each chat prompt. Decoding is
+greedy, so the same model and prompts give the same replies. `LocalGenerator` runs
+transformers + peft in this process, in batches (left-padded, longest prompts together); a
+vLLM server is the other implementation once adapters are served.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+Prompt = list[dict[str, str]]
+
+
+class Generator(Protocol):
+    """Replies to chat prompts; `describe()` says what answers them (for the report)."""
+
+    def generate(
+        self, prompts: list[Prompt], on_progress: Callable[[int, int], None] | None = None
+    ) -> list[str]: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class LocalGenerator:
+    """A base model (plus an adapter) loaded once, answering in batches with greedy decoding.
+
+    A prompt longer than the model's window keeps its start (the system prompt) and its end
+    (the question and the assistant tag); the middle is cut and the reply says how often."""
+
+    def __init__(
+        self,
+        base: Path | str,
+        adapter: Path | str | None = None,
+        *,
+        max_new_tokens: int = 96,
+        batch_size: int = 32,
+    ):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.base, self.adapter = Path(base), Path(adapter) if adapter else None
+        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(self.base)
+        self.tokenizer.padding_side = "left"
+        model: Any = AutoModelForCausalLM.from_pretrained(self.base, dtype=torch.float32)
+        if self.adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(self.adapter))
+        self.model = model.eval()
+        window = getattr(self.model.config, "max_position_embeddings", None) or 4096
+        self.max_prompt_tokens = max(16, window - max_new_tokens)
+        self.truncated = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": "transformers",
+            "base": str(self.base),
+            "adapter": str(self.adapter) if self.adapter else None,
+            "decoding": "greedy",
+            "max_new_tokens": self.max_new_tokens,
+            "batch_size": self.batch_size,
+            "prompts_truncated": self.truncated,
+        }
+
+    def _encode(self, prompt: Prompt) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            prompt, tokenize=False, add_generation_prompt=True
+        )
+        ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > self.max_prompt_tokens:
+            self.truncated += 1
+            head = self.max_prompt_tokens // 2
+            ids = ids[:head] + ids[-(self.max_prompt_tokens - head) :]
+        return ids
+
+    def generate(
+        self, prompts: list[Prompt], on_progress: Callable[[int, int], None] | None = None
+    ) -> list[str]:
+        import torch
+
+        encoded = [self._encode(p) for p in prompts]
+        # Longest first, so each batch pads little; answers go back in the callers' order.
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        replies: list[str] = [""] * len(prompts)
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            width = max(len(encoded[i]) for i in rows)
+            ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in rows])
+            mask = torch.tensor(
+                [[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in rows]
+            )
+            with torch.no_grad():
+                out = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=self.max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=pad,
+                    eos_token_id=self.tokenizer.eos_token_id,
+                )
+            texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+            for row, text in zip(rows, texts, strict=True):
+                replies[row] = text.strip()
+            if on_progress:
+                on_progress(min(start + self.batch_size, len(order)), len(order))
+        return replies
 
 
 def generate(
     base: Path,
-    prompts: list[list[dict[str, str]]],
+    prompts: list[Prompt],
     *,
     adapter: Path | None = None,
     max_new_tokens: int = 96,
     batch_size: int = 16,
 ) -> list[str]:
     """The assistant's reply to each prompt (a list of chat messages without the answer)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    tokenizer.padding_side = "left"
-    model: Any = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter))
-    model.eval()
-    replies = []
-    for start in range(0, len(prompts), batch_size):
-        texts = [
-            tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-            for p in prompts[start : start + batch_size]
-        ]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.no_grad():
-            out = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-        new = out[:, batch["input_ids"].shape[1] :]
-        replies += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
-    return replies
+    return LocalGenerator(
+        base, adapter, max_new_tokens=max_new_tokens, batch_size=batch_size
+    ).generate(prompts)
 
 
 def json_valid_rate(replies: list[str], required_keys: tuple[str, ...] = ()) -> float:
@@ -67,7 +143,7 @@ def json_valid_rate(replies: list[str], required_keys: tuple[str, ...] = ()) -> 
 def json_format_scores(
     base: Path,
     adapter: Path,
-    prompts: list[list[dict[str, str]]],
+    prompts: list[Prompt],
     required_keys: tuple[str, ...],
 ) -> dict[str, float]:
     """Share of answers that are a JSON object with `required_keys`: base alone vs adapter.

@@ -34,8 +34,15 @@ from slmops.store.base import ObjectStore, join_key
 from slmops.store.hashing import sha256_bytes
 
 INDEXES, DATASETS, ADAPTERS, MODELS = "indexes", "datasets", "adapters", "models"
-COLLECTIONS = (INDEXES, DATASETS, ADAPTERS)
-_SINGULAR = {INDEXES: "index", DATASETS: "dataset", ADAPTERS: "adapter", MODELS: "model"}
+EVALS = "evals"
+COLLECTIONS = (INDEXES, DATASETS, ADAPTERS, EVALS)
+_SINGULAR = {
+    INDEXES: "index",
+    DATASETS: "dataset",
+    ADAPTERS: "adapter",
+    MODELS: "model",
+    EVALS: "eval",
+}
 MANIFEST = "manifest.json"
 ALIAS_HISTORY_LIMIT = 100
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

@@ -1,0 +1,254 @@
+"""Evaluation: eval suites, scorers, the paired comparison and the gate's decision, and the
+verdict stored with the adapter.
+
+    from slmops.evaluation import evaluate_adapter
+    verdict = evaluate_adapter(store, "support-bot", "latest", champion="auto",
+                               suites="examples/support-bot/evals",
+                               policy="examples/support-bot/evals/policy.yaml")
+
+The verdict is stored under `evals/<adapter>/versions/<run>/` (report.json, report.md,
+comparison.png, answers.jsonl) with a lookup pointer per (candidate, champion) pair, so
+promotion finds it with `find_verdict(store, adapter, version, champion_version)`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from slmops.audit import AuditLog
+from slmops.errors import ConfigError
+from slmops.evaluation.gate import CaseResult, Progress, Verdict, known_metrics, run_gate
+from slmops.evaluation.policy import GatePolicy, load_policy
+from slmops.evaluation.report import chart, markdown
+from slmops.evaluation.suites import Suites, load_suites
+from slmops.generation import Generator, LocalGenerator
+from slmops.manifest import InputRef, Manifest, Trigger
+from slmops.store.base import ObjectStore
+from slmops.versions import ADAPTERS, EVALS, VersionedArtifact
+
+__all__ = [
+    "GateRecord",
+    "Verdict",
+    "evaluate_adapter",
+    "find_verdict",
+    "load_policy",
+    "load_suites",
+]
+
+VERDICT = "verdict"  # lookup kind: "<candidate>.vs.<champion|base|none>" -> eval run
+CHALLENGER = "challenger"  # alias set on the adapter a gate passed (promotion reads it)
+
+
+class GateRecord(BaseModel):
+    """A stored verdict: where it lives and what it decided."""
+
+    run: str
+    verdict: Verdict
+    report_uri: str
+
+
+class _Side(BaseModel):
+    label: str | None  # version, "base" or None
+    adapter_dir: str | None
+    base_model: str
+    base_revision: str
+    base_source: str
+
+
+def _base_of(manifest: Manifest) -> InputRef:
+    base = next((i for i in manifest.inputs if i.kind == "base-model"), None)
+    if base is None or not base.version:
+        raise ConfigError(
+            f"adapter {manifest.name} version {manifest.version} records no base model and "
+            "revision in its manifest: it cannot be evaluated or served"
+        )
+    return base
+
+
+def _resolve_version(art: VersionedArtifact, ref: str) -> str:
+    record = art.get_alias(ref)
+    if record is not None:
+        return record.version
+    return art.manifest(ref).version  # ObjectNotFoundError names the known versions
+
+
+def champion_label(store: ObjectStore, adapter: str, champion: str) -> str | None:
+    """What `champion` means now: a version, 'base', or None (floors only)."""
+    art = VersionedArtifact(store, ADAPTERS, adapter)
+    if champion == "none":
+        return None
+    if champion == "base":
+        return "base"
+    if champion == "auto":
+        alias = art.get_alias("champion")
+        return alias.version if alias else None
+    return _resolve_version(art, champion)
+
+
+def evaluate_adapter(
+    store: ObjectStore,
+    adapter: str,
+    version: str = "latest",
+    *,
+    champion: str = "auto",
+    suites: str | Path,
+    policy: str | Path,
+    cache_dir: Path,
+    trigger: Trigger | None = None,
+    on_progress: Progress | None = None,
+    make_generator: Callable[[Path, Path | None], Generator] | None = None,
+    set_challenger: bool = True,
+) -> GateRecord:
+    """Run the gate for `adapter@version` against `champion` and store the verdict.
+
+    champion: "auto" (the `champion` alias if set, else floors only), "none", "base" (the
+    base model alone), or a version or alias of the same adapter. Bad input (suites, policy,
+    versions, a champion on another base revision) raises ConfigError before any model runs.
+    """
+    from slmops.models import checkout
+
+    loaded = load_suites(suites)
+    gate_policy = load_policy(policy, known_metrics(loaded))
+    art = VersionedArtifact(store, ADAPTERS, adapter)
+    cand_version = _resolve_version(art, version)
+    cand_manifest = art.manifest(cand_version)
+    cand_base = _base_of(cand_manifest)
+    label = champion_label(store, adapter, champion)
+    if label == cand_version:
+        raise ConfigError(
+            f"{adapter} version {cand_version} is the champion already: there is nothing to gate"
+        )
+    if label not in (None, "base"):
+        champ_base = _base_of(art.manifest(label))
+        if (champ_base.name, champ_base.version) != (cand_base.name, cand_base.version):
+            raise ConfigError(
+                f"candidate {adapter}@{cand_version} is trained on {cand_base.name}@"
+                f"{(cand_base.version or '')[:12]}, but the champion {label} (what the servers "
+                f"run) on {champ_base.name}@{(champ_base.version or '')[:12]}: an adapter only "
+                "works on the base revision it was trained on. Upgrade the serving base first, "
+                "then gate against champion 'base' or with no champion"
+            )
+    _, base_dir = checkout(cand_base.name, cand_base.uri or "", cand_base.version, cache_dir)
+    work = Path(tempfile.mkdtemp(prefix=f"slmops-gate-{adapter}-"))
+    try:
+        cand_dir = work / "candidate"
+        art.download(cand_version, cand_dir)
+        champ_dir: Path | None = None
+        if label not in (None, "base"):
+            champ_dir = work / "champion"
+            art.download(label, champ_dir)
+        build = make_generator or (lambda base, adapter_dir: LocalGenerator(base, adapter_dir))
+        cand_gen = build(base_dir, cand_dir)
+        champ_gen = None if label is None else build(base_dir, champ_dir)
+        retrieve, index_info = _retriever(store, loaded)
+        verdict, cases = run_gate(
+            loaded,
+            gate_policy,
+            cand_gen,
+            champ_gen,
+            adapter=adapter,
+            version=cand_version,
+            champion_label=label,
+            retrieve=retrieve,
+            on_progress=on_progress,
+        )
+        verdict.base_model, verdict.base_revision = cand_base.name, cand_base.version
+        verdict.index = index_info or None
+        return _store_verdict(
+            store, verdict, cases, loaded, gate_policy, work / "report", trigger, set_challenger
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _retriever(
+    store: ObjectStore, suites: Suites
+) -> tuple[Callable[[str, str, int], list[tuple[str, str]]] | None, dict[str, str]]:
+    indexes = {s.index for s in suites.config.suites.values() if s.kind == "knowledge" and s.index}
+    if not indexes:
+        return None, {}
+    from slmops.retrieval import load_index
+
+    loaded = {name: load_index(name, store=store) for name in sorted(indexes)}
+    info = {"name": ", ".join(loaded), "version": ", ".join(i.version for i in loaded.values())}
+
+    def retrieve(index: str, query: str, k: int) -> list[tuple[str, str]]:
+        if not query.strip():
+            return []
+        return [(hit.source, hit.text) for hit in loaded[index].retrieve(query, k)]
+
+    return retrieve, info
+
+
+def _store_verdict(
+    store: ObjectStore,
+    verdict: Verdict,
+    cases: list[CaseResult],
+    suites: Suites,
+    policy: GatePolicy,
+    folder: Path,
+    trigger: Trigger | None,
+    set_challenger: bool,
+) -> GateRecord:
+    folder.mkdir(parents=True, exist_ok=True)
+    chart(verdict, folder / "comparison.png")
+    (folder / "report.json").write_text(verdict.model_dump_json(indent=1))
+    (folder / "report.md").write_text(markdown(verdict, "comparison.png"))
+    with open(folder / "answers.jsonl", "w", encoding="utf-8") as fh:
+        for case in cases:
+            fh.write(case.model_dump_json() + "\n")
+    evals = VersionedArtifact(store, EVALS, verdict.adapter)
+    manifest = Manifest(
+        kind="eval-report",
+        name=verdict.adapter,
+        inputs=[
+            InputRef(kind="adapter", name=verdict.adapter, version=verdict.version),
+            InputRef(kind="champion", name=verdict.adapter, version=verdict.champion or "none"),
+            InputRef(kind="eval-suites", name=suites.folder),
+        ],
+        config={"policy": policy.model_dump(), "generation": verdict.generation},
+        metrics={
+            "passed": verdict.passed,
+            **{f"{m.metric}.candidate": round(m.candidate, 4) for m in verdict.metrics},
+        },
+        timings=verdict.timings,
+        trigger=trigger or Trigger(),
+    )
+    key = f"{verdict.version}.vs.{verdict.champion or 'none'}"
+    stored = evals.publish(manifest, folder, lookup={VERDICT: key})
+    event = "gate.passed" if verdict.passed else "gate.failed"
+    AuditLog(store).record(
+        event,
+        f"slmops.adapter.{verdict.adapter}",
+        trigger=trigger,
+        version=verdict.version,
+        champion=verdict.champion,
+        eval_run=stored.version,
+        reasons=verdict.reasons,
+    )
+    if verdict.passed and set_challenger:
+        VersionedArtifact(store, ADAPTERS, verdict.adapter).set_alias(
+            CHALLENGER,
+            verdict.version,
+            reason=f"passed the gate against {verdict.champion or 'floors only'}",
+            trigger=trigger,
+        )
+    report_uri = f"{store.uri}/{evals.version_prefix(stored.version)}/report.md"
+    return GateRecord(run=stored.version, verdict=verdict, report_uri=report_uri)
+
+
+def find_verdict(
+    store: ObjectStore, adapter: str, version: str, champion: str | None
+) -> Verdict | None:
+    """The stored verdict for `adapter@version` against `champion` (a version, 'base' or None)."""
+    evals = VersionedArtifact(store, EVALS, adapter)
+    found = evals.find(VERDICT, f"{version}.vs.{champion or 'none'}")
+    if found is None:
+        return None
+    return Verdict.model_validate(json.loads(evals.read_file(found.version, "report.json")))

@@ -1,0 +1,339 @@
+"""The eval gate: a candidate adapter against the champion, on the same cases, under a policy.
+
+1. Every case becomes a prompt (knowledge cases get the chunks retrieval returns for them).
+2. Candidate and champion answer every prompt (greedy decoding: the same answers every run).
+3. Each answer is scored per metric; the two models' scores are paired case by case.
+4. Each guarded metric is judged: floors on the candidate's mean, zero-tolerance metrics case
+   by case, and against the champion a paired bootstrap test of non-inferiority (not worse
+   by more than the margin) and of required improvement, with Holm's correction across them.
+5. The verdict passes only if every rule holds. A rule that cannot be judged (too few cases,
+   a scorer that raised) fails it: an error is never read as a pass.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from slmops.evaluation.policy import GatePolicy
+from slmops.evaluation.scorers import Scorer
+from slmops.evaluation.stats import holm, mean_interval, paired_bootstrap, resample_indices
+from slmops.evaluation.suites import Case, Suites
+from slmops.generation import Generator, Prompt
+
+Retrieve = Callable[[str, str, int], list[tuple[str, str]]]  # (index, query, k) -> [(src, text)]
+Progress = Callable[[str, int, int], None]  # (stage, done, of)
+CONTEXT_CHARS = 240  # of each retrieved chunk shown to the model (the tiny model's window)
+
+
+class RuleCheck(BaseModel):
+    rule: str  # floor | zero_tolerance | non_inferiority | improvement | min_cases
+    passed: bool
+    detail: str
+
+
+class MetricResult(BaseModel):
+    metric: str
+    n: int
+    candidate: float
+    candidate_ci: tuple[float, float]
+    champion: float | None = None
+    champion_ci: tuple[float, float] | None = None
+    diff: float | None = None
+    diff_ci: tuple[float, float] | None = None
+    checks: list[RuleCheck] = Field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+
+class CaseResult(BaseModel):
+    id: str
+    suite: str
+    candidate: str
+    champion: str | None = None
+    candidate_scores: dict[str, float]
+    champion_scores: dict[str, float] | None = None
+    retrieved: list[str] | None = None
+
+
+class Verdict(BaseModel):
+    """The gate's decision and everything it was based on."""
+
+    adapter: str
+    version: str
+    champion: str | None = Field(description="Champion version, 'base', or None (floors only).")
+    passed: bool
+    status: Literal["passed", "failed"]
+    reasons: list[str]
+    metrics: list[MetricResult]
+    cases: int
+    policy: dict[str, Any]
+    generation: dict[str, Any]
+    index: dict[str, Any] | None = None
+    timings: dict[str, float] = Field(default_factory=dict)
+    base_model: str | None = None
+    base_revision: str | None = None
+
+
+def known_metrics(suites: Suites) -> set[str]:
+    """Every metric the suites produce (policy files are checked against this)."""
+    scorer = Scorer(suites.config, suites.schema_doc)
+    names: set[str] = set()
+    for case in suites.cases:
+        names |= set(scorer.score(case, "", retrieved=[]))
+        if case.expected_sources:
+            names |= {f"{case.suite}.retrieval_hit", f"{case.suite}.retrieval_rr"}
+    return names
+
+
+def build_prompts(
+    suites: Suites, retrieve: Retrieve | None
+) -> tuple[list[Prompt], list[list[str] | None]]:
+    """The prompt of every case; knowledge cases carry the retrieved chunks as context."""
+    prompts: list[Prompt] = []
+    retrieved: list[list[str] | None] = []
+    for case in suites.cases:
+        spec = suites.config.suites[case.suite]
+        if spec.kind != "knowledge":
+            prompts.append(case.messages)
+            retrieved.append(None)
+            continue
+        if retrieve is None or spec.index is None:
+            raise ValueError(f"suite {case.suite!r} needs retrieval from an index")
+        question = case.messages[-1]["content"]
+        hits = retrieve(spec.index, question, spec.k)
+        context = "\n".join(
+            f"[{src}] {' '.join(text.split())[:CONTEXT_CHARS]}" for src, text in hits
+        )
+        user = {"role": "user", "content": f"Context:\n{context}\n\nQuestion: {question}"}
+        prompts.append([*case.messages[:-1], user])
+        retrieved.append([src for src, _ in hits])
+    return prompts, retrieved
+
+
+def _retrieval_scores(case: Case, retrieved: list[str] | None) -> dict[str, float]:
+    if not case.expected_sources or retrieved is None:
+        return {}
+    ranks = [i for i, src in enumerate(retrieved, 1) if src in case.expected_sources]
+    return {
+        f"{case.suite}.retrieval_hit": float(bool(ranks)),
+        f"{case.suite}.retrieval_rr": 1.0 / ranks[0] if ranks else 0.0,
+    }
+
+
+def score_all(
+    suites: Suites, answers: list[str], retrieved: list[list[str] | None]
+) -> list[dict[str, float]]:
+    scorer = Scorer(suites.config, suites.schema_doc)
+    return [
+        {**scorer.score(case, text, retrieved=r), **_retrieval_scores(case, r)}
+        for case, text, r in zip(suites.cases, answers, retrieved, strict=True)
+    ]
+
+
+def judge(
+    suites: Suites,
+    policy: GatePolicy,
+    candidate: list[dict[str, float]],
+    champion: list[dict[str, float]] | None,
+) -> tuple[list[MetricResult], list[str]]:
+    """Apply the policy to per-case scores; returns every guarded metric and the reasons
+    the gate fails (empty: it passes)."""
+    reasons: list[str] = []
+    results: dict[str, MetricResult] = {}
+    tests: dict[str, tuple[str, float]] = {}  # test id -> (metric, p-value)
+    alpha = 1 - policy.confidence
+    ids = [c.id for c in suites.cases]
+    guarded = set(policy.guarded)
+    every = sorted({m for scores in candidate for m in scores} | guarded)
+    # Guarded metrics first, then the rest, reported without rules (for information).
+    for metric in sorted(every, key=lambda m: (m not in guarded, m)):
+        rows = [i for i, scores in enumerate(candidate) if metric in scores]
+        cand = np.array([candidate[i][metric] for i in rows], dtype=float)
+        needed = policy.min_cases_per_metric.get(metric, policy.min_cases)
+        result = MetricResult(
+            metric=metric,
+            n=len(rows),
+            candidate=float(cand.mean()) if len(rows) else float("nan"),
+            candidate_ci=(float("nan"), float("nan")),
+        )
+        results[metric] = result
+        if not rows:
+            result.checks.append(
+                RuleCheck(rule="min_cases", passed=False, detail="no case produced this metric")
+            )
+            reasons.append(f"{metric}: no case produced it")
+            continue
+        if len(rows) < needed and metric in guarded:
+            result.checks.append(
+                RuleCheck(
+                    rule="min_cases",
+                    passed=False,
+                    detail=f"scored on {len(rows)} cases, the policy needs {needed}",
+                )
+            )
+            reasons.append(f"{metric}: only {len(rows)} cases (policy needs {needed})")
+            continue
+        indices = resample_indices(len(rows), policy.bootstrap, policy.seed)
+        result.candidate_ci = mean_interval(cand, confidence=policy.confidence, indices=indices)
+        floor = policy.floors.get(metric)
+        if floor is not None:
+            ok = result.candidate >= floor
+            result.checks.append(
+                RuleCheck(
+                    rule="floor", passed=ok, detail=f"{result.candidate:.3f} vs floor {floor}"
+                )
+            )
+            if not ok:
+                reasons.append(f"{metric}: {result.candidate:.3f} is below the floor {floor}")
+        if metric in policy.zero_tolerance:
+            failed = [ids[rows[j]] for j, v in enumerate(cand) if v < 1.0]
+            detail = "every case met it" if not failed else f"failed on {', '.join(failed[:5])}"
+            result.checks.append(RuleCheck(rule="zero_tolerance", passed=not failed, detail=detail))
+            if failed:
+                reasons.append(
+                    f"{metric}: zero tolerance, failed on {len(failed)} case(s): "
+                    f"{', '.join(failed[:5])}"
+                )
+        if champion is None:
+            continue
+        champ = np.array([champion[i][metric] for i in rows], dtype=float)
+        paired = paired_bootstrap(cand, champ, confidence=policy.confidence, indices=indices)
+        result.champion = paired.champion_mean
+        result.champion_ci = mean_interval(champ, confidence=policy.confidence, indices=indices)
+        result.diff, result.diff_ci = paired.diff, (paired.ci_low, paired.ci_high)
+        if metric in policy.non_inferiority:
+            margin = policy.non_inferiority[metric]
+            tests[f"{metric}|non_inferiority"] = (metric, paired.p_value(-margin))
+        if metric in policy.improvement:
+            gain = policy.improvement[metric]
+            tests[f"{metric}|improvement"] = (metric, paired.p_value(gain))
+
+    if tests:
+        p_values = {test: p for test, (_, p) in tests.items()}
+        if policy.correction == "holm":
+            rejected, adjusted = holm(p_values, alpha)
+        else:
+            rejected = {t: p <= alpha for t, p in p_values.items()}
+            adjusted = dict(p_values)
+        for test, (metric, p) in sorted(tests.items()):
+            rule = test.split("|")[1]
+            result = results[metric]
+            assert result.diff is not None and result.diff_ci is not None
+            bound = (
+                -policy.non_inferiority[metric]
+                if rule == "non_inferiority"
+                else policy.improvement[metric]
+            )
+            ok = rejected[test]
+            claim = (
+                "not worse than the champion by more than"
+                if rule == "non_inferiority"
+                else ("better than the champion by at least")
+            )
+            detail = (
+                f"difference {result.diff:+.3f} (interval {result.diff_ci[0]:+.3f}.."
+                f"{result.diff_ci[1]:+.3f}); {claim} {abs(bound)}: p={p:.4f}, "
+                f"adjusted {adjusted[test]:.4f} vs {alpha:.3g}"
+            )
+            result.checks.append(RuleCheck(rule=rule, passed=ok, detail=detail))
+            if not ok:
+                if rule == "non_inferiority":
+                    reasons.append(
+                        f"{metric}: cannot show the candidate is within {abs(bound)} of the "
+                        f"champion at {policy.confidence:.0%} ({detail})"
+                    )
+                else:
+                    reasons.append(
+                        f"{metric}: no proven improvement of at least {bound} over the "
+                        f"champion at {policy.confidence:.0%} ({detail})"
+                    )
+    elif champion is None and policy.improvement:
+        pass  # no champion: nothing to improve on; floors and zero tolerance still apply
+    return list(results.values()), reasons
+
+
+def run_gate(
+    suites: Suites,
+    policy: GatePolicy,
+    candidate: Generator,
+    champion: Generator | None,
+    *,
+    adapter: str,
+    version: str,
+    champion_label: str | None,
+    retrieve: Retrieve | None = None,
+    on_progress: Progress | None = None,
+) -> tuple[Verdict, list[CaseResult]]:
+    """Answer, score and judge every case; the verdict and every case's answers and scores."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    prompts, retrieved = build_prompts(suites, retrieve)
+    timings["retrieve"] = time.perf_counter() - t0
+
+    def progress(stage: str) -> Callable[[int, int], None] | None:
+        if on_progress is None:
+            return None
+        return lambda done, of: on_progress(stage, done, of)
+
+    t1 = time.perf_counter()
+    cand_answers = candidate.generate(prompts, progress("candidate"))
+    timings["generate_candidate"] = time.perf_counter() - t1
+    champ_answers = None
+    if champion is not None:
+        t2 = time.perf_counter()
+        champ_answers = champion.generate(prompts, progress("champion"))
+        timings["generate_champion"] = time.perf_counter() - t2
+    t3 = time.perf_counter()
+    reasons: list[str] = []
+    metrics: list[MetricResult] = []
+    cand_scores: list[dict[str, float]] = [{} for _ in suites.cases]
+    champ_scores: list[dict[str, float]] | None = None
+    try:
+        cand_scores = score_all(suites, cand_answers, retrieved)
+        if champ_answers is not None:
+            champ_scores = score_all(suites, champ_answers, retrieved)
+        metrics, reasons = judge(suites, policy, cand_scores, champ_scores)
+    except Exception as exc:  # a scorer that fails must fail the gate, never pass it
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        reasons = [
+            f"scoring raised {type(exc).__name__}: {exc} (at {where.filename}:{where.lineno}); "
+            "the gate cannot judge this candidate"
+        ]
+    timings["score_and_judge"] = time.perf_counter() - t3
+    cases = [
+        CaseResult(
+            id=case.id,
+            suite=case.suite,
+            candidate=cand_answers[i],
+            champion=champ_answers[i] if champ_answers is not None else None,
+            candidate_scores=cand_scores[i],
+            champion_scores=champ_scores[i] if champ_scores is not None else None,
+            retrieved=retrieved[i],
+        )
+        for i, case in enumerate(suites.cases)
+    ]
+    generation = {"candidate": candidate.describe()}
+    if champion is not None:
+        generation["champion"] = champion.describe()
+    verdict = Verdict(
+        adapter=adapter,
+        version=version,
+        champion=champion_label,
+        passed=not reasons,
+        status="passed" if not reasons else "failed",
+        reasons=reasons,
+        metrics=metrics,
+        cases=len(suites.cases),
+        policy=policy.model_dump(),
+        generation=generation,
+        timings=timings,
+    )
+    return verdict, cases

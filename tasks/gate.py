@@ -1,0 +1,95 @@
+"""Eval-gate steps as Prefect tasks: run the gate (with progress), then tell the world: a
+markdown artifact with the verdict and the chart, and an event `slmops.gate.passed|failed`."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from uuid import UUID
+
+from prefect import task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NONE
+from prefect.events import emit_event
+
+from slmops.config import get_settings
+from slmops.evaluation import GateRecord, evaluate_adapter
+from slmops.evaluation.report import markdown
+from slmops.manifest import Trigger
+from slmops.store import open_store
+from slmops.versions import EVALS, VersionedArtifact
+from tasks.context import RETRIES
+
+PASSED, FAILED = "slmops.gate.passed", "slmops.gate.failed"
+
+
+@task(name="run-gate", task_run_name="gate {adapter}@{version}", cache_policy=NONE, **RETRIES)
+def run_gate(
+    store_uri: str,
+    adapter: str,
+    version: str,
+    champion: str,
+    suites: str,
+    policy: str,
+    trigger: Trigger,
+) -> GateRecord:
+    """Answer every eval case with candidate and champion, judge, store the verdict."""
+    progress = create_progress_artifact(
+        progress=0.0, key=f"gate-progress-{adapter}", description=f"Eval gate of {adapter}"
+    )
+    assert isinstance(progress, UUID)  # sync call in a sync task
+    stages = {"candidate": (0.0, 50.0), "champion": (50.0, 45.0)}
+
+    def on_progress(stage: str, done: int, of: int) -> None:
+        start, span = stages.get(stage, (95.0, 5.0))
+        update_progress_artifact(progress, progress=start + span * done / max(of, 1))
+
+    record = evaluate_adapter(
+        open_store(store_uri),
+        adapter,
+        version,
+        champion=champion,
+        suites=suites,
+        policy=policy,
+        cache_dir=Path(get_settings().cache_dir).expanduser(),
+        trigger=trigger,
+        on_progress=on_progress,
+    )
+    update_progress_artifact(progress, progress=100.0)
+    return record
+
+
+@task(name="report-gate")
+def report_gate(store_uri: str, record: GateRecord) -> str:
+    """The verdict on the run's page (table, reasons, chart inline) and as an event."""
+    verdict = record.verdict
+    evals = VersionedArtifact(open_store(store_uri), EVALS, verdict.adapter)
+    png = evals.read_file(record.run, "comparison.png")
+    chart = f"data:image/png;base64,{base64.b64encode(png).decode()}"
+    body = markdown(verdict, chart) + f"\n\nStored at `{record.report_uri}`."
+    create_markdown_artifact(
+        body,
+        key=f"gate-{verdict.adapter}",
+        description=f"Gate {verdict.status}: {verdict.adapter}@{verdict.version}",
+    )
+    emit_event(
+        event=PASSED if verdict.passed else FAILED,
+        resource={
+            "prefect.resource.id": f"slmops.adapter.{verdict.adapter}",
+            "prefect.resource.name": verdict.adapter,
+        },
+        payload={
+            "adapter": verdict.adapter,
+            "version": verdict.version,
+            "champion": verdict.champion,
+            "eval_run": record.run,
+            "reasons": verdict.reasons,
+        },
+    )
+    return f"gate {verdict.status} for {verdict.adapter}@{verdict.version}" + (
+        "" if verdict.passed else ": " + "; ".join(verdict.reasons)
+    )
