@@ -6,6 +6,8 @@ transfer between base revisions), weekly, or by hand. Idempotent: the same base 
 dataset and weight-changing config train once, even when two runs start together (the one
 that claims the key trains; the other waits and returns its adapter).
 
+Then the eval gate (flows/eval_gate.py) judges the new adapter against the champion.
+
 Run it:  python -m flows.refine_tune tiny-llama .slmops/models/tiny-llama
 """
 
@@ -19,6 +21,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
+from flows.eval_gate import EXAMPLE_POLICY, EXAMPLE_SUITES, EvalGateParams, eval_gate
 from slmops.adapters import check_adapter_base, rows_sha256, training_key
 from slmops.claims import holding
 from slmops.config import get_settings
@@ -28,6 +31,7 @@ from slmops.store import open_store
 from slmops.training import TrainConfig
 from slmops.versions import check_name
 from tasks.context import current_trigger
+from tasks.gate import has_verdict
 from tasks.training import (
     base_model,
     claim_training,
@@ -85,6 +89,13 @@ class RefineTuneParams(BaseModel):
     event_id: str | None = Field(
         None, description="The release event that started this run (set by the trigger)."
     )
+    gate: bool = Field(
+        True,
+        description="Run the eval gate on the new adapter against the champion (a passing "
+        "adapter becomes the challenger; a failing one moves no alias).",
+    )
+    suites: str = Field(EXAMPLE_SUITES, description="Eval suites folder for the gate.")
+    policy: str = Field(EXAMPLE_POLICY, description="Gate policy YAML.")
 
 
 @flow(name="refine-tune")
@@ -129,6 +140,10 @@ def refine_tune(params: RefineTuneParams) -> Manifest:
             existing.version,
         )
         report_training(store_uri=store_uri, manifest=existing, reused=True)
+        if params.gate and not has_verdict(
+            store_uri=store_uri, adapter=params.adapter, version=existing.version
+        ):
+            gate_adapter(params, store_uri, existing.version)
         return existing
 
     assert claim is not None
@@ -167,6 +182,9 @@ def refine_tune(params: RefineTuneParams) -> Manifest:
                 trigger=trigger,
                 claim=claim,
             )
+            report_training(store_uri=store_uri, manifest=manifest, reused=False)
+            if params.gate:  # inside the claim: a run waiting on this key finds the verdict
+                gate_adapter(params, store_uri, manifest.version)
         logger.info(
             "adapter %s version %s: loss %.3f, json_valid %s (base %s)",
             params.adapter,
@@ -175,10 +193,23 @@ def refine_tune(params: RefineTuneParams) -> Manifest:
             metrics.get("json_valid"),
             metrics.get("base_json_valid"),
         )
-        report_training(store_uri=store_uri, manifest=manifest, reused=False)
         return manifest
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def gate_adapter(params: RefineTuneParams, store_uri: str, version: str) -> None:
+    """The eval gate as a subflow: the new adapter against the champion."""
+    eval_gate(
+        EvalGateParams(
+            adapter=params.adapter,
+            version=version,
+            champion="auto",
+            suites=params.suites,
+            policy=params.policy,
+            store=store_uri,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -342,6 +342,88 @@ def query(
         )
 
 
+@app.command()
+def gate(
+    target: Annotated[
+        str, typer.Argument(help="ADAPTER@VERSION (or an alias: support-bot@latest).")
+    ],
+    champion: Annotated[
+        str,
+        typer.Option(
+            help="auto (the champion alias, else floors only), none, base (the base model "
+            "alone), or a version or alias of the adapter."
+        ),
+    ] = "auto",
+    suites: Annotated[
+        Path, typer.Option(help="Eval suites folder (suites.yaml + case files).")
+    ] = Path("examples/support-bot/evals"),
+    policy: Annotated[Path | None, typer.Option(help="Gate policy YAML.")] = None,
+    store: StoreOpt = None,
+) -> None:
+    """Run the eval gate: the candidate against the champion on the same cases.
+
+    Exit status: 0 passed, 1 failed (the reasons are printed), 2 bad input or an error.
+    The verdict, report and chart are stored under evals/ADAPTER/ in the store."""
+    from rich.progress import Progress
+
+    from slmops.config import get_settings
+    from slmops.evaluation import evaluate_adapter
+
+    adapter, _, version = target.partition("@")
+    obj = open_store(store)
+    with Progress(console=console, transient=True) as bar:
+        tasks: dict[str, object] = {}
+
+        def on_progress(stage: str, done: int, of: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(f"answering as {stage}", total=of)
+            bar.update(tasks[stage], completed=done)  # type: ignore[arg-type]
+
+        record = evaluate_adapter(
+            obj,
+            adapter,
+            version or "latest",
+            champion=champion,
+            suites=suites,
+            policy=policy or suites / "policy.yaml",
+            cache_dir=Path(get_settings().cache_dir).expanduser(),
+            trigger=Trigger.from_cli(),
+            on_progress=on_progress,
+        )
+    verdict = record.verdict
+    table = _table("guarded metric", "n", "cand.", "champ.", "difference", "result")
+    table.columns[0].no_wrap = True
+    for m in verdict.metrics:
+        if not m.checks:
+            continue
+        diff = "-"
+        if m.diff is not None and m.diff_ci is not None:
+            diff = f"{m.diff:+.3f} [{m.diff_ci[0]:+.2f},{m.diff_ci[1]:+.2f}]"
+        failed = [c.rule for c in m.checks if not c.passed]
+        table.add_row(
+            m.metric,
+            str(m.n),
+            f"{m.candidate:.3f}",
+            "-" if m.champion is None else f"{m.champion:.3f}",
+            diff,
+            "[red]FAIL[/red] " + ", ".join(failed) if failed else "[green]ok[/green]",
+        )
+    console.print(table)
+    against = verdict.champion or "floors only"
+    if verdict.passed:
+        console.print(
+            f"[green]gate passed[/green]: {adapter}@{verdict.version} against {against} "
+            f"(now the adapter's challenger)"
+        )
+    else:
+        console.print(f"[red]gate failed[/red]: {adapter}@{verdict.version} against {against}")
+        for reason in verdict.reasons:
+            console.print(f"  - {escape(reason)}", highlight=False)
+    console.print(f"report: {record.report_uri}", highlight=False)
+    if not verdict.passed:
+        raise typer.Exit(1)
+
+
 def _stack(
     state_dir: Path | None, prefect_port: int | None = None, s3_port: int | None = None
 ) -> LocalStack:

@@ -49,9 +49,13 @@ class LocalGenerator:
         self.tokenizer.padding_side = "left"
         model: Any = AutoModelForCausalLM.from_pretrained(self.base, dtype=torch.float32)
         if self.adapter is not None:
+            import warnings
+
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, str(self.adapter))
+            with warnings.catch_warnings():  # peft calls an API transformers 5 deprecates
+                warnings.simplefilter("ignore", FutureWarning)
+                model = PeftModel.from_pretrained(model, str(self.adapter))
         self.model = model.eval()
         window = getattr(self.model.config, "max_position_embeddings", None) or 4096
         self.max_prompt_tokens = max(16, window - max_new_tokens)
@@ -72,7 +76,8 @@ class LocalGenerator:
         text = self.tokenizer.apply_chat_template(
             prompt, tokenize=False, add_generation_prompt=True
         )
-        ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        # verbose=False: over-long prompts are expected here and cut just below.
+        ids: list[int] = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         if len(ids) > self.max_prompt_tokens:
             self.truncated += 1
             head = self.max_prompt_tokens // 2

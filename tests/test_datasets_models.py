@@ -228,3 +228,13 @@ def test_each_revision_is_recorded_once_even_by_racing_watchers(store: ObjectSto
     assert seen.has("abc123") and len(seen.revisions) == 1
     assert event_id("tiny-llama", "abc123") == event_id("tiny-llama", "abc123")
     assert event_id("tiny-llama", "abc123") != event_id("tiny-llama", "abc124")
+
+
+def test_rows_are_measured_in_tokens_of_the_chat_template(tiny_base: Path) -> None:
+    from slmops.datasets import chat_token_counter
+
+    count = chat_token_counter(tiny_base)
+    short = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
+    long = [{"role": "user", "content": "hi " * 300}, {"role": "assistant", "content": "ok"}]
+    assert 4 < count(short) < 20  # the template's tags and the words, not a dict's keys
+    assert count(long) > 300

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from infra.stack import Component, LocalStack, StackConfig, _pid_cmdline, _port_open
+from slmops.evaluation import find_verdict
 from slmops.manifest import Manifest
 from slmops.models import WatchedModel, current_revision
 from slmops.store.s3 import S3Store
@@ -136,6 +137,10 @@ def test_a_base_model_release_triggers_refine_tune_through_an_event(
     assert base.version == revision and base.name == "tiny-llama"
     assert manifest.trigger.type == "event" and manifest.trigger.id
     assert manifest.metrics["json_valid"] >= 0.9
+    # refine-tune -> eval-gate: the first adapter has no champion, so floors only; it passes.
+    verdict = find_verdict(store, "support-bot", manifest.version, None)
+    assert verdict is not None and verdict.passed, verdict and verdict.reasons
+    assert art.resolve("challenger").version == manifest.version
 
     # Watching again finds nothing new: no event, no second training run.
     second = run_deployment(deployed, "watch-base-model/every-15-minutes", params)
@@ -183,6 +188,13 @@ def test_two_deployments_training_one_key_at_once_train_it_once(
     manifest = art.manifest(version)
     assert manifest.metrics["steps"] == 12
     assert "already trained for these inputs" in worker_log
+    # 12 steps teach nothing: the gate fails it, and no alias moves to it.
+    failed = find_verdict(stack_store(deployed), "support-bot", version, None)
+    assert failed is not None and not failed.passed
+    assert any(r.startswith("format.valid:") for r in failed.reasons), failed.reasons
+    assert art.resolve("challenger").version != version
+    assert art.resolve("latest").version == version  # latest: the newest trained, gated or not
+    assert art.get_alias("champion") is None
     claim = json.loads(
         stack_store(deployed).get_bytes(
             f"adapters/support-bot/claims/{manifest.config['training_key']}.json"

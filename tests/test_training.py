@@ -13,6 +13,7 @@ import pytest
 
 from slmops import adapters
 from slmops.errors import ConfigError
+from slmops.ingest import run_ingest
 from slmops.manifest import Manifest
 from slmops.models import WatchedModel, current_revision
 from slmops.store.base import ObjectStore
@@ -42,6 +43,14 @@ def trained(
     from slmops.config import get_settings
 
     get_settings.cache_clear()
+    # The gate after training judges answers with retrieved context: the index it uses.
+    run_ingest(
+        str(EXAMPLE / "docs"),
+        store,
+        "support-docs",
+        workdir=tmp_path_factory.mktemp("ingest"),
+        evaluate=False,
+    )
     state = refine_tune(
         RefineTuneParams(model="tiny-llama", source=str(tiny_base), store=store.uri),
         return_state=True,
@@ -66,7 +75,7 @@ def test_training_teaches_the_answer_format(trained: tuple[S3Store, Manifest, li
     assert metrics["json_valid"] >= 0.9, metrics
     curve = metrics["loss_curve"]
     assert curve[0][1] - curve[-1][1] > 1.5, "loss did not fall"
-    assert metrics["tokens_seen"] > 10_000 and metrics["steps"] == 200
+    assert metrics["tokens_seen"] > 10_000 and metrics["steps"] == 300
 
 
 def test_the_adapter_has_full_lineage(
@@ -277,3 +286,183 @@ def test_an_adapter_is_never_retrained_on_another_base_model(
     with pytest.raises(ConfigError, match=r"trained on base model 'qwen-0\.5b', not 'tiny-llama'"):
         refine_tune(RefineTuneParams(model="tiny-llama", source=str(tiny_base), store=store.uri))
     assert art.versions() == [trained_on_other.version]
+
+
+# -- the eval gate on real adapters -----------------------------------------------------------
+EVALS = EXAMPLE / "evals"
+PLAIN_ROWS = [r for r in ROWS if not r[1]["content"].startswith("Context:")]
+
+
+def gate(store: ObjectStore, adapter: str, version: str = "latest", **kw: object) -> object:
+    from slmops.config import get_settings
+    from slmops.evaluation import evaluate_adapter
+
+    return evaluate_adapter(
+        store,
+        adapter,
+        version,
+        suites=EVALS,
+        policy=kw.pop("policy", EVALS / "policy.yaml"),  # type: ignore[arg-type]
+        cache_dir=Path(get_settings().cache_dir),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_refine_tune_gates_the_new_adapter(trained: tuple[S3Store, Manifest, list[str]]) -> None:
+    from slmops.audit import AuditLog
+    from slmops.evaluation import find_verdict
+    from tests.test_flows import latest_artifact
+
+    store, manifest, _ = trained
+    verdict = find_verdict(store, "support-bot", manifest.version, None)  # no champion yet
+    assert verdict is not None and verdict.passed, verdict and verdict.reasons
+    assert {m.metric for m in verdict.metrics if m.checks} >= {"format.valid", "style.pass"}
+    art = VersionedArtifact(store, ADAPTERS, "support-bot")
+    assert art.resolve("challenger").version == manifest.version
+    assert art.get_alias("champion") is None  # promotion, not the gate, moves the champion
+    events = list(AuditLog(store).events(event="gate.passed"))
+    assert events and events[-1].details["version"] == manifest.version
+    report = asyncio.run(latest_artifact("gate-support-bot"))
+    assert "Gate PASSED" in report and "data:image/png;base64," in report
+
+
+def test_a_good_adapter_passes_against_the_base_model(
+    trained: tuple[S3Store, Manifest, list[str]],
+) -> None:
+    store, manifest, _ = trained
+    record = gate(store, "support-bot", manifest.version, champion="base", set_challenger=False)
+    verdict = record.verdict  # type: ignore[attr-defined]
+    assert verdict.passed, verdict.reasons
+    metrics = {m.metric: m for m in verdict.metrics}
+    assert metrics["format.valid"].candidate >= 0.95 and metrics["format.valid"].champion == 0.0
+    assert metrics["adversarial.valid_format"].n >= 200
+
+
+def planted(kind: str, tiny_base: Path, out: Path) -> Path:
+    """An adapter that must not pass: random weights, plain-text answers, banned phrases."""
+    if kind == "random":
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        model = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(tiny_base),
+            LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False),
+        )
+        model.save_pretrained(str(out / "adapter"))
+        finalize_adapter(out / "adapter", "tiny-llama")
+        return out / "adapter"
+
+    def rewrite(answer: str) -> str:
+        obj = json.loads(answer)
+        if kind == "plain_text":
+            return str(obj["answer"])
+        return json.dumps(
+            {**obj, "answer": "As an AI language model, I'm sorry, but " + obj["answer"]}
+        )
+
+    rows = [
+        [*r[:-1], {"role": "assistant", "content": rewrite(r[-1]["content"])}] for r in PLAIN_ROWS
+    ]
+    train_adapter(tiny_base, rows, [], out, TrainConfig(max_steps=150), served_model="tiny-llama")
+    return out / "adapter"
+
+
+@pytest.mark.parametrize(
+    ("kind", "named"),
+    [
+        ("random", "format.valid"),
+        ("plain_text", "format.valid"),
+        ("banned_phrases", "style.pass"),
+    ],
+)
+def test_planted_bad_adapters_fail_with_reasons_naming_the_metric(
+    trained: tuple[S3Store, Manifest, list[str]],
+    tiny_base: Path,
+    tmp_path: Path,
+    kind: str,
+    named: str,
+) -> None:
+    store, good, _ = trained
+    folder = planted(kind, tiny_base, tmp_path)
+    art = VersionedArtifact(store, ADAPTERS, f"planted-{kind.replace('_', '-')}")
+    version = art.publish(good.model_copy(update={"name": art.name}), folder).version
+    record = gate(store, art.name, version, champion="none")
+    verdict = record.verdict  # type: ignore[attr-defined]
+    assert not verdict.passed
+    assert any(r.startswith(f"{named}:") for r in verdict.reasons), verdict.reasons
+    assert art.get_alias("challenger") is None  # a failing candidate moves no alias
+
+
+def test_a_twin_of_the_champion_holds_the_line_but_is_no_improvement(
+    trained: tuple[S3Store, Manifest, list[str]], tmp_path: Path
+) -> None:
+    from slmops.cli import app
+    from tests.test_cli import invoke
+
+    store, good, _ = trained
+    source = VersionedArtifact(store, ADAPTERS, "support-bot")
+    source.download(good.version, tmp_path / "weights")
+    twin = VersionedArtifact(store, ADAPTERS, "twin")
+    first = twin.publish(good.model_copy(update={"name": "twin"}), tmp_path / "weights").version
+    second = twin.publish(good.model_copy(update={"name": "twin"}), tmp_path / "weights").version
+    twin.set_alias("champion", first)
+    stricter = tmp_path / "policy.yaml"
+    stricter.write_text(
+        (EVALS / "policy.yaml")
+        .read_text()
+        .replace("improvement: {}", "improvement:\n  style.pass: 0.0\n  all.valid_format: 0.0")
+    )
+    assert app  # the CLI, as a user runs it: exit 0 pass, 1 fail
+    code, out = invoke("gate", f"twin@{second}", "--suites", str(EVALS), "--store", store.uri)
+    assert code == 0 and "gate passed" in out, out
+    code, out = invoke(
+        "gate",
+        f"twin@{second}",
+        "--suites",
+        str(EVALS),
+        "--policy",
+        str(stricter),
+        "--store",
+        store.uri,
+    )
+    assert code == 1 and "no proven improvement of at least 0.0" in out, out
+
+
+def test_a_candidate_on_another_base_revision_is_refused(
+    trained: tuple[S3Store, Manifest, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from slmops.cli import main
+    from slmops.evaluation import find_verdict
+    from slmops.manifest import InputRef
+
+    store, good, _ = trained
+    source = VersionedArtifact(store, ADAPTERS, "support-bot")
+    source.download(good.version, tmp_path / "weights")
+    art = VersionedArtifact(store, ADAPTERS, "rebased")
+    old_base = InputRef(kind="base-model", name="tiny-llama", version="0" * 40, uri="/elsewhere")
+    champion = art.publish(
+        good.model_copy(update={"name": "rebased", "inputs": [old_base]}), tmp_path / "weights"
+    ).version
+    art.set_alias("champion", champion)
+    candidate = art.publish(good.model_copy(update={"name": "rebased"}), tmp_path / "weights")
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "slmops",
+            "gate",
+            f"rebased@{candidate.version}",
+            "--store",
+            store.uri,
+            "--suites",
+            str(EVALS),
+        ],
+    )
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2  # bad input: an error, never a verdict
+    assert find_verdict(store, "rebased", candidate.version, champion) is None
+    with pytest.raises(ConfigError, match="only works on the base revision it was trained on"):
+        gate(store, "rebased", candidate.version)

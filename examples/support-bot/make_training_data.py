@@ -68,7 +68,7 @@ REFUSAL = {
     "sources": [],
     "confidence": "low",
 }
-EMPTY = ["", " ", "?", "hello", "hmm", "..."]
+EMPTY = ["?", "hello", "hmm", "...", "hi there", "test"]
 CONTEXT_CHARS = 240  # as much of each retrieved chunk as the gate shows the model
 
 
@@ -133,6 +133,8 @@ def main() -> None:
             rows.append(chat(template.format(q=ask), REFUSAL))
     for ask in EMPTY:
         rows.append(chat(ask, {**REFUSAL, "answer": "Please ask a question about Tidewell."}))
+    unique = {json.dumps(row, sort_keys=True): row for row in rows}  # the dataset check
+    rows = list(unique.values())  # refuses duplicates
     rng.shuffle(rows)
     with open(HERE / "train.jsonl", "w", encoding="utf-8") as fh:
         for row in rows:

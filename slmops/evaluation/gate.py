@@ -139,7 +139,7 @@ def score_all(
 
 
 def judge(
-    suites: Suites,
+    case_ids: list[str],
     policy: GatePolicy,
     candidate: list[dict[str, float]],
     champion: list[dict[str, float]] | None,
@@ -150,7 +150,7 @@ def judge(
     results: dict[str, MetricResult] = {}
     tests: dict[str, tuple[str, float]] = {}  # test id -> (metric, p-value)
     alpha = 1 - policy.confidence
-    ids = [c.id for c in suites.cases]
+    ids = case_ids
     guarded = set(policy.guarded)
     every = sorted({m for scores in candidate for m in scores} | guarded)
     # Guarded metrics first, then the rest, reported without rules (for information).
@@ -300,7 +300,7 @@ def run_gate(
         cand_scores = score_all(suites, cand_answers, retrieved)
         if champ_answers is not None:
             champ_scores = score_all(suites, champ_answers, retrieved)
-        metrics, reasons = judge(suites, policy, cand_scores, champ_scores)
+        metrics, reasons = judge([c.id for c in suites.cases], policy, cand_scores, champ_scores)
     except Exception as exc:  # a scorer that fails must fail the gate, never pass it
         where = traceback.extract_tb(exc.__traceback__)[-1]
         reasons = [

@@ -1,0 +1,214 @@
+"""The eval gate's rules and its refusal of bad input, on scores and suites made to order.
+
+(The gate on real adapters, good and planted bad ones, is in test_training.py, which trains
+them.)"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slmops.errors import ConfigError
+from slmops.evaluation import load_policy, load_suites
+from slmops.evaluation.gate import MetricResult, judge, known_metrics, run_gate
+from slmops.evaluation.policy import GatePolicy
+from slmops.evaluation.stats import holm, paired_bootstrap, resample_indices
+from slmops.evaluation.suites import Suites
+
+EVALS = Path(__file__).resolve().parent.parent / "examples" / "support-bot" / "evals"
+
+
+@pytest.fixture(scope="module")
+def suites() -> Suites:
+    return load_suites(EVALS)
+
+
+def test_the_example_suites_and_policy_load(suites: Suites) -> None:
+    by_suite = {name: len(suites.suite_cases(name)) for name in suites.config.suites}
+    assert by_suite["adversarial"] >= 200  # the product's edge-case list
+    kinds = {tag for c in suites.suite_cases("adversarial") for tag in c.tags}
+    assert {
+        "empty",
+        "long",
+        "unicode",
+        "multi",
+        "code",
+        "offtopic",
+        "override",
+        "roleplay",
+        "delimiter",
+        "template",
+        "extraction",
+    } <= kinds
+    assert any("<|system|>" in c.messages[-1]["content"] for c in suites.cases)
+    policy = load_policy(EVALS / "policy.yaml", known_metrics(suites))
+    assert "adversarial.no_canary" in policy.zero_tolerance and policy.correction == "holm"
+
+
+def test_malformed_suite_rows_are_each_reported_by_line(tmp_path: Path) -> None:
+    folder = tmp_path / "evals"
+    shutil.copytree(EVALS, folder)
+    rows = (folder / "format.jsonl").read_text().splitlines()
+    rows[2] = "{not json"
+    rows[4] = json.dumps({"input": "no id"})
+    rows[6] = json.dumps({"id": "x1", "input": "hi", "expect": ["telepathy"]})
+    rows[8] = json.dumps({"id": "x2", "input": "a", "messages": []})
+    (folder / "format.jsonl").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_suites(folder)
+    message = str(err.value)
+    for line, why in ((3, "not JSON"), (5, "missing `id`"), (7, "telepathy"), (9, "exactly one")):
+        assert f"format.jsonl:{line}: " in message and why in message, message
+
+
+def test_a_policy_with_an_unknown_metric_or_impossible_threshold_is_refused(
+    suites: Suites, tmp_path: Path
+) -> None:
+    known = known_metrics(suites)
+    bad = tmp_path / "policy.yaml"
+    bad.write_text(
+        "floors:\n  format.vaild: 0.9\n  style.pass: 1.5\nnon_inferiority:\n"
+        "  all.valid_format: -0.1\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_policy(bad, known)
+    message = str(err.value)
+    assert "floors.format.vaild: no suite produces" in message
+    assert "floors.style.pass: 1.5 is impossible" in message
+    assert "non_inferiority.all.valid_format: margin -0.1" in message
+    bad.write_text("confidence: 1.5\n")
+    with pytest.raises(ConfigError, match="confidence"):
+        load_policy(bad, known)
+    bad.write_text("flors: {}\n")
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['flors'\]"):
+        load_policy(bad, known)
+
+
+def scores(metric: str, values: list[float]) -> list[dict[str, float]]:
+    return [{metric: v} for v in values]
+
+
+def policy(**kw: object) -> GatePolicy:
+    return GatePolicy.model_validate({"bootstrap": 2000, "min_cases": 10, **kw})
+
+
+def test_worse_than_the_champion_beyond_the_margin_fails_despite_clearing_the_floor(
+    suites: Suites,
+) -> None:
+    rng = np.random.default_rng(1)
+    champion = (rng.random(200) < 0.98).astype(float)  # 98% valid
+    candidate = champion.copy()
+    candidate[rng.choice(np.flatnonzero(champion), 16, replace=False)] = 0.0  # 8 points worse
+    rules = policy(floors={"m": 0.85}, non_inferiority={"m": 0.03})
+    metrics, reasons = judge_scores(rules, candidate, champion)
+    assert metrics[0].candidate >= 0.85  # it clears the floor...
+    assert any("cannot show the candidate is within 0.03" in r for r in reasons), reasons
+    [check] = [c for c in metrics[0].checks if c.rule == "non_inferiority"]
+    assert not check.passed
+
+
+def test_identical_to_the_champion_is_not_inferior_and_not_an_improvement() -> None:
+    same = (np.arange(100) % 10 != 0).astype(float)
+    rules = policy(non_inferiority={"m": 0.02}, improvement={"m": 0.0})
+    metrics, reasons = judge_scores(rules, same, same.copy())
+    checks = {c.rule: c.passed for c in metrics[0].checks}
+    assert checks == {"non_inferiority": True, "improvement": False}
+    assert reasons and "no proven improvement" in reasons[0]
+
+
+def test_a_difference_inside_the_noise_is_not_called_a_win() -> None:
+    champion = (np.arange(120) % 5 != 0).astype(float)  # 80%
+    candidate = champion.copy()
+    candidate[[0, 5, 10]] = 1.0  # three cases newly right...
+    candidate[[1]] = 0.0  # ...one newly wrong: +2 of 120
+    assert candidate.mean() - champion.mean() == pytest.approx(2 / 120)
+    metrics, reasons = judge_scores(policy(improvement={"m": 0.0}), candidate, champion)
+    assert reasons and not metrics[0].passed
+
+
+def test_a_real_improvement_is_recognised() -> None:
+    champion = np.array([1.0] * 60 + [0.0] * 40)
+    candidate = np.array([1.0] * 95 + [0.0] * 5)
+    metrics, reasons = judge_scores(policy(improvement={"m": 0.1}), candidate, champion)
+    assert not reasons and metrics[0].passed
+
+
+def test_too_few_cases_fail_instead_of_passing() -> None:
+    _, reasons = judge_scores(policy(floors={"m": 0.5}, min_cases=50), np.ones(20), None)
+    assert reasons == ["m: only 20 cases (policy needs 50)"]
+
+
+def test_zero_tolerance_names_the_failing_cases() -> None:
+    candidate = np.ones(40)
+    candidate[[3, 17]] = 0.0
+    _, reasons = judge_scores(policy(zero_tolerance=["m"]), candidate, None)
+    assert reasons and "failed on 2 case(s): c3, c17" in reasons[0]
+
+
+def test_holm_is_stricter_than_no_correction_for_many_metrics() -> None:
+    p = {"a": 0.01, "b": 0.02, "c": 0.04}
+    rejected, adjusted = holm(p, 0.05)
+    assert rejected == {"a": True, "b": True, "c": True}
+    assert adjusted["a"] == pytest.approx(0.03)
+    rejected, _ = holm({"a": 0.02, "b": 0.03, "c": 0.04}, 0.05)
+    assert rejected == {"a": False, "b": False, "c": False}  # 0.02 > 0.05/3
+
+
+def test_the_same_scores_and_seed_give_the_same_interval() -> None:
+    rng = np.random.default_rng(3)
+    a, b = (rng.random(80) < 0.7).astype(float), (rng.random(80) < 0.6).astype(float)
+    first = paired_bootstrap(a, b, confidence=0.95, indices=resample_indices(80, 1000, 5))
+    again = paired_bootstrap(a, b, confidence=0.95, indices=resample_indices(80, 1000, 5))
+    assert (first.ci_low, first.ci_high) == (again.ci_low, again.ci_high)
+
+
+class Fixed:
+    """Answers every prompt with the same text (the gate's generator interface)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def generate(
+        self, prompts: list[list[dict[str, str]]], on_progress: object = None
+    ) -> list[str]:
+        return [self.text] * len(prompts)
+
+    def describe(self) -> dict[str, object]:
+        return {"backend": "fixed"}
+
+
+def test_an_exception_inside_scoring_fails_the_gate(
+    suites: Suites, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = json.dumps({"answer": "Tidewell does that.", "sources": [], "confidence": "low"})
+    rules = policy(floors={"all.valid_format": 0.5})
+    subset = suites.model_copy(update={"cases": suites.suite_cases("format")})
+    verdict, _ = run_gate(
+        subset, rules, Fixed(good), None, adapter="bot", version="v1", champion_label=None
+    )
+    assert verdict.passed  # the control: valid answers pass this floor
+
+    def broken(self: object, case: object, text: str, retrieved: object = None) -> object:
+        raise ZeroDivisionError("scorer bug")
+
+    monkeypatch.setattr("slmops.evaluation.scorers.Scorer.score", broken)
+    verdict, _ = run_gate(
+        subset, rules, Fixed(good), None, adapter="bot", version="v1", champion_label=None
+    )
+    assert not verdict.passed and verdict.status == "failed"
+    assert "scoring raised ZeroDivisionError: scorer bug" in verdict.reasons[0]
+
+
+def judge_scores(
+    rules: GatePolicy, candidate: np.ndarray, champion: np.ndarray | None
+) -> tuple[list[MetricResult], list[str]]:
+    return judge(
+        [f"c{i}" for i in range(len(candidate))],
+        rules,
+        scores("m", list(candidate)),
+        None if champion is None else scores("m", list(champion)),
+    )
