@@ -1,6 +1,6 @@
 """Screenshots of the Prefect UI pages slmops writes to, taken with headless Chromium, to look
-at what a person sees: the automation, the refine-tune run form, the latest training and
-ingest reports.
+at what a person sees: the automation, the refine-tune run form, the latest training, gate
+and ingest reports.
 
 Run it with the local stack up and the demo run (`make demo`):
     python -m infra.ui_screenshots .slmops/ui        # then open the PNGs
@@ -48,6 +48,7 @@ def pages() -> dict[str, str]:
         urls["refine-tune-run-form"] = f"{UI}/deployments/deployment/{weekly['id']}/run"
     for name, key in (
         ("training-report", "training-report-support-bot"),
+        ("gate-report", "gate-support-bot"),
         ("ingest-report", "ingest-support-docs"),
     ):
         artifact = _artifact_id(key)

@@ -98,9 +98,9 @@ def stack_store(stack: LocalStack) -> S3Store:
 
 
 def test_deployment_runs_on_the_worker_against_the_stack_store(deployed: LocalStack) -> None:
-    art = VersionedArtifact(stack_store(deployed), "adapters", "support-bot")
+    art = VersionedArtifact(stack_store(deployed), "adapters", "verify-me")
     version = art.publish(
-        Manifest(kind="adapter", name="support-bot"), {"adapter_model.safetensors": b"w"}
+        Manifest(kind="adapter", name="verify-me"), {"adapter_model.safetensors": b"w"}
     ).version
     art.set_alias("champion", version)
     worker_log = run_deployment(deployed, "verify-store/daily")
@@ -138,6 +138,9 @@ def test_a_base_model_release_triggers_refine_tune_through_an_event(
     assert manifest.trigger.type == "event" and manifest.trigger.id
     assert manifest.metrics["json_valid"] >= 0.9
     # refine-tune -> eval-gate: the first adapter has no champion, so floors only; it passes.
+    while find_verdict(store, "support-bot", manifest.version, None) is None:
+        assert time.time() < deadline + 300, worker_log[-5000:]
+        time.sleep(3)
     verdict = find_verdict(store, "support-bot", manifest.version, None)
     assert verdict is not None and verdict.passed, verdict and verdict.reasons
     assert art.resolve("challenger").version == manifest.version
