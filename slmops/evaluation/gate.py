@@ -255,8 +255,6 @@ def judge(
                         f"{metric}: no proven improvement of at least {bound} over the "
                         f"champion at {policy.confidence:.0%} ({detail})"
                     )
-    elif champion is None and policy.improvement:
-        pass  # no champion: nothing to improve on; floors and zero tolerance still apply
     return list(results.values()), reasons
 
 
