@@ -77,11 +77,6 @@ class RefineTuneParams(BaseModel):
         default_factory=DatasetConfig,
         description="Bad-row policy, eval split, max tokens per row.",
     )
-    answer_keys: list[str] = Field(
-        default_factory=lambda: ["answer", "sources", "confidence"],
-        description="Keys every answer's JSON object must hold, for the held-out format check "
-        "stored with the adapter.",
-    )
     store: str | None = Field(
         None,
         description="Artifact store URI (s3://bucket/prefix or a folder). Empty: SLMOPS_STORE.",
@@ -167,7 +162,7 @@ def refine_tune(params: RefineTuneParams) -> Manifest:
                 adapter_dir=adapter_dir,
                 dataset=params.dataset_name,
                 version=data.version or "",
-                answer_keys=params.answer_keys,
+                suites=params.suites,
             )
             manifest = publish(
                 store_uri=store_uri,

@@ -148,6 +148,18 @@ def _http_ok(url: str, *, method: str = "GET", body: bytes | None = None) -> byt
         return None
 
 
+def prefect_api(api_url: str, path: str, body: dict[str, object] | None = None) -> object:
+    """One call to a Prefect server's REST API (POST with a body, else GET); the JSON answer."""
+    req = urllib.request.Request(
+        f"{api_url.rstrip('/')}/{path}",
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+        method="POST" if body is not None else "GET",
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
 class LocalStack:
     """Start, inspect and stop the stack that `StackConfig` describes."""
 

@@ -9,27 +9,20 @@ Needs a `chromium` (or `chromium-browser`, `google-chrome`) on PATH.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
+
+from infra.stack import prefect_api
 
 API = os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api").rstrip("/")
 UI = API.removesuffix("/api")
 
 
 def _api(path: str, body: dict[str, object] | None = None) -> object:
-    req = urllib.request.Request(
-        f"{API}/{path}",
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Content-Type": "application/json"},
-        method="POST" if body is not None else "GET",
-    )
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
+    return prefect_api(API, path, body)
 
 
 def _artifact_id(key: str) -> str | None:

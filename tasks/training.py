@@ -16,9 +16,10 @@ from prefect.artifacts import (
 from prefect.cache_policies import NONE
 
 from slmops import adapters, datasets, models
-from slmops.claims import Claim
+from slmops.claims import Claim, ClaimRecord
 from slmops.config import get_settings
 from slmops.datasets import DatasetConfig
+from slmops.evaluation.suites import load_suites
 from slmops.generation import json_format_scores
 from slmops.manifest import Manifest, Trigger
 from slmops.models import Revision
@@ -66,7 +67,7 @@ def claim_training(store_uri: str, adapter: str, key: str) -> tuple[Claim | None
     """Claim the training key (one run trains it), or wait for the run that holds it."""
     logger = get_run_logger()
 
-    def waiting(holder: adapters.ClaimRecord) -> None:
+    def waiting(holder: ClaimRecord) -> None:
         logger.info(
             "training key %s is being trained by %s (claim valid until %s); waiting for it",
             key,
@@ -137,13 +138,16 @@ def format_check(
     adapter_dir: Path,
     dataset: str,
     version: str,
-    answer_keys: list[str],
+    suites: str,
     prompts: int = 50,
 ) -> dict[str, float]:
-    """Share of valid JSON answers on held-out prompts: base model alone vs with the adapter."""
+    """Share of valid JSON answers on held-out prompts: base model alone vs with the adapter.
+
+    The keys an answer must hold are the `required` ones of the eval suites' answer schema."""
+    keys = tuple(load_suites(suites).schema_doc.get("required", ()))
     rows = datasets.read_rows(open_store(store_uri), dataset, version, datasets.EVAL)
     held_out = [r[:-1] for r in rows][:prompts]
-    return json_format_scores(Path(base_path), adapter_dir, held_out, tuple(answer_keys))
+    return json_format_scores(Path(base_path), adapter_dir, held_out, keys)
 
 
 @task(name="publish-adapter", cache_policy=NONE, persist_result=False)

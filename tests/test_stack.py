@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from infra.stack import Component, LocalStack, StackConfig, _pid_cmdline, _port_open
+from infra.stack import (
+    Component,
+    LocalStack,
+    StackConfig,
+    _pid_cmdline,
+    _port_open,
+    prefect_api,
+)
 from slmops.evaluation import find_verdict
 from slmops.manifest import Manifest
 from slmops.models import WatchedModel, current_revision
@@ -207,17 +214,7 @@ def test_two_deployments_training_one_key_at_once_train_it_once(
 
 
 def api(stack: LocalStack, path: str, body: dict[str, object] | None = None) -> object:
-    import json
-    import urllib.request
-
-    req = urllib.request.Request(
-        f"{stack.config.prefect_api_url}/{path}",
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Content-Type": "application/json"},
-        method="POST" if body is not None else "GET",
-    )
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
+    return prefect_api(stack.config.prefect_api_url, path, body)
 
 
 def start_deployment(stack: LocalStack, name: str, params: str) -> str:
@@ -286,23 +283,16 @@ def wait_for_event(stack: LocalStack, name: str, resource: str, timeout: float =
 
 def flow_runs(stack: LocalStack, deployment: str) -> int:
     """How many runs a deployment has had (scheduled future runs are not counted)."""
-    import json
-    import urllib.request
-
-    body = json.dumps(
+    runs = api(
+        stack,
+        "flow_runs/filter",
         {
             "deployments": {"name": {"any_": [deployment]}},
             "flow_runs": {"state": {"type": {"not_any_": ["SCHEDULED"]}}},
-        }
-    ).encode()
-    req = urllib.request.Request(
-        f"{stack.config.prefect_api_url}/flow_runs/filter",
-        data=body,
-        headers={"Content-Type": "application/json"},
-        method="POST",
+        },
     )
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return len(json.loads(resp.read()))
+    assert isinstance(runs, list)
+    return len(runs)
 
 
 def test_nothing_is_lost_across_down_and_up(stack: LocalStack) -> None:

@@ -53,14 +53,6 @@ class GateRecord(BaseModel):
     report_uri: str
 
 
-class _Side(BaseModel):
-    label: str | None  # version, "base" or None
-    adapter_dir: str | None
-    base_model: str
-    base_revision: str
-    base_source: str
-
-
 def _base_of(manifest: Manifest) -> InputRef:
     base = next((i for i in manifest.inputs if i.kind == "base-model"), None)
     if base is None or not base.version:
