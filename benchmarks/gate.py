@@ -32,7 +32,20 @@ def _tiny(work: Path, steps: int) -> tuple[Path, Path]:
     base = build_tiny_model(work / "tiny", seed=1)
     rows = [json.loads(line)["messages"] for line in (EXAMPLE / "train.jsonl").open()]
     print(f"training a tiny adapter ({steps} steps) to benchmark with ...", flush=True)
-    train_adapter(base, rows, [], work / "run", TrainConfig(max_steps=steps), served_model="tiny")
+
+    def progress(step: int, _: dict[str, float]) -> None:
+        if step % 25 == 0:
+            print(f"  step {step}/{steps}", flush=True)
+
+    train_adapter(
+        base,
+        rows,
+        [],
+        work / "run",
+        TrainConfig(max_steps=steps),
+        served_model="tiny",
+        on_log=progress,
+    )
     return base, work / "run" / "adapter"
 
 
@@ -60,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
             update={"cases": [c for c in suites.cases if c.suite != "knowledge"]}
         )
         prompts, _ = build_prompts(plain, None)
+        print(f"answering {len(prompts)} prompts in batches, then one at a time ...", flush=True)
         batched = LocalGenerator(base, adapter, batch_size=args.batch)
         one = LocalGenerator(base, adapter, batch_size=1)
         batched.generate(prompts[:4])  # warm-up: first calls allocate
