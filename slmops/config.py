@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Annotated, Any
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_STORE = ".slmops/store"
 
@@ -34,9 +33,11 @@ class Settings(BaseSettings):
     s3_multipart_mb: int = Field(
         64, ge=5, description="Files at least this large (MiB) upload in parts of this size."
     )
-    vllm_urls: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
-        description="Base URLs of the vLLM replicas to promote adapters to (comma-separated).",
+    serving: str | None = Field(
+        None,
+        description="Serving config YAML: the vLLM replicas adapters are promoted to, what "
+        "each serves, and the folder they load adapters from (slmops stack up --vllm N "
+        "writes one).",
     )
     embed_model: str | None = Field(
         None,
@@ -49,21 +50,6 @@ class Settings(BaseSettings):
     state_dir: str = Field(
         ".slmops/stack", description="Where the local stack keeps pid files, logs and state."
     )
-
-    @field_validator("vllm_urls", mode="before")
-    @classmethod
-    def _split_urls(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
-        return value
-
-    @field_validator("vllm_urls")
-    @classmethod
-    def _check_urls(cls, urls: list[str]) -> list[str]:
-        for url in urls:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"vLLM URL {url!r} must start with http:// or https://")
-        return urls
 
 
 @lru_cache(maxsize=1)

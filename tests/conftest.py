@@ -143,3 +143,31 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from infra.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama", seed=1)
+
+
+@pytest.fixture(scope="session")
+def vllm_replicas(
+    tiny_base: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[object]]:
+    """Two real vLLM servers (CPU build) serving the tiny base model with runtime LoRA
+    loading, started once per session (about 70 s for both): replica 0 accepts LoRA rank up
+    to 16, replica 1 up to 8 (so one replica can refuse what the other loads)."""
+    from infra.vllm_server import start, wait_ready
+
+    logs = tmp_path_factory.mktemp("vllm")
+    servers = [
+        start(
+            tiny_base,
+            free_port(),
+            logs / f"replica-{i}.log",
+            served_name="tiny-llama",
+            max_lora_rank=rank,
+        )
+        for i, rank in enumerate((16, 8))
+    ]
+    try:
+        wait_ready(servers, on_wait=lambda note: print(note, flush=True))
+        yield list(servers)
+    finally:
+        for server in servers:
+            server.stop()

@@ -80,18 +80,17 @@ def test_settings_read_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SLMOPS_STORE", raising=False)
     (tmp_path / ".env").write_text(
-        "SLMOPS_STORE=s3://from-dotenv/p\n"
-        "SLMOPS_VLLM_URLS=http://10.0.0.1:8000/, http://10.0.0.2:8000\n"
+        "SLMOPS_STORE=s3://from-dotenv/p\nSLMOPS_SERVING=/etc/slmops/serving.yaml\n"
     )
     get_settings.cache_clear()
     settings = get_settings()
     assert settings.store == "s3://from-dotenv/p"
-    assert settings.vllm_urls == ["http://10.0.0.1:8000", "http://10.0.0.2:8000"]
+    assert settings.serving == "/etc/slmops/serving.yaml"
 
 
 def test_bad_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SLMOPS_VLLM_URLS", "localhost:8000")
-    with pytest.raises(ValueError, match=r"vllm_urls[\s\S]*must start with http"):
+    monkeypatch.setenv("SLMOPS_S3_MULTIPART_MB", "1")
+    with pytest.raises(ValueError, match=r"s3_multipart_mb[\s\S]*greater than or equal to 5"):
         Settings()
 
 

@@ -35,6 +35,7 @@ from slmops.versions import ADAPTERS, EVALS, VersionedArtifact
 __all__ = [
     "GateRecord",
     "Verdict",
+    "auto_promote",
     "evaluate_adapter",
     "find_verdict",
     "load_policy",
@@ -233,6 +234,11 @@ def _store_verdict(
         )
     report_uri = f"{store.uri}/{evals.version_prefix(stored.version)}/report.md"
     return GateRecord(run=stored.version, verdict=verdict, report_uri=report_uri)
+
+
+def auto_promote(policy: str | Path) -> bool:
+    """Does the gate policy let a passing adapter be promoted without a person?"""
+    return bool(load_policy(policy, known_metrics=None).auto_promote)
 
 
 def find_verdict(

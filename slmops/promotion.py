@@ -1,0 +1,703 @@
+"""Promotion of an adapter version to every vLLM replica, rollback, and reconcile.
+
+Names. Each adapter version is served under an immutable, content-addressed name
+(`support-bot@<sha of its weights>`), never reloaded with other weights. Clients call the
+stable name (`support-bot`), which promotion moves with vLLM's in-place load: the name keeps
+answering while its weights change, so no request fails.
+
+Promotion, two phases, all replicas or none:
+  preflight (nothing touched): a passing gate verdict against the current champion; the
+    weights copied from the store to the shared adapter folder with every hash checked; rank
+    within every replica's max; no modules_to_save / lm_head; every replica reachable and
+    serving the adapter's base model at the revision it was trained on.
+  1. on every replica: load the versioned name, see it listed, answer golden prompts from the
+     format suite within the suite's rules. Any failure: unload what was loaded, nothing else
+     changes.
+  2. flip the `champion` alias (conditional write), move the stable name on every replica,
+     keep the previous champion loaded (rollback is instant), and after a drain period unload
+     versions older than that.
+One promotion, rollback or sync per adapter at a time: each holds a claim in the store.
+
+    from slmops.promotion import promote
+    result = promote(store, "support-bot", "challenger", config,
+                     suites="examples/support-bot/evals")
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from slmops.audit import AuditLog
+from slmops.claims import Claim, holding, try_claim
+from slmops.errors import ClaimHeldError, ConfigError, ConflictError, SlmopsError, StoreError
+from slmops.evaluation import champion_label, find_verdict
+from slmops.evaluation.suites import load_suites
+from slmops.manifest import Manifest, Trigger
+from slmops.serving import ServingConfig, ServingError, VLLMClient, VLLMGenerator
+from slmops.store.base import ObjectStore
+from slmops.store.hashing import sha256_bytes, sha256_file
+from slmops.versions import ADAPTERS, VersionedArtifact
+
+CHAMPION = "champion"
+SERVED_FILES = ("adapter_config.json", "adapter_model.safetensors")
+CLAIM_TTL = 600.0
+Log = Callable[[str], None]
+
+
+class PromotionError(SlmopsError):
+    """A promotion or rollback was refused or undone; the message says why and where."""
+
+
+class PromotionResult(BaseModel):
+    """What a promotion or rollback did, for the audit log, the run's report and the CLI."""
+
+    adapter: str
+    version: str
+    name: str = Field(description="The versioned serving name, e.g. support-bot@1a2b3c4d5e.")
+    previous: str | None = Field(None, description="The champion version it replaced.")
+    replicas: list[str]
+    unloaded: list[str] = Field(default_factory=list, description="Old names drained away.")
+    timings: dict[str, float] = Field(default_factory=dict, description="Seconds per step.")
+    smoke: dict[str, int] = Field(default_factory=dict, description="Prompts passed per replica.")
+
+
+class Drift(BaseModel):
+    replica: str
+    problem: str
+    fixed: bool
+    error: str | None = None
+
+
+class SyncReport(BaseModel):
+    adapter: str
+    champion: str | None
+    drift: list[Drift] = Field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(d.fixed for d in self.drift)
+
+
+@dataclass
+class Staged:
+    """An adapter version copied to the shared folder the replicas load from."""
+
+    version: str
+    manifest: Manifest
+    name: str
+    path: Path
+    rank: int
+
+
+@dataclass
+class _Clients:
+    config: ServingConfig
+    by_url: dict[str, VLLMClient] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[VLLMClient]:
+        return iter(self.by_url.values())
+
+
+def serving_name(adapter: str, manifest: Manifest) -> str:
+    """`<adapter>@<10 hex>`: a hash of the served files' hashes, so a name means one set of
+    weights forever (two versions with identical weights share it)."""
+    hashes = []
+    for path in SERVED_FILES:
+        try:
+            hashes.append(f"{path}:{manifest.file(path).sha256}")
+        except KeyError:
+            raise PromotionError(
+                f"adapter {adapter} version {manifest.version} has no {path} in the store: it "
+                "cannot be served (a PEFT adapter folder holds adapter_config.json and "
+                "adapter_model.safetensors)"
+            ) from None
+    return f"{adapter}@{sha256_bytes(chr(10).join(hashes).encode())[:10]}"
+
+
+def stage(store: ObjectStore, adapter: str, version: str, adapter_dir: str | Path) -> Staged:
+    """Copy the served files of `adapter@version` to `<adapter_dir>/<serving name>/`, each
+    checked against the manifest's sha256 (an existing copy is re-checked, and replaced whole
+    if it differs), then check what vLLM would refuse."""
+    art = VersionedArtifact(store, ADAPTERS, adapter)
+    manifest = art.manifest(version)
+    name = serving_name(adapter, manifest)
+    root = Path(adapter_dir).expanduser().resolve()
+    dest = root / name
+    expected = {p: manifest.file(p).sha256 for p in SERVED_FILES}
+    if not (dest.is_dir() and all(_same(dest / p, h) for p, h in expected.items())):
+        tmp = root / f".{name}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            for rel in SERVED_FILES:
+                store.get_file(
+                    f"{art.version_prefix(version)}/{rel}", tmp / rel, sha256=expected[rel]
+                )
+        except StoreError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise PromotionError(
+                f"cannot copy {adapter}@{version} from {store.uri}: {exc}"
+            ) from exc
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    rank = _check_servable(dest, f"{adapter}@{version}")
+    return Staged(version=version, manifest=manifest, name=name, path=dest, rank=rank)
+
+
+def _same(path: Path, sha256: str) -> bool:
+    return path.is_file() and sha256_file(path) == sha256
+
+
+def _check_servable(folder: Path, what: str) -> int:
+    from safetensors import safe_open
+
+    config = json.loads((folder / "adapter_config.json").read_text())
+    if config.get("modules_to_save"):
+        raise PromotionError(
+            f"{what} trains modules_to_save {config['modules_to_save']}: vLLM cannot load those; "
+            "retrain without modules_to_save"
+        )
+    with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as fh:
+        whole = [k for k in fh.keys() if "lm_head" in k or "embed_tokens" in k]  # noqa: SIM118
+    if whole:
+        raise PromotionError(
+            f"{what} carries full {whole[0].split('.')[-2]} weights ({len(whole)} tensors): vLLM "
+            "serves LoRA matrices only; retrain with target_modules that exclude lm_head"
+        )
+    return _rank(config, what)
+
+
+def _rank(config: dict[str, Any], what: str) -> int:
+    rank = config.get("r")
+    if not isinstance(rank, int) or rank < 1:
+        raise PromotionError(f"{what}: adapter_config.json has no valid rank 'r' ({rank!r})")
+    return rank
+
+
+def _base_of(manifest: Manifest) -> tuple[str, str]:
+    base = next((i for i in manifest.inputs if i.kind == "base-model"), None)
+    if base is None or not base.version:
+        raise PromotionError(
+            f"adapter {manifest.name} version {manifest.version} records no base model and "
+            "revision: it cannot be matched to what the replicas serve"
+        )
+    return base.name, base.version
+
+
+def _check_replicas(config: ServingConfig, manifest: Manifest, rank: int, what: str) -> None:
+    """The configured facts: base model, revision and max rank of every replica."""
+    model, revision = _base_of(manifest)
+    for replica in config.replicas:
+        if replica.model != model or replica.revision != revision:
+            raise PromotionError(
+                f"{what} was trained on {model}@{revision[:12]}, but replica {replica.url} "
+                f"serves {replica.model}@{replica.revision[:12]}: an adapter only works on its "
+                "own base revision. Upgrade the replicas' base model first"
+            )
+        if rank > replica.max_lora_rank:
+            raise PromotionError(
+                f"{what} has LoRA rank {rank}, above replica {replica.url}'s "
+                f"--max-lora-rank {replica.max_lora_rank}: retrain with rank <= "
+                f"{replica.max_lora_rank} or raise the server's limit"
+            )
+
+
+def _connect(config: ServingConfig, model: str) -> _Clients:
+    """A client per replica, each checked reachable and serving `model`."""
+    clients = _Clients(config)
+    for replica in config.replicas:
+        client = VLLMClient(replica, timeout=config.timeout_s)
+        clients.by_url[replica.url] = client
+        try:
+            served = client.base_models()
+        except ServingError as exc:
+            raise PromotionError(f"replica {replica.url} is not usable: {exc}") from exc
+        if model not in served:
+            raise PromotionError(
+                f"replica {replica.url} serves {', '.join(served) or 'nothing'}, not the base "
+                f"model {model}: fix the serving config or the server's --served-model-name"
+            )
+    return clients
+
+
+@contextmanager
+def _serving_claim(store: ObjectStore, adapter: str, work: str) -> Iterator[Claim]:
+    """One promotion, rollback or sync of an adapter at a time, across machines."""
+    key = f"{ADAPTERS}/{adapter}/claims/serving.json"
+    try:
+        claim = try_claim(store, key, f"{work} of {adapter}", ttl=CLAIM_TTL)
+    except ClaimHeldError as exc:
+        raise PromotionError(
+            f"another promotion, rollback or sync of {adapter} is running: {exc}. Nothing was "
+            "changed; try again when it has finished"
+        ) from None
+    with holding(claim) as held:
+        yield held
+
+
+def smoke_prompts(suites: str | Path, count: int) -> tuple[list[Any], Any]:
+    """The first `count` cases of the format suite and a scorer for them."""
+    from slmops.evaluation.scorers import Scorer
+
+    loaded = load_suites(suites)
+    names = [n for n, spec in loaded.config.suites.items() if spec.kind == "format"]
+    if not names:
+        raise ConfigError(f"{suites}: no suite of kind 'format' to take smoke-test prompts from")
+    cases = loaded.suite_cases(names[0])[:count]
+    return cases, Scorer(loaded.config, loaded.schema_doc)
+
+
+def _smoke(client: VLLMClient, name: str, suites: str | Path, config: ServingConfig) -> int:
+    from slmops.evaluation.scorers import ALL_VALID
+
+    cases, scorer = smoke_prompts(suites, config.smoke_cases)
+    gen = VLLMGenerator(client, name, max_new_tokens=config.max_new_tokens)
+    replies = gen.generate([c.messages for c in cases])
+    for case, reply in zip(cases, replies, strict=True):
+        scores = scorer.score(case, reply)
+        failed = [m for m, v in scores.items() if v < 1.0 and (m == ALL_VALID or "no_" in m)]
+        if failed:
+            raise PromotionError(
+                f"smoke test on {client.url}: {name} answered golden prompt {case.id} with "
+                f"{reply[:120]!r}, which fails {', '.join(failed)}"
+            )
+    return len(cases)
+
+
+def _audit(
+    store: ObjectStore, event: str, adapter: str, trigger: Trigger | None, **kw: Any
+) -> None:
+    AuditLog(store).record(event, f"slmops.adapter.{adapter}", trigger=trigger, **kw)
+
+
+def preflight(
+    store: ObjectStore, adapter: str, version: str, config: ServingConfig
+) -> tuple[Staged, str | None, _Clients]:
+    """Every check that needs no change on a server, cheapest first. Returns the staged
+    adapter, the current champion version, and a client per replica."""
+    art = VersionedArtifact(store, ADAPTERS, adapter)
+    record = art.get_alias(version)
+    resolved = record.version if record else art.manifest(version).version
+    what = f"{adapter}@{resolved}"
+    manifest = art.manifest(resolved)
+    serving_name(adapter, manifest)  # both served files are in the manifest
+    rank = _rank(json.loads(art.read_file(resolved, "adapter_config.json")), what)
+    _check_replicas(config, manifest, rank, what)
+    champion = champion_label(store, adapter, "auto")
+    if champion == resolved:
+        raise PromotionError(f"{what} is the champion already; `slmops serve sync` re-applies it")
+    verdict = find_verdict(store, adapter, resolved, champion)
+    against = f"champion {champion}" if champion else "floors only (there is no champion yet)"
+    if verdict is None:
+        raise PromotionError(
+            f"{what} has no gate verdict against {against}: run `slmops gate {what}` first "
+            "(promotion needs a passing one)"
+        )
+    if not verdict.passed:
+        raise PromotionError(
+            f"{what} failed the gate against {against}: " + "; ".join(verdict.reasons)
+        )
+    staged = stage(store, adapter, resolved, config.adapter_dir)
+    clients = _connect(config, _base_of(manifest)[0])
+    return staged, champion, clients
+
+
+def promote(
+    store: ObjectStore,
+    adapter: str,
+    version: str,
+    config: ServingConfig,
+    *,
+    suites: str | Path,
+    trigger: Trigger | None = None,
+    log: Log = lambda _: None,
+) -> PromotionResult:
+    """Promote `adapter@version` (a version or alias, e.g. challenger) to every replica."""
+    timings: dict[str, float] = {}
+    tick = time.perf_counter()
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(_serving_claim(store, adapter, "promotion"))
+            staged, champion, clients = preflight(store, adapter, version, config)
+        except (PromotionError, StoreError, ConfigError) as exc:
+            _audit(
+                store,
+                "promotion.failed",
+                adapter,
+                trigger,
+                version=version,
+                phase="preflight",
+                reason=str(exc),
+            )
+            raise
+        for client in clients:
+            stack.callback(client.close)
+        timings["preflight"] = time.perf_counter() - tick
+        log(f"preflight passed for {staged.name} ({timings['preflight']:.2f}s)")
+        loaded = _phase1(store, adapter, staged, clients, suites, trigger, timings, log)
+        previous_name = None
+        if champion:
+            previous_name = serving_name(
+                adapter, VersionedArtifact(store, ADAPTERS, adapter).manifest(champion)
+            )
+        _phase2(
+            store, adapter, staged, champion, previous_name, clients, loaded, trigger, timings, log
+        )
+        unloaded = _drain(adapter, {staged.name, previous_name}, clients, config.drain_s, log)
+        timings["drain"] = config.drain_s
+        result = PromotionResult(
+            adapter=adapter,
+            version=staged.version,
+            name=staged.name,
+            previous=champion,
+            replicas=[r.url for r in config.replicas],
+            unloaded=unloaded,
+            timings={k: round(v, 3) for k, v in timings.items()},
+            smoke=dict(loaded.smoke),
+        )
+        _audit(store, "promotion.succeeded", adapter, trigger, **result.model_dump(mode="json"))
+        return result
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class _Loaded:
+    replicas: list[VLLMClient] = field(default_factory=list)  # where phase 1 loaded the name
+    smoke: dict[str, int] = field(default_factory=dict)
+
+
+def _phase1(
+    store: ObjectStore,
+    adapter: str,
+    staged: Staged,
+    clients: _Clients,
+    suites: str | Path,
+    trigger: Trigger | None,
+    timings: dict[str, float],
+    log: Log,
+) -> _Loaded:
+    loaded = _Loaded()
+    step = "load"
+    try:
+        tick = time.perf_counter()
+        for client in clients:
+            if staged.name not in client.adapters():
+                client.load(staged.name, staged.path)
+                loaded.replicas.append(client)
+        timings["load"] = time.perf_counter() - tick
+        step, tick = "list", time.perf_counter()
+        for client in clients:
+            root = client.adapters().get(staged.name)
+            if root is None:
+                raise PromotionError(f"{client.url} accepted {staged.name} but does not list it")
+            if Path(root).resolve() != staged.path:
+                raise PromotionError(
+                    f"{client.url} serves {staged.name} from {root}, not {staged.path}: a name "
+                    "must never mean other weights; unload it there and retry"
+                )
+        timings["list"] = time.perf_counter() - tick
+        step, tick = "smoke", time.perf_counter()
+        for client in clients:
+            loaded.smoke[client.url] = _smoke(client, staged.name, suites, clients.config)
+        timings["smoke"] = time.perf_counter() - tick
+        log(f"phase 1: {staged.name} loaded, listed and answering on {len(loaded.smoke)} replicas")
+        return loaded
+    except (SlmopsError, OSError) as exc:
+        undone = _unload_quietly(loaded.replicas, staged.name)
+        _audit(
+            store,
+            "promotion.failed",
+            adapter,
+            trigger,
+            version=staged.version,
+            name=staged.name,
+            phase=f"1-{step}",
+            reason=str(exc),
+            unloaded_from=undone,
+        )
+        raise PromotionError(
+            f"promotion of {adapter}@{staged.version} stopped at {step}: {exc}. Unloaded "
+            f"{staged.name} from {len(undone)} replica(s); nothing else changed"
+        ) from exc
+
+
+def _unload_quietly(clients: list[VLLMClient], name: str) -> list[str]:
+    done = []
+    for client in clients:
+        try:
+            client.unload(name)
+            done.append(client.url)
+        except ServingError:
+            pass  # unreachable now: `serve sync` removes names the store does not know
+    return done
+
+
+def _move_stable(clients: list[VLLMClient], adapter: str, path: Path) -> list[VLLMClient]:
+    """Point the stable name at `path` on each replica; returns those moved."""
+    moved = []
+    for client in clients:
+        served = client.adapters()
+        client.load(adapter, path, inplace=adapter in served)
+        root = client.adapters().get(adapter)
+        if root is None or Path(root).resolve() != path:
+            raise PromotionError(f"{client.url} did not move {adapter} to {path} (serves {root})")
+        moved.append(client)
+    return moved
+
+
+def _phase2(
+    store: ObjectStore,
+    adapter: str,
+    staged: Staged,
+    champion: str | None,
+    previous_name: str | None,
+    clients: _Clients,
+    loaded: _Loaded,
+    trigger: Trigger | None,
+    timings: dict[str, float],
+    log: Log,
+) -> None:
+    art = VersionedArtifact(store, ADAPTERS, adapter)
+    tick = time.perf_counter()
+    try:
+        art.set_alias(
+            CHAMPION,
+            staged.version,
+            expect=champion,
+            reason="promoted to every replica",
+            trigger=trigger,
+        )
+    except ConflictError as exc:
+        undone = _unload_quietly(loaded.replicas, staged.name)
+        _audit(
+            store,
+            "promotion.failed",
+            adapter,
+            trigger,
+            version=staged.version,
+            name=staged.name,
+            phase="2-flip",
+            reason=str(exc),
+            unloaded_from=undone,
+        )
+        raise PromotionError(
+            f"the champion alias of {adapter} moved during the promotion ({exc}); unloaded "
+            f"{staged.name}, nothing else changed"
+        ) from exc
+    moved: list[VLLMClient] = []
+    try:
+        moved = _move_stable(list(clients), adapter, staged.path)
+    except (SlmopsError, OSError) as exc:
+        back = _restore(
+            store, art, adapter, staged, champion, previous_name, moved, loaded, trigger
+        )
+        _audit(
+            store,
+            "promotion.failed",
+            adapter,
+            trigger,
+            version=staged.version,
+            name=staged.name,
+            phase="2-move",
+            reason=str(exc),
+            restored=back,
+        )
+        raise PromotionError(
+            f"promotion of {adapter}@{staged.version} failed while moving the stable name: "
+            f"{exc}. {back}"
+        ) from exc
+    timings["flip"] = time.perf_counter() - tick
+    log(f"phase 2: champion -> {staged.version}; {adapter} serves {staged.name} everywhere")
+
+
+def _restore(
+    store: ObjectStore,
+    art: VersionedArtifact,
+    adapter: str,
+    staged: Staged,
+    champion: str | None,
+    previous_name: str | None,
+    moved: list[VLLMClient],
+    loaded: _Loaded,
+    trigger: Trigger | None,
+) -> str:
+    """Undo a half-done phase 2: alias back, stable name back where it was moved."""
+    try:
+        art.rollback(CHAMPION, reason="promotion failed in phase 2", trigger=trigger)
+        if champion is None:  # the first promotion: nothing to go back to on the replicas
+            for client in moved:
+                client.unload(adapter)
+        else:
+            path = Path(moved[0].adapters()[previous_name or ""]) if moved else None
+            if path is not None:
+                _move_stable(moved, adapter, path.resolve())
+        _unload_quietly(loaded.replicas, staged.name)
+    except (SlmopsError, OSError, KeyError) as exc:
+        return (
+            f"Restoring failed too ({exc}): run `slmops serve sync {adapter}` once the replicas "
+            "are reachable; it makes them serve what the champion alias says"
+        )
+    return f"The champion alias and {len(moved)} replica(s) were put back"
+
+
+def _drain(
+    adapter: str, keep: set[str | None], clients: _Clients, drain_s: float, log: Log
+) -> list[str]:
+    """Unload `<adapter>@*` names other than `keep` after `drain_s` seconds."""
+    stale = {
+        c.url: [n for n in c.adapters() if n.startswith(f"{adapter}@") and n not in keep]
+        for c in clients
+    }
+    if not any(stale.values()):
+        return []
+    if drain_s:
+        names = sorted({n for v in stale.values() for n in v})
+        log(f"draining {drain_s:.0f}s before unloading {', '.join(names)}")
+        time.sleep(drain_s)
+    done = []
+    for client in clients:
+        for name in stale[client.url]:
+            try:
+                client.unload(name)
+                done.append(f"{client.url} {name}")
+            except ServingError as exc:
+                log(f"could not unload {name} from {client.url} ({exc}); serve sync retries")
+    return done
+
+
+def rollback(
+    store: ObjectStore,
+    adapter: str,
+    config: ServingConfig,
+    *,
+    trigger: Trigger | None = None,
+    log: Log = lambda _: None,
+) -> PromotionResult:
+    """The previous champion back on every replica: alias, then the stable name (its
+    versioned name is normally still loaded, so this is one in-place load per replica)."""
+    art = VersionedArtifact(store, ADAPTERS, adapter)
+    tick = time.perf_counter()
+    with _serving_claim(store, adapter, "rollback"):
+        current = art.get_alias(CHAMPION)
+        if current is None or not current.history:
+            raise PromotionError(
+                f"{adapter} has "
+                + (
+                    "no champion"
+                    if current is None
+                    else f"only ever had champion {current.version}"
+                )
+                + ": there is nothing to roll back to"
+            )
+        target = current.history[-1].version
+        staged = stage(store, adapter, target, config.adapter_dir)
+        _check_replicas(config, staged.manifest, staged.rank, f"{adapter}@{target}")
+        clients = _connect(config, _base_of(staged.manifest)[0])
+        try:
+            for client in clients:  # the versioned name back first, if a restart lost it
+                if staged.name not in client.adapters():
+                    client.load(staged.name, staged.path)
+            art.rollback(CHAMPION, reason="rollback", trigger=trigger)
+            try:
+                _move_stable(list(clients), adapter, staged.path)
+            except (SlmopsError, OSError) as exc:
+                raise PromotionError(
+                    f"champion of {adapter} is {target} again, but a replica did not follow: "
+                    f"{exc}. Run `slmops serve sync {adapter}` once it is reachable"
+                ) from exc
+        finally:
+            for client in clients:
+                client.close()
+        result = PromotionResult(
+            adapter=adapter,
+            version=target,
+            name=staged.name,
+            previous=current.version,
+            replicas=[r.url for r in config.replicas],
+            timings={"rollback": round(time.perf_counter() - tick, 3)},
+        )
+        _audit(store, "rollback.succeeded", adapter, trigger, **result.model_dump(mode="json"))
+        log(f"rolled back: {adapter} serves {staged.name} ({target}) on every replica")
+        return result
+
+
+def sync(
+    store: ObjectStore,
+    adapter: str,
+    config: ServingConfig,
+    *,
+    trigger: Trigger | None = None,
+    log: Log = lambda _: None,
+) -> SyncReport:
+    """Make every replica serve what the store says: the champion under its versioned and
+    the stable name, the previous champion under its versioned name, no other version. A
+    replica that cannot be reached is reported, and the others are still fixed."""
+    art = VersionedArtifact(store, ADAPTERS, adapter)
+    alias = art.get_alias(CHAMPION)
+    report = SyncReport(adapter=adapter, champion=alias.version if alias else None)
+    if alias is None:
+        log(f"{adapter} has no champion: nothing to serve")
+        return report
+    with _serving_claim(store, adapter, "sync"):
+        champ = stage(store, adapter, alias.version, config.adapter_dir)
+        _check_replicas(config, champ.manifest, champ.rank, f"{adapter}@{alias.version}")
+        prev = (
+            stage(store, adapter, alias.history[-1].version, config.adapter_dir)
+            if alias.history
+            else None
+        )
+        want = {champ.name: champ.path, adapter: champ.path}
+        if prev is not None:
+            want[prev.name] = prev.path
+        for replica in config.replicas:
+            with VLLMClient(replica, timeout=config.timeout_s) as client:
+                report.drift.extend(_sync_one(client, adapter, want, log))
+    _audit(
+        store,
+        "serve.synced",
+        adapter,
+        trigger,
+        champion=alias.version,
+        drift=[d.model_dump() for d in report.drift],
+    )
+    return report
+
+
+def _sync_one(client: VLLMClient, adapter: str, want: dict[str, Path], log: Log) -> list[Drift]:
+    drift: list[Drift] = []
+
+    def fix(problem: str, action: Callable[[], None]) -> None:
+        try:
+            action()
+            drift.append(Drift(replica=client.url, problem=problem, fixed=True))
+            log(f"{client.url}: {problem} -> fixed")
+        except SlmopsError as exc:
+            drift.append(Drift(replica=client.url, problem=problem, fixed=False, error=str(exc)))
+            log(f"{client.url}: {problem} -> NOT fixed: {exc}")
+
+    try:
+        served = client.adapters()
+    except ServingError as exc:
+        return [Drift(replica=client.url, problem="unreachable", fixed=False, error=str(exc))]
+    # Versioned names before the stable one, so the stable name never points at a folder
+    # that is not also served under its own name.
+    for name in sorted(want, key=lambda n: n == adapter):
+        path, root = want[name], served.get(name)
+        if root is None:
+            fix(f"{name} not loaded", partial(client.load, name, path))
+        elif Path(root).resolve() != path:
+            fix(f"{name} serves {root}", partial(client.load, name, path, inplace=True))
+    for name in served:
+        if name.startswith(f"{adapter}@") and name not in want:
+            fix(f"{name} loaded but not champion or previous", partial(client.unload, name))
+    return drift

@@ -1,0 +1,251 @@
+"""Talking to vLLM replicas: the serving config, an HTTP client for vLLM's OpenAI-compatible
+server with dynamic LoRA loading, and a `Generator` that answers through a served name.
+
+    from slmops.serving import load_serving_config, VLLMClient
+    config = load_serving_config(".slmops/stack/serving.yaml")
+    client = VLLMClient(config.replicas[0])
+    client.adapters()                      # served name -> folder it was loaded from
+
+The servers must run with `--enable-lora` and `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`.
+Requests are retried on transient failures only (refused or dropped connections, timeouts,
+502/503/504); anything else is a `ServingError` carrying the server's own message.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from slmops.errors import ConfigError, SlmopsError, TransientError
+from slmops.generation import Prompt
+
+
+class ServingError(SlmopsError):
+    """A replica answered, but refused or failed what was asked (a load, a request)."""
+
+
+class ReplicaUnavailableError(ServingError, TransientError):
+    """A replica could not be reached, timed out, or answered 502/503/504."""
+
+
+class Replica(BaseModel):
+    """One vLLM server, and what it serves (slmops cannot ask vLLM for all of it)."""
+
+    url: str = Field(description="Base URL, e.g. http://10.0.0.5:8000 (no /v1).")
+    model: str = Field(description="The served base model name (vLLM --served-model-name).")
+    revision: str = Field(
+        description="Base model revision the server runs: adapters trained on another "
+        "revision are refused (they do not transfer)."
+    )
+    max_lora_rank: int = Field(16, ge=1, description="The server's --max-lora-rank.")
+    api_key_env: str | None = Field(
+        None,
+        description="Name of the environment variable holding the server's API key (vLLM "
+        "--api-key). The key itself never goes into a config file.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"{url!r} must start with http:// or https://")
+        return url.rstrip("/")
+
+    @property
+    def api_key(self) -> str | None:
+        if not self.api_key_env:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise ConfigError(
+                f"replica {self.url}: environment variable {self.api_key_env} (its API key) is "
+                "not set"
+            )
+        return key
+
+
+class ServingConfig(BaseModel):
+    """The replicas one adapter is promoted to, and where they read adapter folders from."""
+
+    replicas: list[Replica] = Field(min_length=1, description="Every vLLM server to serve on.")
+    adapter_dir: str = Field(
+        description="A directory every replica can read (shared volume): adapters are copied "
+        "here from the store, one folder per served name (vLLM cannot read s3://)."
+    )
+    timeout_s: float = Field(60.0, gt=0, description="Per request to a replica.")
+    smoke_cases: int = Field(
+        5, ge=1, description="Golden prompts from the format suite each replica must pass."
+    )
+    drain_s: float = Field(
+        30.0,
+        ge=0,
+        description="After a promotion, wait this long before unloading versions older than "
+        "the previous champion (requests naming them may still be in flight).",
+    )
+    max_new_tokens: int = Field(96, ge=1, description="Tokens per smoke-test answer.")
+
+
+def load_serving_config(path: str | Path) -> ServingConfig:
+    """Read a serving YAML; every problem names the file and the field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"serving config {path} does not exist: write one (see the README, 'Serving') or "
+            "start local replicas with `slmops stack up --vllm 2`"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"serving config {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"serving config {path}: expected a mapping with 'replicas'")
+    try:
+        return ServingConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"serving config {path}: {problems}") from None
+
+
+class VLLMClient:
+    """One replica's HTTP API: health, served models, LoRA load/unload, chat completions."""
+
+    def __init__(self, replica: Replica, *, timeout: float = 60.0, retries: int = 2):
+        self.replica, self.url, self.retries = replica, replica.url, retries
+        headers = {"Authorization": f"Bearer {replica.api_key}"} if replica.api_key_env else {}
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> VLLMClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        for attempt in range(self.retries + 1):
+            try:
+                response = self._http.request(method, path, **kw)
+            except httpx.TransportError as exc:
+                error: ServingError = ReplicaUnavailableError(
+                    f"vLLM replica {self.url} unreachable ({type(exc).__name__}: {exc}) on "
+                    f"{method} {path}"
+                )
+            else:
+                if response.status_code < 400:
+                    return response
+                detail = _detail(response)
+                if response.status_code in (502, 503, 504):
+                    error = ReplicaUnavailableError(
+                        f"vLLM replica {self.url} answered {response.status_code} to {method} "
+                        f"{path}: {detail}"
+                    )
+                else:
+                    raise ServingError(
+                        f"vLLM replica {self.url} refused {method} {path} "
+                        f"({response.status_code}): {detail}"
+                    )
+            if attempt == self.retries:
+                raise error
+            time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def health(self) -> None:
+        """Raise ReplicaUnavailableError unless the server answers /health with 200."""
+        self._request("GET", "/health")
+
+    def models(self) -> list[dict[str, Any]]:
+        data: list[dict[str, Any]] = self._request("GET", "/v1/models").json()["data"]
+        return data
+
+    def adapters(self) -> dict[str, str]:
+        """Served LoRA names -> the folder each was loaded from (vLLM's `root`)."""
+        return {m["id"]: m.get("root", "") for m in self.models() if m.get("parent")}
+
+    def base_models(self) -> list[str]:
+        return [m["id"] for m in self.models() if not m.get("parent")]
+
+    def load(self, name: str, path: str | Path, *, inplace: bool = False) -> None:
+        """Load the adapter folder `path` under `name`; `inplace` swaps an existing name's
+        weights live (requests keep being answered)."""
+        body: dict[str, Any] = {"lora_name": name, "lora_path": str(path)}
+        if inplace:
+            body["load_inplace"] = True
+        self._request("POST", "/v1/load_lora_adapter", json=body)
+
+    def unload(self, name: str) -> None:
+        self._request("POST", "/v1/unload_lora_adapter", json={"lora_name": name})
+
+    def chat(self, model: str, messages: Prompt, *, max_tokens: int = 96) -> str:
+        """The reply of `model` (a base or LoRA name) to one chat, greedy (temperature 0)."""
+        response = self._request(
+            "POST",
+            "/v1/chat/completions",
+            json={
+                "model": model,
+                "messages": messages,
+                "max_tokens": max_tokens,
+                "temperature": 0,
+            },
+        )
+        return str(response.json()["choices"][0]["message"]["content"] or "").strip()
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:300]
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            return str(inner.get("message") or inner.get("detail") or inner)[:300]
+        return str(inner)[:300]
+    return str(body)[:300]
+
+
+class VLLMGenerator:
+    """`Generator` over a served name: each prompt is one chat request, sent concurrently
+    (vLLM batches them itself)."""
+
+    def __init__(
+        self, client: VLLMClient, model: str, *, max_new_tokens: int = 96, workers: int = 8
+    ):
+        self.client, self.model = client, model
+        self.max_new_tokens, self.workers = max_new_tokens, workers
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": "vllm",
+            "url": self.client.url,
+            "model": self.model,
+            "decoding": "greedy",
+            "max_new_tokens": self.max_new_tokens,
+        }
+
+    def generate(
+        self, prompts: list[Prompt], on_progress: Callable[[int, int], None] | None = None
+    ) -> list[str]:
+        done = 0
+
+        def one(prompt: Prompt) -> str:
+            nonlocal done
+            reply = self.client.chat(self.model, prompt, max_tokens=self.max_new_tokens)
+            done += 1
+            if on_progress:
+                on_progress(done, len(prompts))
+            return reply
+
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            return list(pool.map(one, prompts))

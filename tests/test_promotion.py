@@ -1,0 +1,484 @@
+"""Promotion to real vLLM servers (the CPU build): two replicas serving the tiny base model,
+adapters trained and gated here, the store on the S3 server.
+
+The tests run in file order and share the replicas: each says the state it starts from.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from slmops.errors import ConfigError
+from slmops.generation import LocalGenerator, Prompt
+from slmops.manifest import Manifest
+from slmops.models import WatchedModel, current_revision
+from slmops.promotion import PromotionError, promote, serving_name
+from slmops.serving import Replica, ServingConfig, ServingError, VLLMClient, load_serving_config
+from slmops.store.s3 import S3Store
+from slmops.training import TrainConfig
+from slmops.versions import ADAPTERS, VersionedArtifact
+from tests.conftest import free_port, make_bucket
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+EVALS = Path(__file__).resolve().parent.parent / "examples" / "support-bot" / "evals"
+ADAPTER = "support-bot"
+# Fast to train, and a clear change of answers between two seeds.
+CONFIG = TrainConfig(rank=8, alpha=16, max_steps=120)
+
+
+@dataclass
+class Served:
+    store: S3Store
+    base: Path
+    serving: Path  # the serving config, as `slmops stack up --vllm` writes it
+    config: ServingConfig
+    suites: Path
+    policy: Path  # auto_promote: true
+    manual: Path  # the same without auto_promote
+    permissive: Path  # floors only on valid JSON: for adapters made to test refusals
+    replicas: list[Any]
+    work: Path
+
+
+def write_suites(dest: Path) -> Path:
+    """The example suites without the knowledge suite (which needs a RAG index): the gate
+    runs in seconds on the format, style and terminology cases."""
+    dest.mkdir(parents=True)
+    doc = yaml.safe_load((EVALS / "suites.yaml").read_text())
+    doc["suites"] = {k: v for k, v in doc["suites"].items() if k != "knowledge"}
+    for spec in doc["suites"].values():
+        shutil.copy(EVALS / spec["cases"], dest / spec["cases"])
+    shutil.copy(EVALS / doc["schema"], dest / doc["schema"])
+    (dest / "suites.yaml").write_text(yaml.safe_dump(doc))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def served(
+    tiny_base: Path,
+    s3_endpoint: str,
+    vllm_replicas: list[Any],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Served:
+    work = tmp_path_factory.mktemp("promotion")
+    store = S3Store(make_bucket(s3_endpoint), "prod", endpoint_url=s3_endpoint)
+    revision = current_revision(WatchedModel(name="tiny-llama", source=str(tiny_base))).revision
+    serving = work / "serving.yaml"
+    serving.write_text(
+        yaml.safe_dump(
+            {
+                "replicas": [
+                    {
+                        "url": r.url,
+                        "model": "tiny-llama",
+                        "revision": revision,
+                        "max_lora_rank": r.max_lora_rank,
+                    }
+                    for r in vllm_replicas
+                ],
+                "adapter_dir": str(work / "adapters"),
+                "drain_s": 0,
+                "smoke_cases": 3,
+            }
+        )
+    )
+    policies = {}
+    for name, doc in {
+        "policy": {
+            "auto_promote": True,
+            "floors": {"format.valid": 0.8, "all.valid_format": 0.6},
+            "non_inferiority": {"format.valid": 0.5},
+        },
+        "manual": {
+            "floors": {"format.valid": 0.8, "all.valid_format": 0.6},
+            "non_inferiority": {"format.valid": 0.5},
+        },
+        "permissive": {"floors": {"all.valid_format": 0.0}},
+    }.items():
+        policies[name] = work / f"{name}.yaml"
+        policies[name].write_text(yaml.safe_dump(doc))
+    return Served(
+        store=store,
+        base=tiny_base,
+        serving=serving,
+        config=load_serving_config(serving),
+        suites=write_suites(work / "suites"),
+        replicas=vllm_replicas,
+        work=work,
+        **policies,
+    )
+
+
+def refine_tune(s: Served, policy: Path, seed: int) -> Manifest:
+    from flows.refine_tune import RefineTuneParams
+    from flows.refine_tune import refine_tune as flow
+
+    params = RefineTuneParams(
+        model="tiny-llama",
+        source=str(s.base),
+        store=s.store.uri,
+        config=CONFIG.model_copy(update={"seed": seed}),
+        suites=str(s.suites),
+        policy=str(policy),
+        serving=str(s.serving),
+    )
+    return flow(params)
+
+
+def clients(s: Served) -> list[VLLMClient]:
+    return [VLLMClient(r) for r in s.config.replicas]
+
+
+def snapshot(s: Served, adapter: str = ADAPTER) -> tuple[list[dict[str, str]], str | None]:
+    """What every replica serves, and the champion alias: what a refusal must not change."""
+    alias = VersionedArtifact(s.store, ADAPTERS, adapter).get_alias("champion")
+    return [c.adapters() for c in clients(s)], alias.version if alias else None
+
+
+def prompts(s: Served, n: int = 6) -> list[Prompt]:
+    from slmops.evaluation.suites import load_suites
+
+    return [c.messages for c in load_suites(s.suites).suite_cases("format")[:n]]
+
+
+def local_answers(s: Served, version: str, asked: list[Prompt]) -> list[str]:
+    """peft's own greedy answers with `version` (what vLLM must reproduce)."""
+    folder = s.work / "local" / version
+    if not folder.exists():
+        VersionedArtifact(s.store, ADAPTERS, ADAPTER).download(version, folder)
+    return LocalGenerator(s.base, folder).generate(asked)
+
+
+def served_answers(s: Served, asked: list[Prompt], name: str = ADAPTER) -> list[list[str]]:
+    return [[c.chat(name, p) for p in asked] for c in clients(s)]
+
+
+def audit(s: Served, event: str) -> list[Any]:
+    from slmops.audit import AuditLog
+
+    return list(AuditLog(s.store).events(event=event))
+
+
+# -- the whole path --------------------------------------------------------------------------
+def test_refine_tune_gates_and_promotes_to_every_replica(served: Served) -> None:
+    """refine-tune -> gate -> auto-promote -> both replicas answer through the stable name
+    exactly as peft does locally with the same adapter (greedy)."""
+    v1 = refine_tune(served, served.policy, seed=1)
+    art = VersionedArtifact(served.store, ADAPTERS, ADAPTER)
+    assert art.resolve("champion").version == v1.version
+    name = serving_name(ADAPTER, v1)
+    for listed in snapshot(served)[0]:
+        assert set(listed) == {ADAPTER, name}
+        assert listed[ADAPTER] == listed[name] == str(served.work / "adapters" / name)
+    asked = prompts(served)
+    expected = local_answers(served, v1.version, asked)
+    assert served_answers(served, asked) == [expected, expected]
+    assert all(json.loads(a) for a in expected)  # the smoke test's rule holds, too
+    (succeeded,) = audit(served, "promotion.succeeded")
+    assert succeeded.details["version"] == v1.version and succeeded.details["previous"] is None
+    assert succeeded.trigger.flow_run_id  # started by the refine-tune run, on record
+
+
+# -- a new version, under load, then rollback --------------------------------------------------
+class Load:
+    """Clients calling the stable name on every replica in a bounded loop (loopback only)."""
+
+    def __init__(self, s: Served, asked: list[Prompt], max_requests: int = 2000):
+        self.s, self.asked, self.max_requests = s, asked, max_requests
+        self.sent, self.failures = 0, []  # type: ignore[var-annotated]
+        self.stop = threading.Event()
+        self.threads = [
+            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(4)
+        ]
+
+    def _run(self, i: int) -> None:
+        client = clients(self.s)[i % len(self.s.config.replicas)]
+        deadline = time.monotonic() + 300
+        while not self.stop.is_set() and self.sent < self.max_requests:
+            if time.monotonic() > deadline:
+                return
+            self.sent += 1
+            try:
+                client.chat(ADAPTER, self.asked[self.sent % len(self.asked)], max_tokens=16)
+            except ServingError as exc:
+                self.failures.append(str(exc))
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=60)
+
+
+def test_a_new_version_replaces_the_old_under_load_and_rolls_back_without_a_failed_request(
+    served: Served,
+) -> None:
+    """From: v1 champion. A second adapter (another seed) passes the gate against v1; it is
+    promoted and rolled back while clients keep calling the stable name."""
+    from flows.promote_adapter import PromoteParams, promote_adapter
+    from tests.test_cli import invoke
+
+    v1 = VersionedArtifact(served.store, ADAPTERS, ADAPTER).resolve("champion")
+    v2 = refine_tune(served, served.manual, seed=2)  # gated, not promoted (manual policy)
+    art = VersionedArtifact(served.store, ADAPTERS, ADAPTER)
+    assert art.resolve("challenger").version == v2.version
+    assert art.resolve("champion").version == v1.version
+    asked = prompts(served)
+    old, new = local_answers(served, v1.version, asked), local_answers(served, v2.version, asked)
+    assert old != new, "the two adapters answer alike: the test could not see a stale answer"
+    # Ask first, so the prefix cache holds these prompts computed with v1's weights.
+    assert served_answers(served, asked) == [old, old]
+
+    with Load(served, asked) as load:
+        time.sleep(2)
+        promote_adapter(
+            PromoteParams(
+                adapter=ADAPTER,
+                version="challenger",
+                serving=str(served.serving),
+                suites=str(served.suites),
+                store=served.store.uri,
+            )
+        )
+        time.sleep(2)
+        # The same prompts through the same stable name: the new version's answers.
+        assert served_answers(served, asked) == [new, new]
+        code, out = invoke(
+            "rollback", ADAPTER, "--serving", str(served.serving), "--store", served.store.uri
+        )
+        assert code == 0, out
+        time.sleep(2)
+        assert served_answers(served, asked) == [old, old]
+    assert load.sent >= 20, f"the load loop sent only {load.sent} requests"
+    assert load.failures == [], load.failures[:3]
+    assert art.resolve("champion").version == v1.version
+    for listed in snapshot(served)[0]:  # v2 stays loaded: rolling forward again is instant
+        assert set(listed) == {ADAPTER, serving_name(ADAPTER, v1), serving_name(ADAPTER, v2)}
+    assert "rolled back" in out and v1.version in out
+
+
+# -- failures that must change nothing ---------------------------------------------------------
+def publish_variant(s: Served, source: Manifest, make: str, adapter: str = ADAPTER) -> str:
+    """A new version made from `source`'s weights: `rank16` (random LoRA of rank 16),
+    `nudged` (its LoRA B matrices scaled by 1.001: same answers, other bytes)."""
+    from safetensors.torch import load_file, save_file
+
+    folder = s.work / "variants" / f"{adapter}-{make}-{time.monotonic_ns()}"
+    VersionedArtifact(s.store, ADAPTERS, ADAPTER).download(source.version, folder)
+    if make == "rank16":
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        from slmops.training import finalize_adapter
+
+        model = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(s.base),
+            LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False),
+        )
+        shutil.rmtree(folder)
+        model.save_pretrained(str(folder))
+        finalize_adapter(folder, "tiny-llama")
+    elif make == "nudged":
+        weights = load_file(str(folder / "adapter_model.safetensors"))
+        save_file(
+            {k: v * 1.001 if "lora_B" in k else v for k, v in weights.items()},
+            str(folder / "adapter_model.safetensors"),
+        )
+    art = VersionedArtifact(s.store, ADAPTERS, adapter)
+    return art.publish(source.model_copy(update={"name": adapter}), folder).version
+
+
+def gate(s: Served, version: str, policy: Path, adapter: str = ADAPTER) -> None:
+    from slmops.evaluation import evaluate_adapter
+
+    record = evaluate_adapter(
+        s.store,
+        adapter,
+        version,
+        suites=s.suites,
+        policy=policy,
+        cache_dir=s.work / "cache",
+        set_challenger=False,
+    )
+    assert record.verdict.passed, record.verdict.reasons
+
+
+def test_a_replica_that_refuses_the_load_leaves_every_replica_and_the_alias_as_they_were(
+    served: Served,
+) -> None:
+    """From: v1 champion. The serving config wrongly says replica 1 takes rank 16 (it runs
+    --max-lora-rank 8): preflight passes, replica 1 refuses the load, replica 0 had loaded
+    it: promotion unloads it there and stops."""
+    v1 = VersionedArtifact(served.store, ADAPTERS, ADAPTER).resolve("champion")
+    version = publish_variant(served, v1, "rank16")
+    gate(served, version, served.permissive)
+    wrong = served.config.model_copy(
+        update={
+            "replicas": [r.model_copy(update={"max_lora_rank": 16}) for r in served.config.replicas]
+        }
+    )
+    before = snapshot(served)
+    with pytest.raises(PromotionError, match=r"stopped at load[\s\S]*max_lora_rank 8") as err:
+        promote(served.store, ADAPTER, version, wrong, suites=served.suites)
+    assert "Unloaded" in str(err.value) and "1 replica(s)" in str(err.value)
+    assert snapshot(served) == before
+    failed = audit(served, "promotion.failed")[-1]
+    assert failed.details["phase"] == "1-load" and "max_lora_rank" in failed.details["reason"]
+
+
+def test_two_promotions_racing_one_wins_and_the_loser_leaves_nothing_loaded(
+    served: Served,
+) -> None:
+    """From: v1 champion. Two candidates with passing verdicts are promoted at once."""
+    art = VersionedArtifact(served.store, ADAPTERS, ADAPTER)
+    v1 = art.resolve("champion")
+    v2 = art.resolve("challenger")
+    v3 = publish_variant(served, v2, "nudged")
+    gate(served, v3, served.permissive)
+    candidates = {
+        v2.version: serving_name(ADAPTER, v2),
+        v3: serving_name(ADAPTER, art.manifest(v3)),
+    }
+    outcomes: dict[str, object] = {}
+    barrier = threading.Barrier(2)
+
+    def run(version: str) -> None:
+        barrier.wait()
+        try:
+            outcomes[version] = promote(
+                served.store, ADAPTER, version, served.config, suites=served.suites
+            )
+        except PromotionError as exc:
+            outcomes[version] = exc
+
+    threads = [threading.Thread(target=run, args=(v,)) for v in candidates]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    winners = [v for v, o in outcomes.items() if not isinstance(o, Exception)]
+    losers = [v for v, o in outcomes.items() if isinstance(o, Exception)]
+    assert len(winners) == 1 and len(losers) == 1, outcomes
+    assert "another promotion, rollback or sync" in str(outcomes[losers[0]])
+    assert art.resolve("champion").version == winners[0]
+    for listed in snapshot(served)[0]:
+        assert candidates[losers[0]] not in listed
+        assert listed[ADAPTER] == listed[candidates[winners[0]]]
+        assert serving_name(ADAPTER, v1) in listed  # the previous champion, kept for rollback
+
+
+def test_a_restarted_replica_gets_the_champion_back_with_serve_sync(served: Served) -> None:
+    """From: a champion and a previous one on both replicas. Replica 0 restarts (vLLM forgets
+    runtime-loaded adapters); `slmops serve sync` loads them back and says what it fixed."""
+    from infra.vllm_server import start, wait_ready
+    from tests.test_cli import invoke
+
+    replica = served.replicas[0]
+    replica.stop()
+    fresh = start(
+        served.base,
+        replica.port,
+        replica.log,
+        served_name="tiny-llama",
+        max_lora_rank=replica.max_lora_rank,
+    )
+    replica.proc = fresh.proc
+    wait_ready([replica])
+    restarted, other = clients(served)
+    assert restarted.adapters() == {}
+    code, out = invoke(
+        "serve", "sync", ADAPTER, "--serving", str(served.serving), "--store", served.store.uri
+    )
+    assert code == 0, out
+    assert out.count("fixed") >= 3 and "not loaded" in out
+    assert restarted.adapters() == other.adapters()
+    asked = prompts(served, 3)
+    assert [restarted.chat(ADAPTER, p) for p in asked] == [other.chat(ADAPTER, p) for p in asked]
+    code, out = invoke(
+        "serve", "sync", ADAPTER, "--serving", str(served.serving), "--store", served.store.uri
+    )
+    assert code == 0 and "no drift" in out, out
+
+
+def test_bad_input_is_refused_before_any_server_changes(served: Served) -> None:
+    """Each refusal names the problem, and no replica nor alias changes."""
+    import boto3
+
+    adapter = "refusals"
+    art = VersionedArtifact(served.store, ADAPTERS, ADAPTER)
+    champ = art.resolve("champion")
+    good = publish_variant(served, champ, "nudged", adapter=adapter)
+    gate(served, good, served.permissive, adapter=adapter)  # passes: floors only
+    other = VersionedArtifact(served.store, ADAPTERS, adapter)
+    base_input = next(i for i in champ.inputs if i.kind == "base-model")
+
+    def variant(**changes: Any) -> str:
+        folder = served.work / "refusal" / str(time.monotonic_ns())
+        other.download(good, folder)
+        manifest = other.manifest(good)
+        if changes.get("drop"):
+            (folder / changes["drop"]).unlink()
+        if changes.get("base"):
+            other_base = base_input.model_copy(update={"name": changes["base"]})
+            inputs = [other_base if i.kind == "base-model" else i for i in manifest.inputs]
+            manifest = manifest.model_copy(update={"inputs": inputs})
+        return other.publish(manifest, folder).version
+
+    down = served.config.model_copy(
+        update={
+            "replicas": [
+                *served.config.replicas,
+                Replica(
+                    url=f"http://127.0.0.1:{free_port()}",
+                    model="tiny-llama",
+                    revision=served.config.replicas[0].revision,
+                ),
+            ]
+        }
+    )
+    rank16 = publish_variant(served, champ, "rank16", adapter=adapter)
+    ungated = publish_variant(served, champ, "nudged", adapter=adapter)
+    config = served.config
+    cases = [
+        (variant(base="mistral-7b"), config, r"trained on mistral-7b.*only works on its own base"),
+        (rank16, config, r"rank 16, above replica .*--max-lora-rank 8"),
+        (variant(drop="adapter_model.safetensors"), config, r"has no adapter_model.safetensors"),
+        (good, down, r"replica http://127.0.0.1:\d+ is not usable: .*unreachable"),
+        (ungated, config, r"no gate verdict"),
+    ]
+    before = snapshot(served, adapter)
+    for version, config, expected in cases:
+        with pytest.raises(PromotionError, match=expected):
+            promote(served.store, adapter, version, config, suites=served.suites)
+        assert snapshot(served, adapter) == before, expected
+    # A stored file damaged after its manifest was written: the copy is refused by hash (on a
+    # host with no verified copy yet; one that has it keeps serving the verified bytes).
+    shutil.rmtree(served.work / "adapters" / serving_name(adapter, other.manifest(good)))
+    key = f"{other.version_prefix(good)}/adapter_model.safetensors"
+    s3 = boto3.client("s3", endpoint_url=served.store.endpoint_url)
+    bucket, prefix = served.store.bucket, served.store.prefix
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/{key}", Body=b"not the weights")
+    with pytest.raises(PromotionError, match=r"cannot copy .* sha256"):
+        promote(served.store, adapter, good, served.config, suites=served.suites)
+    assert snapshot(served, adapter) == before
+    assert not list((served.work / "adapters").glob(".*partial"))
+    with pytest.raises(ConfigError, match=r"serving config .*replicas.0.url"):
+        bad = served.work / "bad-serving.yaml"
+        bad.write_text(
+            "replicas: [{url: localhost:8000, model: m, revision: r}]\nadapter_dir: /x\n"
+        )
+        load_serving_config(bad)
