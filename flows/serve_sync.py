@@ -46,13 +46,17 @@ def serve_sync(params: SyncParams) -> SyncReport:
         params: The adapter and the serving config.
     """
     check_name(params.adapter, "adapter name")
+    logger = get_run_logger()
+    if not (params.serving or get_settings().serving):
+        # The schedule runs on every stack, with or without replicas: nothing to reconcile.
+        logger.warning("no serving config (SLMOPS_SERVING or `serving`): no replicas to sync")
+        return SyncReport(adapter=params.adapter, champion=None)
     report = sync_replicas(
         store_uri=params.store or get_settings().store,
         adapter=params.adapter,
         serving=params.serving,
         trigger=current_trigger(),
     )
-    logger = get_run_logger()
     logger.info(
         "%s: champion %s, %d drift(s) found, %d fixed",
         params.adapter,

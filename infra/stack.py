@@ -1,4 +1,6 @@
-"""The local stack: a Prefect server, a process work pool + worker, and an S3 server, on loopback.
+"""The local stack: a Prefect server, a process work pool + worker, an S3 server and, when
+asked (`--vllm N`), N vLLM replicas serving the tiny base model with runtime LoRA loading, all
+on loopback.
 
 The S3 server (`infra/s3_server.py`, moto's S3 with its buckets mirrored to
 `<state_dir>/s3-data/`) keeps every object across `down` and `up`, and across a crash.
@@ -7,6 +9,8 @@ The S3 server (`infra/s3_server.py`, moto's S3 with its buckets mirrored to
 `<state_dir>/stack.json` with its command line, and writes logs under `<state_dir>/logs/`.
 `down` stops only processes recorded there, and only if their command line still matches
 (a pid reused by another program is left alone). The worker is stopped before its server.
+With vLLM replicas, `up` also writes `<state_dir>/serving.yaml` (the replicas, the base
+revision they serve, the shared adapter folder) and `stack env` points SLMOPS_SERVING at it.
 """
 
 from __future__ import annotations
@@ -76,6 +80,10 @@ class StackConfig:
     s3_port: int = 9000
     pool: str = WORK_POOL
     bucket: str = S3_BUCKET
+    vllm: int = 0  # vLLM replicas to run
+    vllm_port: int = 8100  # the first replica's port; the next ones count up
+    model_dir: Path = Path(".slmops/models/tiny-llama")  # what the replicas serve
+    served_model: str = "tiny-llama"
     project_dir: Path = field(default_factory=Path.cwd)
 
     @classmethod
@@ -88,9 +96,11 @@ class StackConfig:
                 saved = json.loads(state.read_text()).get("config", {})
             except (OSError, ValueError):
                 saved = {}
-            for key in ("prefect_port", "s3_port", "pool", "bucket"):
+            for key in _SAVED:
                 if key in saved:
                     setattr(config, key, saved[key])
+            if "model_dir" in saved:
+                config.model_dir = Path(saved["model_dir"])
         return config
 
     @property
@@ -101,15 +111,25 @@ class StackConfig:
     def s3_url(self) -> str:
         return f"http://{HOST}:{self.s3_port}"
 
+    @property
+    def serving_file(self) -> Path:
+        return self.state_dir.absolute() / "serving.yaml"
+
     def client_env(self) -> dict[str, str]:
         """What a shell (or the worker) needs to use this stack: `eval $(slmops stack env)`."""
-        return {
+        env = {
             "PREFECT_API_URL": self.prefect_api_url,
             "SLMOPS_STORE": f"s3://{self.bucket}",
             "SLMOPS_S3_ENDPOINT_URL": self.s3_url,
             **LOCAL_AWS_ENV,
             **QUIET_PREFECT_ENV,
         }
+        if self.vllm:
+            env["SLMOPS_SERVING"] = str(self.serving_file)
+        return env
+
+
+_SAVED = ("prefect_port", "s3_port", "pool", "bucket", "vllm", "vllm_port", "served_model")
 
 
 def _bin(name: str) -> str:
@@ -190,10 +210,8 @@ class LocalStack:
             json.dumps(
                 {
                     "config": {
-                        "prefect_port": self.config.prefect_port,
-                        "s3_port": self.config.s3_port,
-                        "pool": self.config.pool,
-                        "bucket": self.config.bucket,
+                        **{key: getattr(self.config, key) for key in _SAVED},
+                        "model_dir": str(self.config.model_dir),
                     },
                     "components": {n: asdict(c) for n, c in comps.items()},
                 },
@@ -230,11 +248,20 @@ class LocalStack:
             cmdline = _pid_cmdline(proc.pid)
         return Component(name, proc.pid, cmdline or cmd, str(log_path), url)
 
-    def _wait(self, comp: Component, ready: Callable[[], bool], timeout: float) -> None:
-        deadline = time.time() + timeout
+    def _wait(
+        self,
+        comp: Component,
+        ready: Callable[[], bool],
+        timeout: float,
+        on_wait: Callable[[], None] | None = None,
+    ) -> None:
+        deadline, last_note = time.time() + timeout, time.time()
         while time.time() < deadline:
             if ready():
                 return
+            if on_wait and time.time() - last_note >= 15:
+                last_note = time.time()
+                on_wait()
             if not _is_ours(comp):
                 tail = Path(comp.log).read_text(errors="replace")[-2000:]
                 raise StackError(
@@ -266,6 +293,9 @@ class LocalStack:
             "prefect": self._prefect_ready,
             "worker": self._worker_ready,
         }
+        for i in range(self.config.vllm):
+            url = f"http://{HOST}:{self.config.vllm_port + i}/health"
+            checks[f"vllm-{i}"] = lambda url=url: _http_ok(url) is not None  # type: ignore[misc]
         result: dict[str, tuple[str, Component | None]] = {}
         for name, check in checks.items():
             comp = comps.get(name)
@@ -344,7 +374,67 @@ class LocalStack:
             comps["worker"] = comp
             self._save(comps)
             self._wait(comp, self._worker_ready, timeout)
+        if cfg.vllm:
+            self._up_vllm(comps, env)
         return comps
+
+    def _up_vllm(self, comps: dict[str, Component], env: dict[str, str]) -> None:
+        """Start the vLLM replicas not running (all at once: 55-85 s), then write the
+        serving config that promotion reads."""
+        from infra import vllm_server
+        from slmops.models import WatchedModel, current_revision
+
+        cfg = self.config
+        model_dir = (cfg.project_dir / cfg.model_dir).absolute()
+        if not (model_dir / "config.json").exists():
+            from infra.tiny_model import build_tiny_model
+
+            self.log(f"building the tiny base model in {model_dir}")
+            build_tiny_model(model_dir)
+        starting = []
+        for i in range(cfg.vllm):
+            name, port = f"vllm-{i}", cfg.vllm_port + i
+            if name in comps:
+                continue
+            self._refuse_busy_port(port, f"vLLM replica {i}", "--vllm-port")
+            cmd = vllm_server.command(model_dir, port, served_name=cfg.served_model)
+            self.log(f"starting vLLM replica {i} on http://{HOST}:{port} ({cfg.served_model})")
+            comp = self._spawn(name, cmd, f"http://{HOST}:{port}", vllm_server.environment())
+            comps[name] = comp
+            self._save(comps)
+            starting.append(comp)
+        deadline, note = time.time() + 400, time.time()
+        for comp in starting:
+            health = f"{comp.url}/health"
+            self._wait(
+                comp,
+                lambda health=health: _http_ok(health) is not None,  # type: ignore[misc]
+                max(deadline - time.time(), 1),
+                on_wait=lambda: self.log(
+                    f"waiting for vLLM ({time.time() - note:.0f}s; usually 55-85 s)"
+                ),
+            )
+        revision = current_revision(WatchedModel(name=cfg.served_model, source=str(model_dir)))
+        serving = {
+            "replicas": [
+                {
+                    "url": f"http://{HOST}:{cfg.vllm_port + i}",
+                    "model": cfg.served_model,
+                    "revision": revision.revision,
+                    "max_lora_rank": 16,
+                }
+                for i in range(cfg.vllm)
+            ],
+            "adapter_dir": str(self.state_dir / "adapters"),
+            "drain_s": 30,
+        }
+        import yaml
+
+        cfg.serving_file.write_text(
+            "# Written by `slmops stack up --vllm N`: the local vLLM replicas.\n"
+            + yaml.safe_dump(serving, sort_keys=False)
+        )
+        self.log(f"serving config: {cfg.serving_file}")
 
     def _refuse_busy_port(self, port: int, what: str, option: str) -> None:
         if _port_open(port):
@@ -393,7 +483,9 @@ class LocalStack:
         """Stop what `up` started, worker first; return the names stopped."""
         comps = self._load()
         stopped = []
+        replicas = [(n, signal.SIGTERM) for n in sorted(comps) if n.startswith("vllm-")]
         for name, sig in (
+            *replicas,
             ("worker", signal.SIGINT),
             ("prefect", signal.SIGTERM),
             ("s3", signal.SIGTERM),

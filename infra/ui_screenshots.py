@@ -1,6 +1,6 @@
 """Screenshots of the Prefect UI pages slmops writes to, taken with headless Chromium, to look
-at what a person sees: the automation, the refine-tune run form, the latest training, gate
-and ingest reports.
+at what a person sees: the automation, the refine-tune and promote run forms, the latest
+training, gate, promotion and ingest reports.
 
 Run it with the local stack up and the demo run (`make demo`):
     python -m infra.ui_screenshots .slmops/ui        # then open the PNGs
@@ -36,11 +36,16 @@ def _artifact_id(key: str) -> str | None:
 def pages() -> dict[str, str]:
     """Page name -> URL, for what exists on the server now."""
     urls = {"automations": f"{UI}/automations"}
-    weekly = _api("deployments/name/refine-tune/weekly")
-    if isinstance(weekly, dict):
-        urls["refine-tune-run-form"] = f"{UI}/deployments/deployment/{weekly['id']}/run"
+    for name, deployment in (
+        ("refine-tune-run-form", "refine-tune/weekly"),
+        ("promote-run-form", "promote-adapter/manual"),
+    ):
+        found = _api(f"deployments/name/{deployment}")
+        if isinstance(found, dict):
+            urls[name] = f"{UI}/deployments/deployment/{found['id']}/run"
     for name, key in (
         ("training-report", "training-report-support-bot"),
+        ("promotion-report", "promotion-support-bot"),
         ("gate-report", "gate-support-bot"),
         ("ingest-report", "ingest-support-docs"),
     ):

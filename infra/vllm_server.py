@@ -24,11 +24,13 @@ from pathlib import Path
 
 import httpx
 
+from slmops.errors import SlmopsError
+
 ROOT = Path(__file__).resolve().parent.parent
 VLLM_VENV = ROOT / ".venv-vllm"
 
 
-class VLLMServerError(RuntimeError):
+class VLLMServerError(SlmopsError):
     """A vLLM server could not be started; the message says why and what to do."""
 
 

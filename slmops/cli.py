@@ -31,7 +31,7 @@ alias_app = typer.Typer(
     help="Move an artifact's aliases (latest, champion...).", no_args_is_help=True
 )
 stack_app = typer.Typer(
-    help="The local stack: Prefect server + worker and an S3 server.", no_args_is_help=True
+    help="The local stack: Prefect server + worker, S3 server, vLLM replicas.", no_args_is_help=True
 )
 app.add_typer(store_app, name="store")
 app.add_typer(alias_app, name="alias")
@@ -582,7 +582,10 @@ def serve_status(
 
 
 def _stack(
-    state_dir: Path | None, prefect_port: int | None = None, s3_port: int | None = None
+    state_dir: Path | None,
+    prefect_port: int | None = None,
+    s3_port: int | None = None,
+    vllm: int | None = None,
 ) -> LocalStack:
     """The stack in `state_dir`; ports given here, else those it was started with."""
     from infra.stack import LocalStack, StackConfig
@@ -593,6 +596,8 @@ def _stack(
         config.prefect_port = prefect_port
     if s3_port:
         config.s3_port = s3_port
+    if vllm is not None:
+        config.vllm = vllm
     return LocalStack(config, log=lambda m: console.print(f"[dim]{m}[/dim]"))
 
 
@@ -607,10 +612,22 @@ S3Port = Annotated[
 
 @stack_app.command("up")
 def stack_up(
-    state_dir: StateOpt = None, prefect_port: PrefectPort = None, s3_port: S3Port = None
+    state_dir: StateOpt = None,
+    prefect_port: PrefectPort = None,
+    s3_port: S3Port = None,
+    vllm: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Also run N vLLM replicas (ports 8100...) serving the tiny base model, and "
+            "write the serving config promotion uses (needs `make vllm`). Default: as last time.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Start the Prefect server, the process worker and the S3 server (what isn't running)."""
-    stack = _stack(state_dir, prefect_port, s3_port)
+    """Start the Prefect server, the process worker, the S3 server and any vLLM replicas
+    (what isn't running)."""
+    stack = _stack(state_dir, prefect_port, s3_port, vllm)
     stack.up()
     _print_health(stack)
     console.print('use it from a shell: [bold]eval "$(slmops stack env)"[/bold]')

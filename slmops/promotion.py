@@ -354,7 +354,8 @@ def promote(
             store, adapter, staged, champion, previous_name, clients, loaded, trigger, timings, log
         )
         unloaded = _drain(adapter, {staged.name, previous_name}, clients, config.drain_s, log)
-        timings["drain"] = config.drain_s
+        if unloaded:
+            timings["drain"] = config.drain_s
         result = PromotionResult(
             adapter=adapter,
             version=staged.version,
@@ -365,7 +366,13 @@ def promote(
             timings={k: round(v, 3) for k, v in timings.items()},
             smoke=dict(loaded.smoke),
         )
-        _audit(store, "promotion.succeeded", adapter, trigger, **result.model_dump(mode="json"))
+        _audit(
+            store,
+            "promotion.succeeded",
+            adapter,
+            trigger,
+            **result.model_dump(mode="json", exclude={"adapter"}),
+        )
         return result
     raise AssertionError("unreachable")
 
@@ -626,7 +633,13 @@ def rollback(
             replicas=[r.url for r in config.replicas],
             timings={"rollback": round(time.perf_counter() - tick, 3)},
         )
-        _audit(store, "rollback.succeeded", adapter, trigger, **result.model_dump(mode="json"))
+        _audit(
+            store,
+            "rollback.succeeded",
+            adapter,
+            trigger,
+            **result.model_dump(mode="json", exclude={"adapter"}),
+        )
         log(f"rolled back: {adapter} serves {staged.name} ({target}) on every replica")
         return result
 

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -38,6 +39,9 @@ from slmops.config import get_settings  # noqa: E402
 from slmops.store.base import ObjectStore  # noqa: E402
 from slmops.store.local import LocalStore  # noqa: E402
 from slmops.store.s3 import S3Store  # noqa: E402
+
+if TYPE_CHECKING:
+    from slmops.manifest import Manifest
 
 
 def free_port() -> int:
@@ -151,7 +155,7 @@ def vllm_replicas(
 ) -> Iterator[list[object]]:
     """Two real vLLM servers (CPU build) serving the tiny base model with runtime LoRA
     loading, started once per session (about 70 s for both): replica 0 accepts LoRA rank up
-    to 16, replica 1 up to 8 (so one replica can refuse what the other loads)."""
+    to 32, replica 1 up to 16 (so one replica can refuse what the other loads)."""
     from infra.vllm_server import start, wait_ready
 
     logs = tmp_path_factory.mktemp("vllm")
@@ -163,7 +167,7 @@ def vllm_replicas(
             served_name="tiny-llama",
             max_lora_rank=rank,
         )
-        for i, rank in enumerate((16, 8))
+        for i, rank in enumerate((32, 16))
     ]
     try:
         wait_ready(servers, on_wait=lambda note: print(note, flush=True))
@@ -171,3 +175,39 @@ def vllm_replicas(
     finally:
         for server in servers:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def trained(
+    prefect_harness: None,
+    tiny_base: Path,
+    s3_endpoint: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[S3Store, Manifest, list[str]]]:
+    """refine-tune run once per session, as a deployment would, against the S3 store: the
+    adapter (rank 16, 300 steps) the training, gate and promotion tests look at."""
+    from flows.refine_tune import RefineTuneParams, refine_tune
+    from slmops.ingest import run_ingest
+    from tests.test_training import EXAMPLE, task_runs
+
+    store = S3Store(make_bucket(s3_endpoint), "prod", endpoint_url=s3_endpoint)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SLMOPS_S3_ENDPOINT_URL", s3_endpoint)
+    from slmops.config import get_settings
+
+    get_settings.cache_clear()
+    # The gate after training judges answers with retrieved context: the index it uses.
+    run_ingest(
+        str(EXAMPLE / "docs"),
+        store,
+        "support-docs",
+        workdir=tmp_path_factory.mktemp("ingest"),
+        evaluate=False,
+    )
+    state = refine_tune(
+        RefineTuneParams(model="tiny-llama", source=str(tiny_base), store=store.uri),
+        return_state=True,
+    )
+    manifest = state.result()
+    yield store, manifest, task_runs(state.state_details.flow_run_id)
+    mp.undo()

@@ -6,14 +6,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from slmops import adapters
 from slmops.errors import ConfigError
-from slmops.ingest import run_ingest
 from slmops.manifest import Manifest
 from slmops.models import WatchedModel, current_revision
 from slmops.store.base import ObjectStore
@@ -21,43 +19,9 @@ from slmops.store.local import LocalStore
 from slmops.store.s3 import S3Store
 from slmops.training import TrainConfig, TrainingError, finalize_adapter, train_adapter
 from slmops.versions import ADAPTERS, VersionedArtifact
-from tests.conftest import make_bucket
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "support-bot"
 ROWS = [json.loads(line)["messages"] for line in (EXAMPLE / "train.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def trained(
-    prefect_harness: None,
-    tiny_base: Path,
-    s3_endpoint: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[S3Store, Manifest, list[str]]]:
-    """refine-tune run once, as a deployment would, against the S3 store."""
-    from flows.refine_tune import RefineTuneParams, refine_tune
-
-    store = S3Store(make_bucket(s3_endpoint), "prod", endpoint_url=s3_endpoint)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SLMOPS_S3_ENDPOINT_URL", s3_endpoint)
-    from slmops.config import get_settings
-
-    get_settings.cache_clear()
-    # The gate after training judges answers with retrieved context: the index it uses.
-    run_ingest(
-        str(EXAMPLE / "docs"),
-        store,
-        "support-docs",
-        workdir=tmp_path_factory.mktemp("ingest"),
-        evaluate=False,
-    )
-    state = refine_tune(
-        RefineTuneParams(model="tiny-llama", source=str(tiny_base), store=store.uri),
-        return_state=True,
-    )
-    manifest = state.result()
-    yield store, manifest, task_runs(state.state_details.flow_run_id)
-    mp.undo()
 
 
 def task_runs(flow_run_id: object) -> list[str]:

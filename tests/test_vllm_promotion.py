@@ -1,7 +1,8 @@
 """Promotion to real vLLM servers (the CPU build): two replicas serving the tiny base model,
-adapters trained and gated here, the store on the S3 server.
+the session's refine-tuned adapter and versions made from it, the store on the S3 server.
 
-The tests run in file order and share the replicas: each says the state it starts from.
+The tests run in file order and share the replicas: each says the state it starts from. The
+module is named to run after test_training, which trains the session's adapter.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from slmops.adapters import TRAINING_KEY
 from slmops.errors import ConfigError
 from slmops.generation import LocalGenerator, Prompt
 from slmops.manifest import Manifest
@@ -24,16 +27,20 @@ from slmops.models import WatchedModel, current_revision
 from slmops.promotion import PromotionError, promote, serving_name
 from slmops.serving import Replica, ServingConfig, ServingError, VLLMClient, load_serving_config
 from slmops.store.s3 import S3Store
-from slmops.training import TrainConfig
 from slmops.versions import ADAPTERS, VersionedArtifact
 from tests.conftest import free_port, make_bucket
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.usefixtures("prefect_harness"),
+    # Run alone, the first test also trains the session's adapter (300 steps) and starts
+    # the replicas; in the whole suite test_training has trained it already.
+    pytest.mark.timeout(1800),
+]
 
 EVALS = Path(__file__).resolve().parent.parent / "examples" / "support-bot" / "evals"
 ADAPTER = "support-bot"
-# Fast to train, and a clear change of answers between two seeds.
-CONFIG = TrainConfig(rank=8, alpha=16, max_steps=120)
 
 
 @dataclass
@@ -65,13 +72,27 @@ def write_suites(dest: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def served(
+    trained: tuple[S3Store, Manifest, list[str]],
     tiny_base: Path,
     s3_endpoint: str,
     vllm_replicas: list[Any],
     tmp_path_factory: pytest.TempPathFactory,
-) -> Served:
+) -> Iterator[Served]:
+    from slmops.config import get_settings
+
     work = tmp_path_factory.mktemp("promotion")
+    env = pytest.MonkeyPatch()  # flows open the store from the settings, as deployments do
+    env.setenv("SLMOPS_S3_ENDPOINT_URL", s3_endpoint)
+    get_settings.cache_clear()
     store = S3Store(make_bucket(s3_endpoint), "prod", endpoint_url=s3_endpoint)
+    # The session's refine-tuned adapter, stored here as refine-tune stores it (with its
+    # training-key lookup): refine-tune with the same inputs finds it instead of training.
+    source_store, adapter, _ = trained
+    VersionedArtifact(source_store, ADAPTERS, ADAPTER).download(adapter.version, work / "v1")
+    key = str(adapter.config["training_key"])
+    VersionedArtifact(store, ADAPTERS, ADAPTER).publish(
+        adapter, work / "v1", lookup={TRAINING_KEY: key}
+    )
     revision = current_revision(WatchedModel(name="tiny-llama", source=str(tiny_base))).revision
     serving = work / "serving.yaml"
     serving.write_text(
@@ -107,7 +128,7 @@ def served(
     }.items():
         policies[name] = work / f"{name}.yaml"
         policies[name].write_text(yaml.safe_dump(doc))
-    return Served(
+    yield Served(
         store=store,
         base=tiny_base,
         serving=serving,
@@ -117,9 +138,10 @@ def served(
         work=work,
         **policies,
     )
+    env.undo()
 
 
-def refine_tune(s: Served, policy: Path, seed: int) -> Manifest:
+def refine_tune(s: Served, policy: Path) -> Manifest:
     from flows.refine_tune import RefineTuneParams
     from flows.refine_tune import refine_tune as flow
 
@@ -127,7 +149,6 @@ def refine_tune(s: Served, policy: Path, seed: int) -> Manifest:
         model="tiny-llama",
         source=str(s.base),
         store=s.store.uri,
-        config=CONFIG.model_copy(update={"seed": seed}),
         suites=str(s.suites),
         policy=str(policy),
         serving=str(s.serving),
@@ -171,9 +192,9 @@ def audit(s: Served, event: str) -> list[Any]:
 
 # -- the whole path --------------------------------------------------------------------------
 def test_refine_tune_gates_and_promotes_to_every_replica(served: Served) -> None:
-    """refine-tune -> gate -> auto-promote -> both replicas answer through the stable name
-    exactly as peft does locally with the same adapter (greedy)."""
-    v1 = refine_tune(served, served.policy, seed=1)
+    """refine-tune (its adapter already trained) -> gate -> auto-promote -> both replicas
+    answer through the stable name exactly as peft does locally with that adapter (greedy)."""
+    v1 = refine_tune(served, served.policy)
     art = VersionedArtifact(served.store, ADAPTERS, ADAPTER)
     assert art.resolve("champion").version == v1.version
     name = serving_name(ADAPTER, v1)
@@ -227,14 +248,16 @@ class Load:
 def test_a_new_version_replaces_the_old_under_load_and_rolls_back_without_a_failed_request(
     served: Served,
 ) -> None:
-    """From: v1 champion. A second adapter (another seed) passes the gate against v1; it is
-    promoted and rolled back while clients keep calling the stable name."""
+    """From: v1 champion. A second version (v1's LoRA B scaled: other answers, same format)
+    passes the gate against v1; it is promoted and rolled back while clients keep calling
+    the stable name."""
     from flows.promote_adapter import PromoteParams, promote_adapter
     from tests.test_cli import invoke
 
     v1 = VersionedArtifact(served.store, ADAPTERS, ADAPTER).resolve("champion")
-    v2 = refine_tune(served, served.manual, seed=2)  # gated, not promoted (manual policy)
     art = VersionedArtifact(served.store, ADAPTERS, ADAPTER)
+    v2 = art.manifest(publish_variant(served, v1, "scaled"))
+    gate(served, v2.version, served.manual, set_challenger=True)
     assert art.resolve("challenger").version == v2.version
     assert art.resolve("champion").version == v1.version
     asked = prompts(served)
@@ -273,13 +296,13 @@ def test_a_new_version_replaces_the_old_under_load_and_rolls_back_without_a_fail
 
 # -- failures that must change nothing ---------------------------------------------------------
 def publish_variant(s: Served, source: Manifest, make: str, adapter: str = ADAPTER) -> str:
-    """A new version made from `source`'s weights: `rank16` (random LoRA of rank 16),
-    `nudged` (its LoRA B matrices scaled by 1.001: same answers, other bytes)."""
+    """A new version made from `source`'s weights: `rank32` (random LoRA of rank 32),
+    `scaled` (LoRA B x 1.25: other answers), `nudged` (x 1.001: same answers, other bytes)."""
     from safetensors.torch import load_file, save_file
 
     folder = s.work / "variants" / f"{adapter}-{make}-{time.monotonic_ns()}"
     VersionedArtifact(s.store, ADAPTERS, ADAPTER).download(source.version, folder)
-    if make == "rank16":
+    if make == "rank32":
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM
 
@@ -287,22 +310,25 @@ def publish_variant(s: Served, source: Manifest, make: str, adapter: str = ADAPT
 
         model = get_peft_model(
             AutoModelForCausalLM.from_pretrained(s.base),
-            LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False),
+            LoraConfig(r=32, lora_alpha=64, target_modules="all-linear", init_lora_weights=False),
         )
         shutil.rmtree(folder)
         model.save_pretrained(str(folder))
         finalize_adapter(folder, "tiny-llama")
-    elif make == "nudged":
+    else:
+        factor = {"scaled": 1.25, "nudged": 1.001}[make]
         weights = load_file(str(folder / "adapter_model.safetensors"))
         save_file(
-            {k: v * 1.001 if "lora_B" in k else v for k, v in weights.items()},
+            {k: v * factor if "lora_B" in k else v for k, v in weights.items()},
             str(folder / "adapter_model.safetensors"),
         )
     art = VersionedArtifact(s.store, ADAPTERS, adapter)
     return art.publish(source.model_copy(update={"name": adapter}), folder).version
 
 
-def gate(s: Served, version: str, policy: Path, adapter: str = ADAPTER) -> None:
+def gate(
+    s: Served, version: str, policy: Path, adapter: str = ADAPTER, set_challenger: bool = False
+) -> None:
     from slmops.evaluation import evaluate_adapter
 
     record = evaluate_adapter(
@@ -312,7 +338,7 @@ def gate(s: Served, version: str, policy: Path, adapter: str = ADAPTER) -> None:
         suites=s.suites,
         policy=policy,
         cache_dir=s.work / "cache",
-        set_challenger=False,
+        set_challenger=set_challenger,
     )
     assert record.verdict.passed, record.verdict.reasons
 
@@ -320,19 +346,19 @@ def gate(s: Served, version: str, policy: Path, adapter: str = ADAPTER) -> None:
 def test_a_replica_that_refuses_the_load_leaves_every_replica_and_the_alias_as_they_were(
     served: Served,
 ) -> None:
-    """From: v1 champion. The serving config wrongly says replica 1 takes rank 16 (it runs
-    --max-lora-rank 8): preflight passes, replica 1 refuses the load, replica 0 had loaded
-    it: promotion unloads it there and stops."""
+    """From: v1 champion. The serving config wrongly says replica 1 takes rank 32 (it runs
+    --max-lora-rank 16): preflight passes, replica 0 loads the rank-32 adapter, replica 1
+    refuses it: promotion unloads it from replica 0 and stops."""
     v1 = VersionedArtifact(served.store, ADAPTERS, ADAPTER).resolve("champion")
-    version = publish_variant(served, v1, "rank16")
+    version = publish_variant(served, v1, "rank32")
     gate(served, version, served.permissive)
     wrong = served.config.model_copy(
         update={
-            "replicas": [r.model_copy(update={"max_lora_rank": 16}) for r in served.config.replicas]
+            "replicas": [r.model_copy(update={"max_lora_rank": 32}) for r in served.config.replicas]
         }
     )
     before = snapshot(served)
-    with pytest.raises(PromotionError, match=r"stopped at load[\s\S]*max_lora_rank 8") as err:
+    with pytest.raises(PromotionError, match=r"stopped at load[\s\S]*max_lora_rank 16") as err:
         promote(served.store, ADAPTER, version, wrong, suites=served.suites)
     assert "Unloaded" in str(err.value) and "1 replica(s)" in str(err.value)
     assert snapshot(served) == before
@@ -450,12 +476,12 @@ def test_bad_input_is_refused_before_any_server_changes(served: Served) -> None:
             ]
         }
     )
-    rank16 = publish_variant(served, champ, "rank16", adapter=adapter)
+    rank32 = publish_variant(served, champ, "rank32", adapter=adapter)
     ungated = publish_variant(served, champ, "nudged", adapter=adapter)
     config = served.config
     cases = [
         (variant(base="mistral-7b"), config, r"trained on mistral-7b.*only works on its own base"),
-        (rank16, config, r"rank 16, above replica .*--max-lora-rank 8"),
+        (rank32, config, r"rank 32, above replica .*--max-lora-rank 16"),
         (variant(drop="adapter_model.safetensors"), config, r"has no adapter_model.safetensors"),
         (good, down, r"replica http://127.0.0.1:\d+ is not usable: .*unreachable"),
         (ungated, config, r"no gate verdict"),
