@@ -96,9 +96,11 @@ class _Load:
     def __enter__(self) -> _Load:
         for t in self.threads:
             t.start()
+        time.sleep(1)  # traffic before the change ...
         return self
 
     def __exit__(self, *exc: object) -> None:
+        time.sleep(1)  # ... and after it
         self.stop.set()
         for t in self.threads:
             t.join()
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     from slmops.evaluation import evaluate_adapter
     from slmops.manifest import InputRef, Manifest
     from slmops.models import WatchedModel, current_revision
-    from slmops.promotion import promote, rollback
+    from slmops.promotion import promote, rollback, sync
     from slmops.serving import Replica, ServingConfig, VLLMClient
     from slmops.store.local import LocalStore
     from slmops.versions import ADAPTERS, VersionedArtifact
@@ -178,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         ]
         rows: dict[int, list[dict[str, float]]] = {}
         load_stats: dict[str, list[int]] = {"promote": [0, 0], "rollback": [0, 0]}
+        errors: list[str] = []
         for count in (1, 2):
             config = ServingConfig(
                 replicas=replicas[:count],
@@ -185,21 +188,30 @@ def main(argv: list[str] | None = None) -> None:
                 drain_s=0,
                 smoke_cases=3,
             )
+            if art.get_alias("champion"):  # a replica new to the adapter gets the champion
+                sync(store, ADAPTER, config)
+            urls = [s.url for s in servers[:count]]
             for r in range(args.rounds):
                 version = candidate()
                 print(f"  {count} replica(s), round {r + 1}/{args.rounds}", flush=True)
-                with _Load([s.url for s in servers[:count]], prompt) as load:
+                if art.get_alias("champion") is None:  # nothing to call yet: no load
                     result = promote(store, ADAPTER, version, config, suites=suites)
-                rows.setdefault(count, []).append(result.timings)
-                if result.previous:  # the first promotion has nothing to measure under load
+                else:
+                    with _Load(urls, prompt) as load:
+                        result = promote(store, ADAPTER, version, config, suites=suites)
                     load_stats["promote"][0] += load.sent
                     load_stats["promote"][1] += load.failed
-            with _Load([s.url for s in servers[:count]], prompt) as load:
+                    errors.extend(load.errors)
+                rows.setdefault(count, []).append(result.timings)
+            with _Load(urls, prompt) as load:
                 rolled = rollback(store, ADAPTER, config)
+            errors.extend(load.errors)
             load_stats["rollback"][0] += load.sent
             load_stats["rollback"][1] += load.failed
             rows[count][-1]["rollback"] = rolled.timings["rollback"]
         _report(rows, raw_load, load_stats)
+        if errors:
+            print(f"first failed request: {errors[0]}")
     finally:
         for server in servers:
             server.stop()

@@ -1,7 +1,9 @@
-"""The local stack end to end: real Prefect server, process worker and S3 server on loopback.
+"""The local stack end to end: real Prefect server, process worker, S3 server and a vLLM
+replica on loopback.
 
-Starts the stack, deploys prefect.yaml to it, runs a deployment through the worker against the
-stack's S3 store, and stops it again, leaving processes it did not start alone.
+Starts the stack, deploys prefect.yaml to it, runs deployments through the worker against the
+stack's S3 store (a base-model release ends with the new adapter served by vLLM), and stops it
+again, leaving processes it did not start alone.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from infra.stack import (
     _port_open,
     prefect_api,
 )
-from slmops.evaluation import find_verdict
+from slmops.evaluation import find_verdict, load_suites
 from slmops.manifest import Manifest
 from slmops.models import WatchedModel, current_revision
+from slmops.promotion import serving_name
+from slmops.serving import VLLMClient, load_serving_config
 from slmops.store.s3 import S3Store
 from slmops.versions import VersionedArtifact
 from tests.conftest import free_port
@@ -37,11 +41,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> Iterator[LocalStack]:
     config = StackConfig(
         state_dir=tmp_path_factory.mktemp("stack"),
         prefect_port=free_port(),
         s3_port=free_port(),
+        vllm=1,
+        vllm_port=free_port(),
+        model_dir=tiny_base,
         project_dir=ROOT,
     )
     local = LocalStack(config, log=lambda m: None)
@@ -62,7 +69,19 @@ def test_up_is_healthy_and_idempotent(stack: LocalStack) -> None:
         "s3": "running",
         "prefect": "running",
         "worker": "running",
+        "vllm-0": "running",
     }
+    serving = load_serving_config(stack.config.serving_file)
+    (replica,) = serving.replicas
+    assert replica.url == f"http://127.0.0.1:{stack.config.vllm_port}"
+    assert replica.model == "tiny-llama"
+    assert (
+        replica.revision
+        == current_revision(
+            WatchedModel(name="tiny-llama", source=str(stack.config.model_dir))
+        ).revision
+    )
+    assert stack.config.client_env()["SLMOPS_SERVING"] == str(stack.config.serving_file)
     pids = {name: comp.pid for name, (_, comp) in health.items() if comp}
     again = stack.up()
     assert {name: comp.pid for name, comp in again.items()} == pids
@@ -151,6 +170,21 @@ def test_a_base_model_release_triggers_refine_tune_through_an_event(
     verdict = find_verdict(store, "support-bot", manifest.version, None)
     assert verdict is not None and verdict.passed, verdict and verdict.reasons
     assert art.resolve("challenger").version == manifest.version
+    # -> promote-adapter (the policy says auto_promote; the worker has SLMOPS_SERVING): the
+    # adapter is the champion and the replica answers through the stable name.
+    while art.get_alias("champion") is None:
+        assert time.time() < deadline + 400, worker_log[-5000:]
+        time.sleep(3)
+    assert art.resolve("champion").version == manifest.version
+    replica = load_serving_config(deployed.config.serving_file).replicas[0]
+    with VLLMClient(replica) as client:
+        served = client.adapters()
+        name = serving_name("support-bot", manifest)
+        assert served["support-bot"] == served[name]
+        # A golden prompt of the format suite, as the promotion's smoke test asked it.
+        case = load_suites(ROOT / "examples/support-bot/evals").suite_cases("format")[0]
+        answer = client.chat("support-bot", case.messages)
+    assert json.loads(answer)["answer"], answer
 
     # Watching again finds nothing new: no event, no second training run.
     second = run_deployment(deployed, "watch-base-model/every-15-minutes", params)
@@ -318,7 +352,7 @@ def test_down_stops_only_what_up_started(stack: LocalStack) -> None:
     )
     try:
         ports = (stack.config.prefect_port, stack.config.s3_port)
-        assert set(stack.down()) == {"worker", "prefect", "s3"}
+        assert set(stack.down()) == {"vllm-0", "worker", "prefect", "s3"}
         deadline = time.time() + 15
         while any(_port_open(p) for p in ports) and time.time() < deadline:
             time.sleep(0.2)

@@ -172,6 +172,14 @@ def prompts(s: Served, n: int = 6) -> list[Prompt]:
     return [c.messages for c in load_suites(s.suites).suite_cases("format")[:n]]
 
 
+def unusual_prompts(s: Served, n: int = 80) -> list[Prompt]:
+    """Adversarial cases short enough for the replicas' 512-token window."""
+    from slmops.evaluation.suites import load_suites
+
+    cases = load_suites(EVALS).suite_cases("adversarial")
+    return [c.messages for c in cases if len(json.dumps(c.messages)) < 900][:n]
+
+
 def local_answers(s: Served, version: str, asked: list[Prompt]) -> list[str]:
     """peft's own greedy answers with `version` (what vLLM must reproduce)."""
     folder = s.work / "local" / version
@@ -248,21 +256,27 @@ class Load:
 def test_a_new_version_replaces_the_old_under_load_and_rolls_back_without_a_failed_request(
     served: Served,
 ) -> None:
-    """From: v1 champion. A second version (v1's LoRA B scaled: other answers, same format)
-    passes the gate against v1; it is promoted and rolled back while clients keep calling
-    the stable name."""
+    """From: v1 champion. A second version (v1 with noise on LoRA B: the same format, other
+    answers to unusual prompts) passes the gate against v1; it is promoted and rolled back
+    while clients keep calling the stable name."""
     from flows.promote_adapter import PromoteParams, promote_adapter
     from tests.test_cli import invoke
 
     v1 = VersionedArtifact(served.store, ADAPTERS, ADAPTER).resolve("champion")
     art = VersionedArtifact(served.store, ADAPTERS, ADAPTER)
-    v2 = art.manifest(publish_variant(served, v1, "scaled"))
+    v2 = art.manifest(publish_variant(served, v1, "noised"))
     gate(served, v2.version, served.manual, set_challenger=True)
     assert art.resolve("challenger").version == v2.version
     assert art.resolve("champion").version == v1.version
-    asked = prompts(served)
+    # Prompts the two versions answer differently (a stale answer would show), as peft
+    # answers them locally.
+    pool = unusual_prompts(served)
+    before = local_answers(served, v1.version, pool)
+    after = local_answers(served, v2.version, pool)
+    differ = [i for i in range(len(pool)) if before[i] != after[i]]
+    assert len(differ) >= 3, f"only {len(differ)} prompts tell the versions apart"
+    asked = [pool[i] for i in differ[:6]] + prompts(served, 2)
     old, new = local_answers(served, v1.version, asked), local_answers(served, v2.version, asked)
-    assert old != new, "the two adapters answer alike: the test could not see a stale answer"
     # Ask first, so the prefix cache holds these prompts computed with v1's weights.
     assert served_answers(served, asked) == [old, old]
 
@@ -297,7 +311,9 @@ def test_a_new_version_replaces_the_old_under_load_and_rolls_back_without_a_fail
 # -- failures that must change nothing ---------------------------------------------------------
 def publish_variant(s: Served, source: Manifest, make: str, adapter: str = ADAPTER) -> str:
     """A new version made from `source`'s weights: `rank32` (random LoRA of rank 32),
-    `scaled` (LoRA B x 1.25: other answers), `nudged` (x 1.001: same answers, other bytes)."""
+    `noised` (noise of 0.4 sd added to LoRA B: the format holds, answers to unusual prompts
+    change), `nudged` (LoRA B x 1.001: the same answers, other bytes)."""
+    import torch
     from safetensors.torch import load_file, save_file
 
     folder = s.work / "variants" / f"{adapter}-{make}-{time.monotonic_ns()}"
@@ -316,10 +332,16 @@ def publish_variant(s: Served, source: Manifest, make: str, adapter: str = ADAPT
         model.save_pretrained(str(folder))
         finalize_adapter(folder, "tiny-llama")
     else:
-        factor = {"scaled": 1.25, "nudged": 1.001}[make]
         weights = load_file(str(folder / "adapter_model.safetensors"))
+        noise = torch.Generator().manual_seed(0)
+
+        def change(v: torch.Tensor) -> torch.Tensor:
+            if make == "nudged":
+                return v * 1.001
+            return v + 0.4 * v.std() * torch.randn(v.shape, generator=noise)
+
         save_file(
-            {k: v * factor if "lora_B" in k else v for k, v in weights.items()},
+            {k: change(v) if "lora_B" in k else v for k, v in weights.items()},
             str(folder / "adapter_model.safetensors"),
         )
     art = VersionedArtifact(s.store, ADAPTERS, adapter)
