@@ -200,6 +200,7 @@ def test_a_base_model_release_triggers_refine_tune_through_an_event(
     assert flow_runs(deployed, "on-base-model-release") == 1
 
 
+@pytest.mark.timeout(1800)  # two runs, each gated against the champion on 2 cores
 def test_two_deployments_training_one_key_at_once_train_it_once(
     deployed: LocalStack, tiny_base: Path
 ) -> None:
@@ -270,7 +271,7 @@ def start_deployment(stack: LocalStack, name: str, params: str) -> str:
     return str(run["id"])
 
 
-def wait_for_flow_run(stack: LocalStack, run_id: str, timeout: float = 420) -> str:
+def wait_for_flow_run(stack: LocalStack, run_id: str, timeout: float = 1200) -> str:
     deadline = time.time() + timeout
     state = "PENDING"
     while time.time() < deadline:
