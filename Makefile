@@ -37,8 +37,10 @@ lint: setup
 test: lint vllm
 	$(BIN)/pytest
 
-demo: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
+# The whole loop on the local stack (Prefect server + worker, S3, a vLLM replica); the stack
+# keeps running afterwards for the UI. A second run reuses what is done.
+demo: setup vllm
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m examples.demo
 
 clean:
 	-$(BIN)/slmops stack down

@@ -233,6 +233,16 @@ def promote_if_allowed(params: RefineTuneParams, store_uri: str, record: GateRec
             record.verdict.version,
         )
         return
+    mismatch = serving_mismatch(params, store_uri, record.verdict.version)
+    if mismatch:
+        get_run_logger().warning(
+            "not promoted: %s. %s@%s stays the challenger; promote it (promote-adapter) once "
+            "the replicas run its base revision (`slmops stack up` rolls the local ones)",
+            mismatch,
+            params.adapter,
+            record.verdict.version,
+        )
+        return
     promote_adapter(
         PromoteParams(
             adapter=params.adapter,
@@ -242,6 +252,18 @@ def promote_if_allowed(params: RefineTuneParams, store_uri: str, record: GateRec
             store=store_uri,
         )
     )
+
+
+def serving_mismatch(params: RefineTuneParams, store_uri: str, version: str) -> str | None:
+    """Why the replicas cannot serve this version's base revision (None: they can)."""
+    from slmops.promotion import base_mismatch
+    from slmops.serving import load_serving_config
+    from slmops.store import open_store
+    from slmops.versions import ADAPTERS, VersionedArtifact
+
+    config = load_serving_config(params.serving or get_settings().serving or "")
+    manifest = VersionedArtifact(open_store(store_uri), ADAPTERS, params.adapter).manifest(version)
+    return base_mismatch(config, manifest, f"{params.adapter}@{version}")
 
 
 if __name__ == "__main__":

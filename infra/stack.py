@@ -380,9 +380,15 @@ class LocalStack:
 
     def _up_vllm(self, comps: dict[str, Component], env: dict[str, str]) -> None:
         """Start the vLLM replicas not running (all at once: 55-85 s), then write the
-        serving config that promotion reads."""
+        serving config that promotion reads.
+
+        Replicas serve a copy of the model folder per revision, so what a replica runs is
+        what serving.yaml says even after the folder changes. A replica whose revision is
+        older than the folder's (a base-model release) is restarted on the new one: adapters
+        of the old revision do not work on it, so the stable name answers again once the
+        new revision's adapter is promoted."""
         from infra import vllm_server
-        from slmops.models import WatchedModel, current_revision
+        from slmops.models import WatchedModel, current_revision, materialize
 
         cfg = self.config
         model_dir = (cfg.project_dir / cfg.model_dir).absolute()
@@ -391,13 +397,25 @@ class LocalStack:
 
             self.log(f"building the tiny base model in {model_dir}")
             build_tiny_model(model_dir)
+        revision = current_revision(WatchedModel(name=cfg.served_model, source=str(model_dir)))
+        snapshot = materialize(str(model_dir), revision.revision, self.state_dir / "models")
         starting = []
         for i in range(cfg.vllm):
             name, port = f"vllm-{i}", cfg.vllm_port + i
-            if name in comps:
+            if name in comps and str(snapshot) in comps[name].cmdline:
                 continue
+            if name in comps:
+                self.log(
+                    f"vLLM replica {i} serves an older revision of {cfg.served_model}: "
+                    f"restarting it on {revision.revision[:12]}"
+                )
+                _stop_group(comps.pop(name), signal.SIGTERM, 60)
+                self._save(comps)
+                deadline = time.time() + 30
+                while _port_open(port) and time.time() < deadline:
+                    time.sleep(0.5)
             self._refuse_busy_port(port, f"vLLM replica {i}", "--vllm-port")
-            cmd = vllm_server.command(model_dir, port, served_name=cfg.served_model)
+            cmd = vllm_server.command(snapshot, port, served_name=cfg.served_model)
             self.log(f"starting vLLM replica {i} on http://{HOST}:{port} ({cfg.served_model})")
             comp = self._spawn(name, cmd, f"http://{HOST}:{port}", vllm_server.environment())
             comps[name] = comp
@@ -414,7 +432,6 @@ class LocalStack:
                     f"waiting for vLLM ({time.time() - note:.0f}s; usually 55-85 s)"
                 ),
             )
-        revision = current_revision(WatchedModel(name=cfg.served_model, source=str(model_dir)))
         serving = {
             "replicas": [
                 {

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,7 +16,7 @@ from rich.table import Table
 from slmops.errors import ConfigError, SlmopsError, StoreError
 from slmops.manifest import Trigger
 from slmops.store import open_store
-from slmops.versions import COLLECTIONS, VersionedArtifact, summarize
+from slmops.versions import COLLECTIONS, EVALS, VersionedArtifact, summarize
 
 if TYPE_CHECKING:
     from infra.stack import LocalStack
@@ -51,6 +52,46 @@ def _table(*columns: str) -> Table:
     for column in columns:
         table.add_column(column, overflow="fold")
     return table
+
+
+class StageProgress:
+    """Progress of long work, per stage: a live bar on a terminal; elsewhere (a log, CI, a
+    pipe) a line at each 10% (at most one per stage every 2 s), so nothing runs silently."""
+
+    def __init__(self, label: Callable[[str], str] = lambda stage: stage):
+        from rich.progress import Progress
+
+        self.label = label
+        self.live = console.is_terminal
+        self.bar = Progress(console=console, transient=True) if self.live else None
+        self.tasks: dict[str, Any] = {}
+        self.shown: dict[str, int] = {}
+        self.last: dict[str, float] = {}
+
+    def __enter__(self) -> StageProgress:
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+    def __call__(self, stage: str, done: int, of: int | None) -> None:
+        if self.bar is not None:
+            if stage not in self.tasks:
+                self.tasks[stage] = self.bar.add_task(self.label(stage), total=of)
+            self.bar.update(self.tasks[stage], completed=done, total=of)
+            return
+        import time
+
+        tenth = 10 * done // of if of else 0
+        now = time.monotonic()
+        quiet = now - self.last.get(stage, 0.0) < 2 and done != of  # fast steps: few lines
+        if of and tenth > self.shown.get(stage, -1) and not quiet:
+            self.shown[stage], self.last[stage] = tenth, now
+            line = f"{self.label(stage)}: {done:,}/{of:,} ({done / of:.0%})"
+            console.print(line, highlight=False)
 
 
 StoreOpt = Annotated[
@@ -287,8 +328,6 @@ def ingest(
     """Ingest documentation into a new index version (the ingest-docs flow, without Prefect)."""
     import tempfile
 
-    from rich.progress import Progress
-
     from slmops.ingest import IngestConfig, run_ingest
 
     config = IngestConfig(
@@ -297,9 +336,8 @@ def ingest(
     obj = open_store(store)
     with (
         tempfile.TemporaryDirectory(prefix="slmops-ingest-") as work,
-        Progress(console=console, transient=True) as bar,
+        StageProgress(lambda stage: f"{stage} {index}") as progress,  # "read docs of NAME"
     ):
-        task_id = bar.add_task("embedding", total=None)
         report = run_ingest(
             source,
             obj,
@@ -309,7 +347,8 @@ def ingest(
             questions=questions,
             k=k,
             trigger=Trigger.from_cli(),
-            on_progress=lambda done, total: bar.update(task_id, completed=done, total=total),
+            on_progress=lambda done, total: progress("embedding", done, total),
+            on_stage=lambda stage, done, total: progress(f"{stage} docs of", done, total),
         )
     for skipped in report.plan.skipped + report.plan.kept:
         console.print(
@@ -370,21 +409,12 @@ def gate(
 
     Exit status: 0 passed, 1 failed (the reasons are printed), 2 bad input or an error.
     The verdict, report and chart are stored under evals/ADAPTER/ in the store."""
-    from rich.progress import Progress
-
     from slmops.config import get_settings
     from slmops.evaluation import evaluate_adapter
 
     adapter, _, version = target.partition("@")
     obj = open_store(store)
-    with Progress(console=console, transient=True) as bar:
-        tasks: dict[str, object] = {}
-
-        def on_progress(stage: str, done: int, of: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(f"answering as {stage}", total=of)
-            bar.update(tasks[stage], completed=done)  # type: ignore[arg-type]
-
+    with StageProgress(lambda stage: f"answering as {stage}") as on_progress:
         record = evaluate_adapter(
             obj,
             adapter,
@@ -428,6 +458,60 @@ def gate(
     console.print(f"report: {record.report_uri}", highlight=False)
     if not verdict.passed:
         raise typer.Exit(1)
+
+
+@app.command()
+def assess(
+    task_file: Annotated[
+        Path, typer.Argument(help="Assessment task YAML (cases, model, index, prices).")
+    ] = Path("examples/support-bot/assess.yaml"),
+    store: StoreOpt = None,
+) -> None:
+    """Prompt engineering, RAG or fine-tuning? Answer the task's edge cases with every arm,
+    compare failure rates and costs, and recommend with the evidence for every branch.
+
+    The report (markdown, chart, JSON, every answer) is stored under evals/assess-NAME/."""
+    import tempfile
+
+    from slmops.assess import KNOWLEDGE, load_task, run_assessment, store_assessment
+    from slmops.config import get_settings
+
+    task = load_task(task_file)
+    obj = open_store(store)
+    with StageProgress(lambda arm: f"answering: {arm}") as on_progress:
+        run = run_assessment(
+            obj, task, Path(get_settings().cache_dir).expanduser(), on_progress=on_progress
+        )
+    with tempfile.TemporaryDirectory(prefix="slmops-assess-") as work:
+        version = store_assessment(obj, run, Path(work), Trigger.from_cli())
+    result = run.assessment
+    table = _table("arm", "fails (all)", "behaviour", "knowledge", "prompt tokens", "$/month")
+    costs = {c.arm: c for c in result.economy.costs}
+    for arm in result.arms:
+        if not arm.measured:
+            table.add_row(arm.arm, "not measured", escape(arm.why_not or ""), "", "", "")
+            continue
+        f = arm.failure
+        table.add_row(
+            arm.arm,
+            f"{f['all'].rate:.1%} [{f['all'].low:.0%}, {f['all'].high:.0%}]",
+            f"{f['behaviour'].rate:.1%}",
+            f"{f[KNOWLEDGE].rate:.1%}",
+            f"{arm.prompt_tokens:,.0f}",
+            f"{costs[arm.arm].total_usd_per_month:,.2f}",
+        )
+    console.print(table)
+    for n, step in enumerate(result.steps, 1):
+        answer = f"[green]yes -> {step.leads_to}[/green]" if step.taken else "no"
+        console.print(f"{n}. {escape(step.question)} {answer}", highlight=False)
+        for line in step.evidence:
+            console.print(f"   - {escape(line)}", highlight=False)
+    console.print(f"[bold]recommendation: {escape(result.recommendation)}[/bold]")
+    console.print(escape(result.summary), highlight=False)
+    console.print(
+        f"report: {obj.uri}/{EVALS}/assess-{result.task}/versions/{version}/report.md",
+        highlight=False,
+    )
 
 
 ServingOpt = Annotated[

@@ -39,6 +39,7 @@ from slmops.store.hashing import sha256_bytes
 from slmops.versions import INDEXES, VersionedArtifact, new_version_id
 
 Progress = Callable[[int, int], None]
+StageCallback = Callable[[str, int, int], None]  # (stage, done, of)
 StoreRef = ObjectStore | str  # a store, or its URI (what Prefect tasks are given)
 
 
@@ -207,8 +208,11 @@ def prepare(
     workdir: Path,
     *,
     source_endpoint: str | None = None,
+    on_stage: StageCallback | None = None,
 ) -> IngestPlan:
-    """Plan the run and split new/changed documents into `workdir/new_chunks.jsonl`."""
+    """Plan the run and split new/changed documents into `workdir/new_chunks.jsonl`.
+
+    on_stage(stage, done, of) is called as files are read ("read") and split ("split")."""
     store = as_store(store)
     t0 = time.perf_counter()
     source = DocSource(source_uri, endpoint_url=source_endpoint)
@@ -233,7 +237,9 @@ def prepare(
 
     parsed: list[ParsedDoc] = []
     present: set[str] = set()
-    for file in files:
+    for n, file in enumerate(files, 1):
+        if on_stage:
+            on_stage("read", n, len(files))
         try:
             data = source.read(file.path)
         except DocRejected as exc:
@@ -277,7 +283,9 @@ def prepare(
 
         embedder = get_embedder(config.embed_model)
         splitter = make_splitter(config, embedder.count_tokens, embedder.max_tokens)
-        for doc in parsed:
+        for n, doc in enumerate(parsed, 1):
+            if on_stage:
+                on_stage("split", n, len(parsed))
             pieces = [p for p in splitter.split_text(doc.text) if p.strip()]
             for i, text in enumerate(pieces):
                 chunks.append(
@@ -572,6 +580,7 @@ def run_ingest(
     trigger: Trigger | None = None,
     on_progress: Progress | None = None,
     on_plan: Callable[[IngestPlan], None] | None = None,
+    on_stage: StageCallback | None = None,
     source_endpoint: str | None = None,
     evaluate: bool = True,
     stages: IngestStages = IngestStages(),
@@ -594,6 +603,7 @@ def run_ingest(
         config=config,
         workdir=workdir,
         source_endpoint=source_endpoint,
+        **({"on_stage": on_stage} if on_stage else {}),  # Prefect tasks take plain inputs
     )
     if on_plan:
         on_plan(plan)

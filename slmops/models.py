@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -117,39 +118,59 @@ def hf_snapshot(source: str, revision: str) -> Path:
         ) from exc
 
 
-def materialize(source: str, revision: str, cache_dir: Path) -> Path:
-    """A local folder holding the model at exactly `revision`; refuses a different revision."""
+def materialize(source: str, revision: str, cache_dir: Path, *, superseded_ok: bool = True) -> Path:
+    """A local folder holding the model at exactly `revision`.
+
+    Folder and S3 sources hold only their current revision, so each revision used is kept in
+    `cache_dir` (the champion's base stays usable for the gate and for rollback after a newer
+    release replaced it at the source). A revision neither cached nor current is refused."""
     if source.startswith("hf://"):
         return hf_snapshot(source, revision)
+    target = cache_dir / "models" / hashlib.sha256(source.encode()).hexdigest()[:12] / revision
+    if (target / "config.json").exists():
+        return target
     now = current_revision(WatchedModel(name="check", source=source))
     if now.revision != revision:
         raise ConfigError(
             f"model source {source!r} is now at revision {now.revision[:12]}, not the "
-            f"requested {revision[:12]}: a newer release superseded this one (its own event "
-            "trains it), or the folder was changed in place"
+            f"requested {revision[:12]}"
+            + (f", and no copy of that revision is cached in {cache_dir}" if superseded_ok else "")
+            + ": a newer release superseded it (its own event trains it), or the folder was "
+            "changed in place"
         )
+    if (target / "config.json").exists():
+        return target
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
     parsed = parse_store_uri(source)
     if parsed.scheme == "file":
         assert parsed.path is not None
-        return parsed.path
-    target = cache_dir / "models" / hashlib.sha256(source.encode()).hexdigest()[:12] / revision
-    if not (target / "config.json").exists():
-        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
+        shutil.copytree(parsed.path, partial)
+        if folder_sha256(partial)[:40] != revision:  # changed while being copied
+            shutil.rmtree(partial, ignore_errors=True)
+            raise ConfigError(f"model folder {source!r} changed while it was being copied")
+    else:
         open_store(source).get_dir("", partial)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
         partial.rename(target)
+    except OSError:  # another process cached it first
+        shutil.rmtree(partial, ignore_errors=True)
     return target
 
 
 def checkout(
-    model: str, source: str, revision: str | None, cache_dir: Path
+    model: str,
+    source: str,
+    revision: str | None,
+    cache_dir: Path,
+    *,
+    superseded_ok: bool = True,
 ) -> tuple[Revision, Path]:
-    """The base model at `revision` (None: the source's current one) as a local folder.
-
-    A revision the source no longer offers (superseded by a newer release) is refused."""
+    """The base model at `revision` (None: the source's current one) as a local folder."""
     rev = current_revision(WatchedModel(name=model, source=source))
     if revision:
         rev = rev.model_copy(update={"revision": revision})
-    return rev, materialize(source, rev.revision, cache_dir)
+    return rev, materialize(source, rev.revision, cache_dir, superseded_ok=superseded_ok)
 
 
 class SeenRevisions(BaseModel):

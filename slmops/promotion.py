@@ -194,16 +194,25 @@ def _base_of(manifest: Manifest) -> tuple[str, str]:
     return base.name, base.version
 
 
-def _check_replicas(config: ServingConfig, manifest: Manifest, rank: int, what: str) -> None:
-    """The configured facts: base model, revision and max rank of every replica."""
+def base_mismatch(config: ServingConfig, manifest: Manifest, what: str) -> str | None:
+    """Why the replicas cannot serve this adapter version's base (None: they can)."""
     model, revision = _base_of(manifest)
     for replica in config.replicas:
         if replica.model != model or replica.revision != revision:
-            raise PromotionError(
+            return (
                 f"{what} was trained on {model}@{revision[:12]}, but replica {replica.url} "
                 f"serves {replica.model}@{replica.revision[:12]}: an adapter only works on its "
-                "own base revision. Upgrade the replicas' base model first"
+                "own base revision. Roll the replicas onto that revision first"
             )
+    return None
+
+
+def _check_replicas(config: ServingConfig, manifest: Manifest, rank: int, what: str) -> None:
+    """The configured facts: base model, revision and max rank of every replica."""
+    mismatch = base_mismatch(config, manifest, what)
+    if mismatch:
+        raise PromotionError(mismatch)
+    for replica in config.replicas:
         if rank > replica.max_lora_rank:
             raise PromotionError(
                 f"{what} has LoRA rank {rank}, above replica {replica.url}'s "
@@ -670,7 +679,9 @@ def sync(
             else None
         )
         want = {champ.name: champ.path, adapter: champ.path}
-        if prev is not None:
+        # The previous champion stays loaded for an instant rollback, unless it was trained on
+        # another base revision (after a base-model release it cannot run on these replicas).
+        if prev is not None and _base_of(prev.manifest) == _base_of(champ.manifest):
             want[prev.name] = prev.path
         for replica in config.replicas:
             with VLLMClient(replica, timeout=config.timeout_s) as client:

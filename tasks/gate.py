@@ -3,7 +3,6 @@ markdown artifact with the verdict and the chart, and an event `slmops.gate.pass
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 from uuid import UUID
 
@@ -23,6 +22,7 @@ from slmops.manifest import Trigger
 from slmops.store import open_store
 from slmops.versions import EVALS, VersionedArtifact
 from tasks.context import RETRIES
+from tasks.report import png_uri
 
 PASSED, FAILED = "slmops.gate.passed", "slmops.gate.failed"
 
@@ -77,7 +77,7 @@ def report_gate(store_uri: str, record: GateRecord) -> str:
     verdict = record.verdict
     evals = VersionedArtifact(open_store(store_uri), EVALS, verdict.adapter)
     png = evals.read_file(record.run, "comparison.png")
-    chart = f"data:image/png;base64,{base64.b64encode(png).decode()}"
+    chart = png_uri(png)
     body = markdown(verdict, chart) + f"\n\nStored at `{record.report_uri}`."
     create_markdown_artifact(
         body,

@@ -34,8 +34,13 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def png_uri(data: bytes) -> str:
+    """A PNG as a data URI: the UI shows it without access to the store."""
+    return f"data:image/png;base64,{base64.b64encode(data).decode()}"
+
+
 def inline_png(data: bytes, alt: str) -> str:
-    return f"![{alt}](data:image/png;base64,{base64.b64encode(data).decode()})"
+    return f"![{alt}]({png_uri(data)})"
 
 
 def sampled_curve(curve: list[tuple[int, float]], rows: int = LOSS_ROWS) -> list[tuple[int, float]]:

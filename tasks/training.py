@@ -4,6 +4,7 @@ training with checkpoints in the store, a format check, publishing, the run's re
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from uuid import UUID
 
@@ -34,9 +35,10 @@ PROGRESS_UPDATES = 20
 
 @task(name="base-model", task_run_name="base model {model}", **RETRIES)
 def base_model(model: str, source: str, revision: str | None) -> tuple[Revision, str]:
-    """The base model at `revision` (default: the source's current one) as a local folder."""
+    """The base model at `revision` (default: the source's current one) as a local folder;
+    a revision a newer release superseded is refused (its own event trains the new one)."""
     cache = Path(get_settings().cache_dir).expanduser()
-    rev, path = models.checkout(model, source, revision, cache)
+    rev, path = models.checkout(model, source, revision, cache, superseded_ok=False)
     return rev, str(path)
 
 
@@ -111,10 +113,21 @@ def train(
     )
     assert isinstance(progress, UUID)  # sync call in a sync task
     every = max(1, config.max_steps // PROGRESS_UPDATES)
+    logger, started, logged = get_run_logger(), time.monotonic(), {"tenth": 0}
 
-    def on_log(step: int, _: dict[str, float]) -> None:
+    def on_log(step: int, logs: dict[str, float]) -> None:
         if step % every == 0 or step == config.max_steps:
             update_progress_artifact(progress, progress=100.0 * step / config.max_steps)
+        tenth = 10 * step // config.max_steps
+        if tenth > logged["tenth"]:  # the run's log says how far it is, every 10%
+            logged["tenth"] = tenth
+            elapsed = time.monotonic() - started
+            left = elapsed / step * (config.max_steps - step)
+            loss = f", loss {logs['loss']:.3f}" if "loss" in logs else ""
+            logger.info(
+                f"training {adapter}: step {step}/{config.max_steps}{loss}, "
+                f"{elapsed:.0f}s so far, about {left:.0f}s left"
+            )
 
     shutil.rmtree(workdir / "out", ignore_errors=True)
     result = train_adapter(

@@ -21,6 +21,7 @@ from slmops.models import (
     seen_revisions,
 )
 from slmops.store.base import ObjectStore
+from slmops.store.hashing import folder_sha256
 from slmops.versions import DATASETS, VersionedArtifact
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "support-bot"
@@ -144,9 +145,26 @@ def test_a_folder_revision_is_its_content(tiny_base: Path, tmp_path: Path) -> No
     assert current_revision(WatchedModel(name="tiny-llama", source=str(copy))).revision != (
         rev.revision
     )
-    assert materialize(str(tiny_base), rev.revision, tmp_path) == tiny_base
     with pytest.raises(ConfigError, match="not the requested"):
-        materialize(str(copy), rev.revision, tmp_path)
+        materialize(str(copy), rev.revision, tmp_path / "cache")
+
+
+def test_a_folder_revision_stays_usable_after_the_folder_moves_on(
+    tiny_base: Path, tmp_path: Path
+) -> None:
+    """The gate compares a new release's adapter with the champion on the revision before."""
+    source = tmp_path / "model"
+    shutil.copytree(tiny_base, source)
+    old = current_revision(WatchedModel(name="tiny-llama", source=str(source))).revision
+    first = materialize(str(source), old, tmp_path / "cache")
+    assert first != source and folder_sha256(first)[:40] == old
+    (source / "generation_config.json").write_text('{"release": 2}')  # a new revision in place
+    assert materialize(str(source), old, tmp_path / "cache") == first
+    assert folder_sha256(first)[:40] == old
+    new = current_revision(WatchedModel(name="tiny-llama", source=str(source))).revision
+    assert folder_sha256(materialize(str(source), new, tmp_path / "cache"))[:40] == new
+    with pytest.raises(ConfigError, match="no copy of that revision is cached"):
+        materialize(str(source), "0" * 40, tmp_path / "cache")
 
 
 @pytest.mark.parametrize(

@@ -392,7 +392,7 @@ def test_a_twin_of_the_champion_holds_the_line_but_is_no_improvement(
     assert code == 1 and "no proven improvement of at least 0.0" in out, out
 
 
-def test_a_candidate_on_another_base_revision_is_refused(
+def test_a_candidate_on_another_base_model_is_refused(
     trained: tuple[S3Store, Manifest, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import sys
@@ -405,9 +405,9 @@ def test_a_candidate_on_another_base_revision_is_refused(
     source = VersionedArtifact(store, ADAPTERS, "support-bot")
     source.download(good.version, tmp_path / "weights")
     art = VersionedArtifact(store, ADAPTERS, "rebased")
-    old_base = InputRef(kind="base-model", name="tiny-llama", version="0" * 40, uri="/elsewhere")
+    other = InputRef(kind="base-model", name="other-llama", version="0" * 40, uri="/elsewhere")
     champion = art.publish(
-        good.model_copy(update={"name": "rebased", "inputs": [old_base]}), tmp_path / "weights"
+        good.model_copy(update={"name": "rebased", "inputs": [other]}), tmp_path / "weights"
     ).version
     art.set_alias("champion", champion)
     candidate = art.publish(good.model_copy(update={"name": "rebased"}), tmp_path / "weights")
@@ -428,5 +428,15 @@ def test_a_candidate_on_another_base_revision_is_refused(
         main()
     assert exit_.value.code == 2  # bad input: an error, never a verdict
     assert find_verdict(store, "rebased", candidate.version, champion) is None
-    with pytest.raises(ConfigError, match="only works on the base revision it was trained on"):
+    with pytest.raises(ConfigError, match="a different base model is a new deployment"):
         gate(store, "rebased", candidate.version)
+    # The same base model on a revision that is neither current nor cached: refused before
+    # any model answers (the gate would otherwise judge the champion on the wrong weights).
+    gone = InputRef(kind="base-model", name="tiny-llama", version="0" * 40, uri="/elsewhere")
+    older = art.publish(
+        good.model_copy(update={"name": "rebased", "inputs": [gone]}), tmp_path / "weights"
+    ).version
+    art.set_alias("champion", older)
+    with pytest.raises(ConfigError, match="does not exist"):
+        gate(store, "rebased", candidate.version)
+    assert find_verdict(store, "rebased", candidate.version, older) is None

@@ -102,7 +102,8 @@ def evaluate_adapter(
 
     champion: "auto" (the `champion` alias if set, else floors only), "none", "base" (the
     base model alone), or a version or alias of the same adapter. Bad input (suites, policy,
-    versions, a champion on another base revision) raises ConfigError before any model runs.
+    versions, a champion on another base model) raises ConfigError before any model runs. A
+    champion on an older revision of the base answers on that revision.
     """
     from slmops.models import checkout
 
@@ -117,17 +118,23 @@ def evaluate_adapter(
         raise ConfigError(
             f"{adapter} version {cand_version} is the champion already: there is nothing to gate"
         )
+    champ_base = cand_base
     if label not in (None, "base"):
         champ_base = _base_of(art.manifest(label))
-        if (champ_base.name, champ_base.version) != (cand_base.name, cand_base.version):
+        if champ_base.name != cand_base.name:
             raise ConfigError(
-                f"candidate {adapter}@{cand_version} is trained on {cand_base.name}@"
-                f"{(cand_base.version or '')[:12]}, but the champion {label} (what the servers "
-                f"run) on {champ_base.name}@{(champ_base.version or '')[:12]}: an adapter only "
-                "works on the base revision it was trained on. Upgrade the serving base first, "
-                "then gate against champion 'base' or with no champion"
+                f"candidate {adapter}@{cand_version} is trained on base model {cand_base.name}, "
+                f"the champion {label} on {champ_base.name}: a different base model is a new "
+                "deployment, not a candidate. Gate it against champion 'base' or 'none'"
             )
     _, base_dir = checkout(cand_base.name, cand_base.uri or "", cand_base.version, cache_dir)
+    # A new base revision's adapter is judged against what production runs: the champion on
+    # its own revision (both answer the same cases).
+    champ_base_dir = base_dir
+    if champ_base.version != cand_base.version:
+        _, champ_base_dir = checkout(
+            champ_base.name, champ_base.uri or "", champ_base.version, cache_dir
+        )
     work = Path(tempfile.mkdtemp(prefix=f"slmops-gate-{adapter}-"))
     try:
         cand_dir = work / "candidate"
@@ -138,7 +145,7 @@ def evaluate_adapter(
             art.download(label, champ_dir)
         build = make_generator or (lambda base, adapter_dir: LocalGenerator(base, adapter_dir))
         cand_gen = build(base_dir, cand_dir)
-        champ_gen = None if label is None else build(base_dir, champ_dir)
+        champ_gen = None if label is None else build(champ_base_dir, champ_dir)
         retrieve, index_info = _retriever(store, loaded)
         verdict, cases = run_gate(
             loaded,

@@ -107,15 +107,18 @@ def build_prompts(
             continue
         if retrieve is None or spec.index is None:
             raise ValueError(f"suite {case.suite!r} needs retrieval from an index")
-        question = case.messages[-1]["content"]
-        hits = retrieve(spec.index, question, spec.k)
-        context = "\n".join(
-            f"[{src}] {' '.join(text.split())[:CONTEXT_CHARS]}" for src, text in hits
-        )
-        user = {"role": "user", "content": f"Context:\n{context}\n\nQuestion: {question}"}
-        prompts.append([*case.messages[:-1], user])
+        hits = retrieve(spec.index, case.messages[-1]["content"], spec.k)
+        prompts.append(with_context(case.messages, hits))
         retrieved.append([src for src, _ in hits])
     return prompts, retrieved
+
+
+def with_context(messages: Prompt, hits: list[tuple[str, str]]) -> Prompt:
+    """The prompt with retrieved chunks ([source] text) put before the user's question."""
+    question = messages[-1]["content"]
+    context = "\n".join(f"[{src}] {' '.join(text.split())[:CONTEXT_CHARS]}" for src, text in hits)
+    user = {"role": "user", "content": f"Context:\n{context}\n\nQuestion: {question}"}
+    return [*messages[:-1], user]
 
 
 def _retrieval_scores(case: Case, retrieved: list[str] | None) -> dict[str, float]:

@@ -1,0 +1,423 @@
+"""The demo: the whole loop on the local stack, every step a deployment run on the worker.
+
+    make demo                      # set up, then this
+    .venv/bin/python -m examples.demo [--no-assess]
+
+On the bundled example (examples/support-bot: the docs and support conversations of
+"Tidewell", a fictional help-desk product), with the local stack (Prefect server + UI, a
+process worker, the S3 server, one vLLM CPU replica):
+  1. ingest the docs -> index v1, with its retrieval evals;
+  2. base revision r1 -> refine-tune -> gate (no champion: floors) -> promote to vLLM, then
+     three questions answered through the stable name with the retrieved sources;
+  3. base revision r2 published -> the watcher's release event -> refine-tune on r2 -> gate
+     against the r1 champion -> the replica rolled onto r2 -> promote; the release-to-serving
+     latency split into orchestration, training, gate and promotion;
+  4. one doc edited -> ingest re-embeds only that doc -> index v2;
+  5. prompt-only vs RAG vs fine-tuning measured on the edge cases (`assess`);
+  6. a summary: versions, aliases, gate results, where the reports and the UI are.
+A second run reuses what is done; the stack keeps running afterwards so the UI can be browsed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE_DIR = ROOT / ".slmops" / "stack"
+MODEL_DIR = ROOT / ".slmops" / "models" / "tiny-llama"
+DEMO_DIR = ROOT / ".slmops" / "demo"
+DOCS = DEMO_DIR / "docs"  # a working copy of the example docs: step 4 edits it
+RECORD = DEMO_DIR / "record.json"  # what earlier runs did (revisions, latency)
+ADAPTER, INDEX, MODEL = "support-bot", "support-docs", "tiny-llama"
+SUITES = ROOT / "examples" / "support-bot" / "evals"
+QUESTIONS = [
+    "How do I forward my support mailbox to Tidewell?",
+    "What does error TW-131 mean?",
+    "Can a Deckhand reply to customers?",
+]
+EDITED_DOC = "sla/business-hours.md"
+EDIT = (
+    "\n\n## Holiday hours\n\nOn public holidays in the account's region, Tidewell pauses SLA "
+    "clocks from 00:00 to 24:00 local time. Holiday calendars are set per Berth under "
+    "Settings > SLA > Holidays.\n"
+)
+START = time.monotonic()
+
+
+def say(message: str) -> None:
+    print(f"[{time.monotonic() - START:6.0f}s] {message}", flush=True)
+
+
+def head(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+def _ts(value: str | None) -> float:
+    return datetime.fromisoformat(value).timestamp() if value else float("nan")
+
+
+class Prefect:
+    """The few Prefect API calls the demo needs: run a deployment, follow a run and its logs."""
+
+    QUIET = ("Finished in state", "Created task run", "Executing '", "Beginning flow run")
+
+    def __init__(self, api_url: str, ui_url: str):
+        from infra.stack import prefect_api
+
+        self.api_url, self.ui_url, self._api = api_url, ui_url, prefect_api
+
+    def api(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self._api(self.api_url, path, body)
+
+    def run(self, deployment: str, params: dict[str, Any] | None = None) -> str:
+        flow_name, name = deployment.split("/")
+        found = self.api(f"deployments/name/{flow_name}/{name}")
+        body: dict[str, Any] = {"parameters": {"params": params}} if params else {}
+        return str(self.api(f"deployments/{found['id']}/create_flow_run", body)["id"])
+
+    def flow_run(self, run_id: str) -> dict[str, Any]:
+        return dict(self.api(f"flow_runs/{run_id}"))
+
+    def children(self, run_id: str) -> list[dict[str, Any]]:
+        """Subflow runs (the gate, the promotion) of a run."""
+        tasks = self.api(
+            "task_runs/filter", {"task_runs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}
+        )
+        subflows = []
+        for task_run in tasks:
+            found = self.api(
+                "flow_runs/filter",
+                {"flow_runs": {"parent_task_run_id": {"any_": [task_run["id"]]}}},
+            )
+            subflows.extend(found)
+        return subflows
+
+    def task_runs(self, run_id: str) -> list[dict[str, Any]]:
+        return list(
+            self.api(
+                "task_runs/filter",
+                {"task_runs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200},
+            )
+        )
+
+    def follow(self, run_id: str, what: str, timeout: float = 1800) -> dict[str, Any]:
+        """Wait for a run to end, printing its log lines (and its subflows') as they come."""
+        deadline, seen, since = time.time() + timeout, set(), None
+        ids = [run_id]
+        while True:
+            run = self.flow_run(run_id)
+            ids = [run_id, *[c["id"] for c in self.children(run_id)]] if run["state"] else ids
+            body: dict[str, Any] = {
+                "logs": {"flow_run_id": {"any_": ids}, "level": {"ge_": 20}},
+                "sort": "TIMESTAMP_ASC",
+                "limit": 200,
+            }
+            if since:
+                body["logs"]["timestamp"] = {"after_": since}
+            for line in self.api("logs/filter", body):
+                key = (line["timestamp"], line["message"][:80])
+                if key in seen:
+                    continue
+                seen.add(key)
+                since = line["timestamp"]
+                if not line["message"].startswith(self.QUIET):
+                    say(f"  {what}: {line['message'].splitlines()[0][:160]}")
+            state = run["state"]["type"]
+            if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                if state != "COMPLETED":
+                    raise SystemExit(
+                        f"{what} ended {state}: {run['state'].get('message')}\n"
+                        f"  see {self.ui_url}/runs/flow-run/{run_id}"
+                    )
+                return run
+            if time.time() > deadline:
+                raise SystemExit(f"{what} still {state} after {timeout:.0f}s")
+            time.sleep(2)
+
+    def triggered_run(self, deployment: str, after: float, timeout: float = 120) -> str:
+        """The run an automation creates for a deployment (after an event)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            runs = self.api(
+                "flow_runs/filter",
+                {
+                    "deployments": {"name": {"any_": [deployment]}},
+                    "sort": "EXPECTED_START_TIME_DESC",
+                    "limit": 5,
+                },
+            )
+            for run in runs:
+                if _ts(run["created"]) >= after:
+                    return str(run["id"])
+            time.sleep(1)
+        raise SystemExit(f"no {deployment} run was triggered in {timeout:.0f}s")
+
+
+# ---- the steps ---------------------------------------------------------------------------------
+
+
+def stack_up(vllm: int) -> Any:
+    from infra.stack import LocalStack, StackConfig
+
+    config = StackConfig.load(STATE_DIR)
+    config.project_dir, config.vllm = ROOT, max(config.vllm, vllm)
+    stack = LocalStack(config, log=say)
+    stack.up()
+    os.environ.update(config.client_env())
+    return stack
+
+
+def deploy() -> None:
+    prefect = str(Path(sys.executable).parent / "prefect")
+    done = subprocess.run(
+        [prefect, "--no-prompt", "deploy", "--all"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"prefect deploy failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+    say("prefect.yaml deployed (ingest, watcher, refine-tune, gate, promote, assess, ...)")
+
+
+def ingest(api: Prefect, why: str) -> dict[str, Any]:
+    from slmops.store import open_store
+    from slmops.versions import INDEXES, VersionedArtifact
+
+    art = VersionedArtifact(open_store(), INDEXES, INDEX)
+    before = art.get_alias("latest")
+    run = api.run(
+        "ingest-docs/hourly",
+        {
+            "source": str(DOCS),
+            "index": INDEX,
+            "questions": str(ROOT / "examples/support-bot/retrieval-questions.jsonl"),
+        },
+    )
+    api.follow(run, f"ingest ({why})")
+    after = art.resolve("latest")
+    m = after.metrics
+    if before is not None and before.version == after.version:
+        say(f"index {INDEX}: nothing changed, still version {after.version}")
+    else:
+        say(
+            f"index {INDEX} version {after.version}: {m.get('documents')} docs, "
+            f"{m.get('chunks_embedded')} chunks embedded, {m.get('chunks_reused', 0)} reused; "
+            f"hit rate@5 {m.get('retrieval.curated.hit_rate@5')}, "
+            f"MRR {m.get('retrieval.curated.mrr')}"
+        )
+    return {"version": after.version, "metrics": m}
+
+
+def release(api: Prefect, label: str) -> dict[str, Any]:
+    """Announce the model folder's revision; follow the refine-tune run it triggers."""
+    from slmops.models import WatchedModel, current_revision
+
+    revision = current_revision(WatchedModel(name=MODEL, source=str(MODEL_DIR))).revision
+    say(f"base model {MODEL} is at revision {revision[:12]} ({label})")
+    t0 = time.time()
+    watcher = api.run(
+        "watch-base-model/every-15-minutes",
+        {"models": [{"name": MODEL, "source": str(MODEL_DIR)}]},
+    )
+    watched = api.follow(watcher, "watch-base-model")
+    refine_id = api.triggered_run("on-base-model-release", t0)
+    say(f"the release event started refine-tune: {api.ui_url}/runs/flow-run/{refine_id}")
+    refined = api.follow(refine_id, "refine-tune")
+    return {"revision": revision, "watcher": watched, "refine": refined, "refine_id": refine_id}
+
+
+def champion() -> Any:
+    from slmops.store import open_store
+    from slmops.versions import ADAPTERS, VersionedArtifact
+
+    art = VersionedArtifact(open_store(), ADAPTERS, ADAPTER)
+    alias = art.get_alias("champion")
+    return art.manifest(alias.version) if alias else None
+
+
+def base_revision(manifest: Any) -> str:
+    return str(next(i.version for i in manifest.inputs if i.kind == "base-model"))
+
+
+def ask(questions: list[str]) -> None:
+    """Questions through the stable name on the replica, with retrieved context."""
+    from slmops.config import get_settings
+    from slmops.evaluation import load_suites
+    from slmops.evaluation.gate import with_context
+    from slmops.retrieval import retrieve
+    from slmops.serving import VLLMClient, load_serving_config
+
+    system = load_suites(SUITES).config.system
+    replica = load_serving_config(get_settings().serving or "").replicas[0]
+    with VLLMClient(replica) as client:
+        for question in questions:
+            hits = retrieve(INDEX, question, k=3)
+            prompt = with_context(
+                [{"role": "system", "content": system}, {"role": "user", "content": question}],
+                [(h.source, h.text) for h in hits],
+            )
+            t0 = time.perf_counter()
+            answer = client.chat(ADAPTER, prompt)
+            print(f"   Q: {question}")
+            print(f"      retrieved: {', '.join(h.source for h in hits)}")
+            print(f"      {ADAPTER} ({time.perf_counter() - t0:.2f}s): {answer[:220]}")
+
+
+def latency(
+    api: Prefect, published: float, step: dict[str, Any], roll_s: float, promote: dict[str, Any]
+) -> dict[str, float]:
+    """Revision published -> new adapter serving, split by where the time went."""
+    train = [t for t in api.task_runs(step["refine_id"]) if t["name"].startswith("train-adapter")]
+    gates = [
+        c
+        for c in api.children(step["refine_id"])
+        if api.api(f"flows/{c['flow_id']}")["name"] == "eval-gate"
+    ]
+    total = _ts(promote["end_time"]) - published
+    training = sum(t["total_run_time"] for t in train)
+    gate = sum(c["total_run_time"] for c in gates)
+    promotion = roll_s + promote["total_run_time"]
+    in_runs = sum(r["total_run_time"] for r in (step["watcher"], step["refine"], promote))
+    orchestration = total - in_runs - roll_s  # waiting for events, triggers, workers
+    return {
+        "total": total,
+        "training": training,
+        "gate": gate,
+        "promotion": promotion,
+        "orchestration": orchestration,
+        "other": total - training - gate - promotion - orchestration,
+    }
+
+
+def gate_results() -> None:
+    """Every stored verdict of the adapter: against what, and the guarded metrics."""
+    from slmops.evaluation import GateRecord
+    from slmops.store import open_store
+    from slmops.versions import EVALS, VersionedArtifact
+
+    store = open_store()
+    evals = VersionedArtifact(store, EVALS, ADAPTER)
+    for run in evals.versions():
+        verdict = GateRecord.model_validate(
+            {
+                "run": run,
+                "verdict": json.loads(evals.read_file(run, "report.json")),
+                "report_uri": f"{store.uri}/{evals.version_prefix(run)}/report.md",
+            }
+        ).verdict
+        against = verdict.champion or "floors only"
+        print(f"   {ADAPTER}@{verdict.version} vs {against}: {verdict.status.upper()}")
+        guarded = [m for m in verdict.metrics if m.checks]
+        print(
+            "      "
+            + ", ".join(
+                f"{m.metric} {m.candidate:.2f}"
+                + ("" if m.champion is None else f" (champion {m.champion:.2f})")
+                for m in guarded[:6]
+            )
+        )
+        print(f"      report: {store.uri}/{evals.version_prefix(run)}/report.md")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--no-assess", action="store_true", help="skip step 5 (assess)")
+    args = parser.parse_args()
+    record: dict[str, Any] = json.loads(RECORD.read_text()) if RECORD.exists() else {}
+
+    head("local stack: Prefect server + worker, S3 server, one vLLM replica")
+    stack = stack_up(vllm=1)
+    api = Prefect(stack.config.prefect_api_url, f"http://127.0.0.1:{stack.config.prefect_port}")
+    deploy()
+
+    head("1. ingest the product docs -> index (with retrieval evals)")
+    if not DOCS.exists():
+        shutil.copytree(ROOT / "examples/support-bot/docs", DOCS)
+    record["index_v1"] = ingest(api, "docs")
+
+    head("2. base revision r1 -> refine-tune -> gate (floors) -> promote to vLLM")
+    if not (MODEL_DIR / "config.json").exists():
+        from infra.tiny_model import build_tiny_model
+
+        build_tiny_model(MODEL_DIR, seed=1)
+    current = champion()
+    if current is not None:
+        base = base_revision(current)[:12]
+        say(f"{ADAPTER} champion {current.version} exists (base {base}): reused")
+    else:
+        step = release(api, "r1")
+        record["r1"] = step["revision"]
+        current = champion()
+        if current is None:
+            raise SystemExit(f"refine-tune ended without a champion: see {api.ui_url}")
+        say(f"{ADAPTER} champion is {current.version}, served by the replica")
+    print()
+    ask(QUESTIONS)
+
+    head("3. base revision r2 released -> retrain -> gate vs the r1 champion -> promote")
+    if record.get("r2") and base_revision(current) == record["r2"]:
+        say(f"r2 {record['r2'][:12]} is served already: reused (latency below is from that run)")
+    else:
+        from infra.tiny_model import build_tiny_model
+
+        build_tiny_model(MODEL_DIR, seed=2)  # stands in for a new revision on the Hub
+        published = time.time()
+        step = release(api, "r2, just published")
+        record["r2"] = step["revision"]
+        say("the replica runs r1: rolling it onto r2 (adapters do not transfer between revisions)")
+        t0 = time.time()
+        stack.up()
+        roll_s = time.time() - t0
+        promote_id = api.run(
+            "promote-adapter/manual", {"adapter": ADAPTER, "version": "challenger"}
+        )
+        promoted = api.follow(promote_id, "promote-adapter")
+        record["latency"] = latency(api, published, step, roll_s, promoted)
+        current = champion()
+        ask(QUESTIONS[:1])
+    lat = record.get("latency")
+    if lat:
+        say(
+            f"release -> serving: {lat['total']:.0f}s = training {lat['training']:.0f}s + gate "
+            f"{lat['gate']:.0f}s + promotion {lat['promotion']:.0f}s (replica roll included) + "
+            f"orchestration {lat['orchestration']:.0f}s "
+            f"({lat['orchestration'] / lat['total']:.0%}) "
+            f"+ other steps {lat['other']:.0f}s"
+        )
+
+    head("4. one doc edited -> only that doc is re-embedded -> index v2")
+    doc = DOCS / EDITED_DOC
+    if EDIT.strip() not in doc.read_text():
+        doc.write_text(doc.read_text() + EDIT)
+        say(f"edited {EDITED_DOC} (a Holiday hours section)")
+    record["index_v2"] = ingest(api, f"after editing {EDITED_DOC}")
+
+    if not args.no_assess:
+        head("5. prompt-only vs RAG vs fine-tuning on the edge cases (assess)")
+        run_id = api.run("assess/manual", {"task": "examples/support-bot/assess.yaml"})
+        api.follow(run_id, "assess", timeout=3600)
+
+    RECORD.parent.mkdir(parents=True, exist_ok=True)
+    RECORD.write_text(json.dumps(record, indent=1, default=str))
+    head("6. summary")
+    subprocess.run([str(Path(sys.executable).parent / "slmops"), "status"], check=False)
+    print("\nGate results:")
+    gate_results()
+    print(f"\nPrefect UI: {api.ui_url}  (flow runs, the reports as artifacts, the automation)")
+    print(f"Store: {os.environ['SLMOPS_STORE']} at {os.environ['SLMOPS_S3_ENDPOINT_URL']}")
+    print('From a shell: eval "$(.venv/bin/slmops stack env)"; stop: .venv/bin/slmops stack down')
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""assess: prompt engineering, RAG or fine-tuning? Every arm (prompt-only, prompt + examples,
+RAG, the champion adapter with and without RAG) answers the task's edge cases; failure rates
+with intervals, failures classed as behaviour or knowledge, costs at the task's volume, and a
+recommendation with the evidence for every branch, stored under evals/assess-NAME/.
+
+Run it:  python -m flows.assess examples/support-bot/assess.yaml
+    or:  prefect deployment run 'assess/manual'
+"""
+
+from __future__ import annotations
+
+import sys
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel, Field
+
+from slmops.config import get_settings
+from tasks.assess import answer_every_arm, store_report
+from tasks.context import current_trigger
+
+EXAMPLE_TASK = "examples/support-bot/assess.yaml"
+
+
+class AssessParams(BaseModel):
+    """Which task to assess (its cases, adapter, index, prices and threshold are in the file)."""
+
+    task: str = Field(
+        EXAMPLE_TASK,
+        description="Assessment task YAML: eval suites (the team's edge cases), the adapter "
+        "whose champion is the fine-tuned arm, few-shot examples, threshold, volume and prices.",
+    )
+    store: str | None = Field(
+        None,
+        description="Artifact store URI (s3://bucket/prefix or a folder). Empty: SLMOPS_STORE.",
+    )
+
+
+@flow(name="assess")
+def assess(params: AssessParams) -> str:
+    """Measure prompt-only, RAG and fine-tuning on the task's cases and recommend one.
+
+    Args:
+        params: The assessment task file and the store.
+    """
+    store_uri = params.store or get_settings().store
+    run = answer_every_arm(store_uri=store_uri, task_file=params.task)
+    summary = store_report(store_uri=store_uri, run=run, trigger=current_trigger())
+    get_run_logger().info(summary)
+    return summary
+
+
+if __name__ == "__main__":
+    assess(AssessParams(task=sys.argv[1] if len(sys.argv) > 1 else EXAMPLE_TASK))

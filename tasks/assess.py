@@ -1,0 +1,74 @@
+"""Assessment steps as Prefect tasks: answer with every arm (with a progress artifact and a
+log line every 10% of each arm), store the report, show it on the run's page."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from uuid import UUID
+
+from prefect import get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NONE
+
+from slmops.assess import ARMS, CHART, AssessRun, load_task, run_assessment, store_assessment
+from slmops.assess_report import markdown
+from slmops.config import get_settings
+from slmops.manifest import Trigger
+from slmops.store import open_store
+from slmops.versions import EVALS, VersionedArtifact
+from tasks.context import RETRIES
+from tasks.report import png_uri
+
+
+@task(name="answer-every-arm", cache_policy=NONE, **RETRIES)
+def answer_every_arm(store_uri: str, task_file: str) -> AssessRun:
+    """Every arm answers every case; scored, compared, priced and decided."""
+    logger = get_run_logger()
+    assessment = load_task(task_file)
+    progress = create_progress_artifact(
+        progress=0.0,
+        key=f"assess-progress-{assessment.name}",
+        description=f"Assessment {assessment.name}: {len(ARMS)} arms",
+    )
+    assert isinstance(progress, UUID)  # sync call in a sync task
+    shown: dict[str, int] = {}
+
+    def on_progress(arm: str, done: int, of: int) -> None:
+        part = ARMS.index(arm) + done / max(of, 1)
+        update_progress_artifact(progress, progress=100.0 * part / len(ARMS))
+        tenth = 10 * done // max(of, 1)
+        if tenth > shown.get(arm, 0):
+            shown[arm] = tenth
+            logger.info(f"arm {arm}: {done}/{of} cases answered")
+
+    run = run_assessment(
+        open_store(store_uri),
+        assessment,
+        Path(get_settings().cache_dir).expanduser(),
+        on_progress=on_progress,
+    )
+    update_progress_artifact(progress, progress=100.0)
+    return run
+
+
+@task(name="store-assessment", cache_policy=NONE)
+def store_report(store_uri: str, run: AssessRun, trigger: Trigger) -> str:
+    """Publish the report under evals/assess-NAME/ and show it on the run's page."""
+    store = open_store(store_uri)
+    with tempfile.TemporaryDirectory(prefix="slmops-assess-") as work:
+        version = store_assessment(store, run, Path(work), trigger)
+    result = run.assessment
+    art = VersionedArtifact(store, EVALS, f"assess-{result.task}")
+    chart = png_uri(art.read_file(version, CHART))
+    uri = f"{store.uri}/{art.version_prefix(version)}/report.md"
+    create_markdown_artifact(
+        markdown(result, chart) + f"\n\nStored at `{uri}`.",
+        key=f"assess-{result.task}",
+        description=f"Assessment {result.task}: {result.recommendation}",
+    )
+    return f"assessment {result.task}: {result.recommendation}. {result.summary} Report: {uri}"
