@@ -495,7 +495,7 @@ def assess(
         table.add_row(
             arm.arm,
             f"{f['all'].rate:.1%} [{f['all'].low:.0%}, {f['all'].high:.0%}]",
-            f"{f['behaviour'].rate:.1%}",
+            f"{f[BEHAVIOUR].rate:.1%}",
             f"{f[KNOWLEDGE].rate:.1%}",
             f"{arm.prompt_tokens:,.0f}",
             f"{costs[arm.arm].total_usd_per_month:,.2f}",
