@@ -473,7 +473,7 @@ def assess(
     The report (markdown, chart, JSON, every answer) is stored under evals/assess-NAME/."""
     import tempfile
 
-    from slmops.assess import KNOWLEDGE, load_task, run_assessment, store_assessment
+    from slmops.assess import BEHAVIOUR, KNOWLEDGE, load_task, run_assessment, store_assessment
     from slmops.config import get_settings
 
     task = load_task(task_file)
