@@ -32,11 +32,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-STATE_DIR = ROOT / ".slmops" / "stack"
-MODEL_DIR = ROOT / ".slmops" / "models" / "tiny-llama"
-DEMO_DIR = ROOT / ".slmops" / "demo"
-DOCS = DEMO_DIR / "docs"  # a working copy of the example docs: step 4 edits it
-RECORD = DEMO_DIR / "record.json"  # what earlier runs did (revisions, latency)
+HOME = ROOT / ".slmops"  # --home: the stack's state, the base model, the demo's working files
+STATE_DIR, MODEL_DIR = HOME / "stack", HOME / "models" / "tiny-llama"  # set by main()
+DOCS, RECORD = HOME / "demo" / "docs", HOME / "demo" / "record.json"
 ADAPTER, INDEX, MODEL = "support-bot", "support-docs", "tiny-llama"
 SUITES = ROOT / "examples" / "support-bot" / "evals"
 QUESTIONS = [
@@ -68,7 +66,20 @@ def _ts(value: str | None) -> float:
 class Prefect:
     """The few Prefect API calls the demo needs: run a deployment, follow a run and its logs."""
 
-    QUIET = ("Finished in state", "Created task run", "Executing '", "Beginning flow run")
+    QUIET = (  # the worker's and the engine's own chatter
+        "Finished in state",
+        "Created task run",
+        "Executing",
+        "Beginning flow run",
+        "Worker '",
+        "Flow run '",
+        "Running 1 deployment",
+        "Deployment step",
+        "All deployment steps",
+        "Opening process",
+        "Process ",
+        "Completed submission",
+    )
 
     def __init__(self, api_url: str, ui_url: str):
         from infra.stack import prefect_api
@@ -331,13 +342,22 @@ def gate_results() -> None:
 
 
 def main() -> None:
+    global STATE_DIR, MODEL_DIR, DOCS, RECORD
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--no-assess", action="store_true", help="skip step 5 (assess)")
+    parser.add_argument(
+        "--quick-assess", type=int, metavar="N", help="assess only N cases of each suite"
+    )
+    parser.add_argument("--home", type=Path, default=HOME, help="where the demo keeps its state")
     args = parser.parse_args()
+    STATE_DIR = Path(os.environ.get("SLMOPS_STATE_DIR") or args.home / "stack").absolute()
+    DOCS = args.home.absolute() / "demo" / "docs"  # a working copy of the docs: step 4 edits it
+    RECORD = args.home.absolute() / "demo" / "record.json"  # what earlier runs did
     record: dict[str, Any] = json.loads(RECORD.read_text()) if RECORD.exists() else {}
 
     head("local stack: Prefect server + worker, S3 server, one vLLM replica")
     stack = stack_up(vllm=1)
+    MODEL_DIR = (stack.config.project_dir / stack.config.model_dir).absolute()
     api = Prefect(stack.config.prefect_api_url, f"http://127.0.0.1:{stack.config.prefect_port}")
     deploy()
 
@@ -355,6 +375,8 @@ def main() -> None:
     if current is not None:
         base = base_revision(current)[:12]
         say(f"{ADAPTER} champion {current.version} exists (base {base}): reused")
+        # A restarted replica has forgotten runtime-loaded adapters: reconcile it.
+        api.follow(api.run("serve-sync/every-5-minutes", {"adapter": ADAPTER}), "serve-sync")
     else:
         step = release(api, "r1")
         record["r1"] = step["revision"]
@@ -405,7 +427,10 @@ def main() -> None:
 
     if not args.no_assess:
         head("5. prompt-only vs RAG vs fine-tuning on the edge cases (assess)")
-        run_id = api.run("assess/manual", {"task": "examples/support-bot/assess.yaml"})
+        params: dict[str, Any] = {"task": "examples/support-bot/assess.yaml"}
+        if args.quick_assess:
+            params["max_cases_per_suite"] = args.quick_assess
+        run_id = api.run("assess/manual", params)
         api.follow(run_id, "assess", timeout=3600)
 
     RECORD.parent.mkdir(parents=True, exist_ok=True)

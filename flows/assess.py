@@ -29,6 +29,12 @@ class AssessParams(BaseModel):
         description="Assessment task YAML: eval suites (the team's edge cases), the adapter "
         "whose champion is the fine-tuned arm, few-shot examples, threshold, volume and prices.",
     )
+    max_cases_per_suite: int | None = Field(
+        None,
+        ge=5,
+        description="A quick look: answer only the first N cases of each suite (empty: the "
+        "task file's setting, by default every case).",
+    )
     store: str | None = Field(
         None,
         description="Artifact store URI (s3://bucket/prefix or a folder). Empty: SLMOPS_STORE.",
@@ -43,7 +49,9 @@ def assess(params: AssessParams) -> str:
         params: The assessment task file and the store.
     """
     store_uri = params.store or get_settings().store
-    run = answer_every_arm(store_uri=store_uri, task_file=params.task)
+    run = answer_every_arm(
+        store_uri=store_uri, task_file=params.task, max_cases=params.max_cases_per_suite
+    )
     summary = store_report(store_uri=store_uri, run=run, trigger=current_trigger())
     get_run_logger().info(summary)
     return summary

@@ -63,7 +63,10 @@ class IngestConfig(BaseModel):
         description="sentence-transformers model folder "
         "(unset: SLMOPS_EMBED_MODEL, else the bundled MiniLM).",
     )
-    limits: DocLimits = Field(default_factory=DocLimits)
+    limits: DocLimits = Field(
+        default_factory=DocLimits,
+        description="Per-file limits: larger files and longer PDFs are skipped and reported.",
+    )
     checkpoint_every: int = Field(512, ge=1, description="Chunks embedded between checkpoints.")
     allow_empty: bool = Field(
         False,

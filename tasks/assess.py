@@ -26,10 +26,13 @@ from tasks.report import png_uri
 
 
 @task(name="answer-every-arm", cache_policy=NONE, **RETRIES)
-def answer_every_arm(store_uri: str, task_file: str) -> AssessRun:
-    """Every arm answers every case; scored, compared, priced and decided."""
+def answer_every_arm(store_uri: str, task_file: str, max_cases: int | None = None) -> AssessRun:
+    """Every arm answers every case (or the first `max_cases` of each suite); scored,
+    compared, priced and decided."""
     logger = get_run_logger()
     assessment = load_task(task_file)
+    if max_cases:
+        assessment = assessment.model_copy(update={"max_cases_per_suite": max_cases})
     progress = create_progress_artifact(
         progress=0.0,
         key=f"assess-progress-{assessment.name}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from uuid import UUID
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -45,13 +45,17 @@ def embed_chunks(
         description=f"Embedding the new chunks of index {name}",
     )
     assert isinstance(artifact_id, UUID)  # sync call in a sync task
-    last = {"shown": -1.0}
+    last = {"shown": -1.0, "logged": 0}
+    logger = get_run_logger()
 
     def progress(done: int, of: int) -> None:
         percent = 100.0 * done / max(of, 1)
         if percent - last["shown"] >= 5 or done == of:  # each update is a server event
             last["shown"] = percent
             update_progress_artifact(artifact_id, progress=percent)
+        if of and 10 * done // of > last["logged"]:  # and the run's log, every 10%
+            last["logged"] = 10 * done // of
+            logger.info(f"embedding {name}: {done:,}/{of:,} chunks ({percent:.0f}%)")
 
     return ingest.embed(store, name, config, workdir, on_progress=progress)
 

@@ -8,12 +8,15 @@ again, leaving processes it did not start alone.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,7 +28,7 @@ from infra.stack import (
     _port_open,
     prefect_api,
 )
-from slmops.evaluation import find_verdict, load_suites
+from slmops.evaluation import find_verdict
 from slmops.manifest import Manifest
 from slmops.models import WatchedModel, current_revision
 from slmops.promotion import serving_name
@@ -41,14 +44,23 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> Iterator[LocalStack]:
+def home(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> Path:
+    """What `make demo` keeps under .slmops/: the stack's state and the base model folder
+    (r1 = the session's tiny model; the demo publishes r2 into it)."""
+    home = tmp_path_factory.mktemp("home")
+    shutil.copytree(tiny_base, home / "models" / "tiny-llama")
+    return home
+
+
+@pytest.fixture(scope="module")
+def stack(home: Path) -> Iterator[LocalStack]:
     config = StackConfig(
-        state_dir=tmp_path_factory.mktemp("stack"),
+        state_dir=home / "stack",
         prefect_port=free_port(),
         s3_port=free_port(),
         vllm=1,
         vllm_port=free_port(),
-        model_dir=tiny_base,
+        model_dir=home / "models" / "tiny-llama",
         project_dir=ROOT,
     )
     local = LocalStack(config, log=lambda m: None)
@@ -141,63 +153,155 @@ def test_ingest_deployment_builds_an_index_in_the_stack_store(deployed: LocalSta
     assert manifest.trigger.type == "manual" and manifest.trigger.flow_run_id
 
 
-@pytest.mark.timeout(1800)  # trains 300 steps on the worker: 3-8 minutes on 2 cores
-def test_a_base_model_release_triggers_refine_tune_through_an_event(
-    deployed: LocalStack, tiny_base: Path
-) -> None:
-    """watcher -> slmops.base-model.released -> automation -> refine-tune on the worker."""
-    import json
-    import time
+def undocumented(schema: dict[str, Any]) -> list[str]:
+    """Fields of a deployment's parameter schema (nested models included) that a person
+    fills in from the UI's run form and that have no description."""
+    defs = schema.get("definitions", {})
+    missing: list[str] = []
+    seen: set[str] = set()
 
-    params = json.dumps({"params": {"models": [{"name": "tiny-llama", "source": str(tiny_base)}]}})
-    revision = current_revision(WatchedModel(name="tiny-llama", source=str(tiny_base))).revision
-    run_deployment(deployed, "watch-base-model/every-15-minutes", params)
+    def refs(node: object) -> list[str]:
+        if isinstance(node, dict):
+            own = [str(node["$ref"]).split("/")[-1]] if "$ref" in node else []
+            return own + [r for v in node.values() for r in refs(v)]
+        if isinstance(node, list):
+            return [r for v in node for r in refs(v)]
+        return []
+
+    def walk(props: dict[str, Any], where: str) -> None:
+        for name, prop in props.items():
+            if not prop.get("description"):
+                missing.append(f"{where}.{name}")
+            for ref in refs(prop):
+                if ref not in seen:
+                    seen.add(ref)
+                    walk(defs[ref].get("properties", {}), ref)
+
+    walk(schema.get("properties", {}), "parameters")
+    return missing
+
+
+def test_every_parameter_of_the_run_forms_is_described(deployed: LocalStack) -> None:
+    """What the Prefect UI's "Run" form shows, read back from the API, nested fields too."""
+    deployments = api(deployed, "deployments/filter", {})
+    assert isinstance(deployments, list) and len(deployments) >= 10
+    found = api(deployed, "flows/filter", {})
+    assert isinstance(found, list)
+    flows = {f["id"]: f["name"] for f in found}
+    missing = {
+        f"{flows[d['flow_id']]}/{d['name']}": gaps
+        for d in deployments
+        if (gaps := undocumented(d["parameter_openapi_schema"]))
+    }
+    assert missing == {}
+    # The check itself finds a field without one.
+    assert undocumented(
+        {
+            "properties": {"params": {"$ref": "#/definitions/P", "description": "d"}},
+            "definitions": {"P": {"properties": {"x": {"type": "string"}}}},
+        }
+    ) == ["P.x"]
+
+
+@pytest.mark.timeout(3000)  # r2 trains 300 steps on the worker: 5-10 minutes on 2 cores
+def test_the_demo_runs_the_whole_loop(
+    deployed: LocalStack, home: Path, trained: tuple[S3Store, Manifest, list[str]]
+) -> None:
+    """`make demo`'s driver against the stack: docs -> index v1; r1 -> adapter -> gate ->
+    vLLM; r2 released -> retrained -> gated against the r1 champion -> replica rolled ->
+    promoted; one doc edited -> index v2; assess. Then a second run reuses all of it."""
+    from slmops.adapters import TRAINING_KEY
+
     store = stack_store(deployed)
     art = VersionedArtifact(store, "adapters", "support-bot")
-    deadline = time.time() + 900
-    while art.get_alias("latest") is None and time.time() < deadline:
-        time.sleep(3)
-    worker_log = Path(deployed.health()["worker"][1].log).read_text()  # type: ignore[union-attr]
-    assert art.get_alias("latest") is not None, worker_log[-5000:]
-    manifest = art.resolve("latest")
-    base = next(i for i in manifest.inputs if i.kind == "base-model")
-    assert base.version == revision and base.name == "tiny-llama"
-    assert manifest.trigger.type == "event" and manifest.trigger.id
-    assert manifest.metrics["json_valid"] >= 0.9
-    # refine-tune -> eval-gate: the first adapter has no champion, so floors only; it passes.
-    while find_verdict(store, "support-bot", manifest.version, None) is None:
-        assert time.time() < deadline + 300, worker_log[-5000:]
-        time.sleep(3)
-    verdict = find_verdict(store, "support-bot", manifest.version, None)
+    # r1's adapter is the session's (trained once per session), stored with its training-key
+    # lookup as refine-tune stores it: the r1 release finds it instead of training again.
+    source_store, r1_adapter, _ = trained
+    VersionedArtifact(source_store, "adapters", "support-bot").download(
+        r1_adapter.version, home / "r1-adapter"
+    )
+    art.publish(
+        r1_adapter,
+        home / "r1-adapter",
+        lookup={TRAINING_KEY: str(r1_adapter.config["training_key"])},
+    )
+    model_dir = home / "models" / "tiny-llama"
+    r1 = current_revision(WatchedModel(name="tiny-llama", source=str(model_dir))).revision
+
+    def demo(*args: str) -> str:
+        run = subprocess.run(
+            [sys.executable, "-m", "examples.demo", "--home", str(home), *args],
+            cwd=ROOT,
+            env=client_env(deployed),
+            capture_output=True,
+            text=True,
+            timeout=2700,
+        )
+        worker_log = Path(deployed.health()["worker"][1].log).read_text()  # type: ignore[union-attr]
+        assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:] + worker_log[-3000:]
+        return run.stdout
+
+    out = demo("--quick-assess", "10")
+
+    # 2. three questions answered through the stable name, each with retrieved sources (and
+    # one more after r2 is promoted)
+    assert out.count("retrieved: ") == 4 and out.count("support-bot (") == 4, out
+    # 3. r2 is the champion: retrained on the worker (not the session's adapter), gated
+    # against the r1 champion on r1's weights, promoted after the replica rolled onto r2.
+    r2 = current_revision(WatchedModel(name="tiny-llama", source=str(model_dir))).revision
+    assert r2 != r1
+    champion = art.resolve("champion")
+    base = next(i for i in champion.inputs if i.kind == "base-model")
+    assert base.version == r2 and champion.trigger.type == "event"
+    previous = art.get_alias("champion").history[-1].version  # type: ignore[union-attr]
+    assert previous == r1_adapter.version
+    verdict = find_verdict(store, "support-bot", champion.version, previous)
     assert verdict is not None and verdict.passed, verdict and verdict.reasons
-    assert art.resolve("challenger").version == manifest.version
-    # -> promote-adapter (the policy says auto_promote; the worker has SLMOPS_SERVING): the
-    # adapter is the champion and the replica answers through the stable name.
-    while art.get_alias("champion") is None:
-        assert time.time() < deadline + 400, worker_log[-5000:]
-        time.sleep(3)
-    assert art.resolve("champion").version == manifest.version
     replica = load_serving_config(deployed.config.serving_file).replicas[0]
+    assert replica.revision == r2
     with VLLMClient(replica) as client:
         served = client.adapters()
-        name = serving_name("support-bot", manifest)
-        assert served["support-bot"] == served[name]
-        # A golden prompt of the format suite, as the promotion's smoke test asked it.
-        case = load_suites(ROOT / "examples/support-bot/evals").suite_cases("format")[0]
-        answer = client.chat("support-bot", case.messages)
-    assert json.loads(answer)["answer"], answer
+        assert served["support-bot"] == served[serving_name("support-bot", champion)]
+        assert serving_name("support-bot", r1_adapter) not in served  # r1's cannot run on r2
+    record = json.loads((home / "demo" / "record.json").read_text())
+    latency = record["latency"]
+    parts = ("training", "gate", "promotion", "orchestration", "other")
+    assert latency["total"] == pytest.approx(sum(latency[p] for p in parts))
+    assert latency["training"] > 0 and latency["gate"] > 0 and latency["promotion"] > 0
+    assert "release -> serving:" in out
+    # 4. the edited doc alone was re-embedded
+    index = VersionedArtifact(store, "indexes", "support-docs")
+    v2 = index.resolve("latest").metrics
+    assert v2["docs_changed"] == 1 and v2["docs_unchanged"] == v2["documents"] - 1, v2
+    assert 0 < v2["chunks_embedded"] < v2["chunks_reused"]
+    # 5. the assessment is stored with its recommendation
+    assessed = VersionedArtifact(store, "evals", "assess-support-bot").resolve("latest")
+    assert "fine-tuning" in str(assessed.metrics["recommendation"])
+    # 6. where to look
+    assert f"Prefect UI: http://127.0.0.1:{deployed.config.prefect_port}" in out
 
-    # Watching again finds nothing new: no event, no second training run.
-    second = run_deployment(deployed, "watch-base-model/every-15-minutes", params)
+    # Watching again finds nothing new: no event, no training run.
+    second = run_deployment(
+        deployed,
+        "watch-base-model/every-15-minutes",
+        json.dumps({"params": {"models": [{"name": "tiny-llama", "source": str(model_dir)}]}}),
+    )
     assert "already seen" in second
     # Barrier: the watcher's process sends its events in order, so once the second run's own
     # Completed event is on the server, a release event it emitted would be there too.
     run_id = last_flow_run_id(deployed, "every-15-minutes")
     wait_for_event(deployed, "prefect.flow-run.Completed", f"prefect.flow-run.{run_id}")
-    assert len(events(deployed, "slmops.base-model.released")) == 1
+    assert len(events(deployed, "slmops.base-model.released")) == 2  # r1 and r2, once each
     seen = json.loads(store.get_bytes("models/tiny-llama/revisions.json"))
-    assert [r["revision"] for r in seen["revisions"]] == [revision]
-    assert flow_runs(deployed, "on-base-model-release") == 1
+    assert [r["revision"] for r in seen["revisions"]] == [r1, r2]
+    assert flow_runs(deployed, "on-base-model-release") == 2
+
+    # A second run reuses everything: no new adapter or index version, nothing trained.
+    versions = (set(art.versions()), set(index.versions()))
+    again = demo("--no-assess")
+    assert (set(art.versions()), set(index.versions())) == versions
+    assert "reused" in again and "nothing changed" in again
+    assert again.count("retrieved: ") == 3
 
 
 @pytest.mark.timeout(1800)  # two runs, each gated against the champion on 2 cores
@@ -206,7 +310,6 @@ def test_two_deployments_training_one_key_at_once_train_it_once(
 ) -> None:
     """The release event's deployment and the weekly one, started together on the same base
     revision, data and config: exactly one trains and publishes; both return its adapter."""
-    import json
 
     params = json.dumps(
         {
@@ -262,8 +365,6 @@ def start_deployment(stack: LocalStack, name: str, params: str) -> str:
     flow_name, deployment = name.split("/")
     found = api(stack, f"deployments/name/{flow_name}/{deployment}")
     assert isinstance(found, dict)
-    import json
-
     run = api(
         stack, f"deployments/{found['id']}/create_flow_run", {"parameters": json.loads(params)}
     )
