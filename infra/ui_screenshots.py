@@ -39,6 +39,7 @@ def pages() -> dict[str, str]:
     for name, deployment in (
         ("refine-tune-run-form", "refine-tune/weekly"),
         ("promote-run-form", "promote-adapter/manual"),
+        ("assess-run-form", "assess/manual"),
     ):
         found = _api(f"deployments/name/{deployment}")
         if isinstance(found, dict):
@@ -48,6 +49,7 @@ def pages() -> dict[str, str]:
         ("promotion-report", "promotion-support-bot"),
         ("gate-report", "gate-support-bot"),
         ("ingest-report", "ingest-support-docs"),
+        ("assess-report", "assess-support-bot"),
     ):
         artifact = _artifact_id(key)
         if artifact:

@@ -241,7 +241,7 @@ def test_the_demo_runs_the_whole_loop(
         assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:] + worker_log[-3000:]
         return run.stdout
 
-    out = demo("--quick-assess", "10")
+    out = demo("--quick-assess", "6")
 
     # 2. three questions answered through the stable name, each with retrieved sources (and
     # one more after r2 is promoted)
