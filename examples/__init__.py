@@ -1,0 +1,1 @@
+"""The bundled example (support-bot) and the demo that runs the whole loop on it."""
