@@ -100,17 +100,9 @@ class Prefect:
 
     def children(self, run_id: str) -> list[dict[str, Any]]:
         """Subflow runs (the gate, the promotion) of a run."""
-        tasks = self.api(
-            "task_runs/filter", {"task_runs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}
+        return list(
+            self.api("flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [run_id]}}})
         )
-        subflows = []
-        for task_run in tasks:
-            found = self.api(
-                "flow_runs/filter",
-                {"flow_runs": {"parent_task_run_id": {"any_": [task_run["id"]]}}},
-            )
-            subflows.extend(found)
-        return subflows
 
     def task_runs(self, run_id: str) -> list[dict[str, Any]]:
         return list(
@@ -126,7 +118,7 @@ class Prefect:
         ids = [run_id]
         while True:
             run = self.flow_run(run_id)
-            ids = [run_id, *[c["id"] for c in self.children(run_id)]] if run["state"] else ids
+            ids = [run_id, *[c["id"] for c in self.children(run_id)]]
             body: dict[str, Any] = {
                 "logs": {"flow_run_id": {"any_": ids}, "level": {"ge_": 20}},
                 "sort": "TIMESTAMP_ASC",
@@ -152,7 +144,7 @@ class Prefect:
                 return run
             if time.time() > deadline:
                 raise SystemExit(f"{what} still {state} after {timeout:.0f}s")
-            time.sleep(2)
+            time.sleep(3)
 
     def triggered_run(self, deployment: str, after: float, timeout: float = 120) -> str:
         """The run an automation creates for a deployment (after an event)."""

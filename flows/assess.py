@@ -46,7 +46,7 @@ def assess(params: AssessParams) -> str:
     """Measure prompt-only, RAG and fine-tuning on the task's cases and recommend one.
 
     Args:
-        params: The assessment task file and the store.
+        params: The assessment task file, a quick look (fewer cases), the store.
     """
     store_uri = params.store or get_settings().store
     run = answer_every_arm(

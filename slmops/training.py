@@ -9,6 +9,7 @@ flow stores them), and a run resumes from one instead of restarting.
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import time
@@ -196,7 +197,9 @@ def idle_cores(window: float = 0.5) -> int:
     except OSError:
         return 1
     busy = 1 - (idle1 - idle0) / max(total1 - total0, 1)
-    return max(1, min(cores, round(cores * (1 - busy))))
+    # A core counts as taken only when others use all of it: an orchestrator's or a server's
+    # background load (a fraction of a core) costs a thread less than leaving a core unused.
+    return max(1, min(cores, math.ceil(cores * (1 - busy) - 1e-9)))
 
 
 def choose_method(config: TrainConfig, base: Path, device: str) -> str:
