@@ -307,3 +307,22 @@ def test_a_source_can_be_an_s3_prefix(docs: Path, tmp_path: Path, s3_endpoint: s
         source_endpoint=s3_endpoint,
     )
     assert sorted(report.plan.added) == sorted(SLICE) and report.version
+
+
+def test_the_cli_shows_progress_when_its_output_is_a_log(docs: Path, store_uri_env: str) -> None:
+    """Not a terminal (CI, a pipe, a log file): a line per stage as it goes, not silence."""
+    from typer.testing import CliRunner
+
+    from slmops.cli import app
+    from slmops.config import get_settings
+
+    result = CliRunner().invoke(app, ["ingest", str(docs), "--index", "progress"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    for stage in ("read docs of progress", "split docs of progress", "embedding progress"):
+        shown = [line for line in lines if line.startswith(stage)]
+        assert shown and shown[-1].endswith("(100%)"), result.output
+    assert lines.index(next(x for x in lines if x.startswith("read docs"))) < lines.index(
+        next(x for x in lines if x.startswith("embedding"))
+    )
+    get_settings.cache_clear()
