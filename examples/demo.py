@@ -249,6 +249,17 @@ def champion() -> Any:
     return art.manifest(alias.version) if alias else None
 
 
+def gate_verdict(champion_version: str) -> Any:
+    """The verdict of the adapter's newest version against `champion_version`."""
+    from slmops.evaluation import find_verdict
+    from slmops.store import open_store
+    from slmops.versions import ADAPTERS, VersionedArtifact
+
+    store = open_store()
+    latest = VersionedArtifact(store, ADAPTERS, ADAPTER).resolve("latest").version
+    return find_verdict(store, ADAPTER, latest, champion_version)
+
+
 def base_revision(manifest: Any) -> str:
     return str(next(i.version for i in manifest.inputs if i.kind == "base-model"))
 
@@ -380,26 +391,38 @@ def main() -> None:
     ask(QUESTIONS)
 
     head("3. base revision r2 released -> retrain -> gate vs the r1 champion -> promote")
-    if record.get("r2") and base_revision(current) == record["r2"]:
-        say(f"r2 {record['r2'][:12]} is served already: reused (latency below is from that run)")
-    else:
-        from infra.tiny_model import build_tiny_model
+    from slmops.models import WatchedModel, current_revision
 
-        build_tiny_model(MODEL_DIR, seed=2)  # stands in for a new revision on the Hub
+    now = current_revision(WatchedModel(name=MODEL, source=str(MODEL_DIR))).revision
+    if record.get("r2") == now and base_revision(current) == now:
+        say(f"r2 {now[:12]} is served already: reused (latency below is from that run)")
+    elif record.get("r2") == now:
+        verdict = gate_verdict(current.version)
+        reasons = "; ".join(verdict.reasons) if verdict else "no verdict"
+        say(f"r2 {now[:12]} was published and judged before; the gate kept r1: {reasons}")
+    else:
+        from infra.tiny_model import publish_release
+
+        publish_release(MODEL_DIR, 2)  # stands in for a new commit of the model on the Hub
         published = time.time()
         step = release(api, "r2, just published")
         record["r2"] = step["revision"]
-        say("the replica runs r1: rolling it onto r2 (adapters do not transfer between revisions)")
-        t0 = time.time()
-        stack.up()
-        roll_s = time.time() - t0
-        promote_id = api.run(
-            "promote-adapter/manual", {"adapter": ADAPTER, "version": "challenger"}
-        )
-        promoted = api.follow(promote_id, "promote-adapter")
-        record["latency"] = latency(api, published, step, roll_s, promoted)
-        current = champion()
-        ask(QUESTIONS[:1])
+        verdict = gate_verdict(current.version)
+        if verdict is None or not verdict.passed:
+            say(
+                "the gate kept r1's adapter in production: "
+                + "; ".join(verdict.reasons if verdict else ["no verdict"])
+            )
+        else:
+            say("gate passed; the replica runs r1: rolling it onto r2 (adapters do not transfer)")
+            t0 = time.time()
+            stack.up()
+            roll_s = time.time() - t0
+            promote_id = api.run("promote-adapter/manual", {"adapter": ADAPTER})
+            promoted = api.follow(promote_id, "promote-adapter")
+            record["latency"] = latency(api, published, step, roll_s, promoted)
+            current = champion()
+            ask(QUESTIONS[:1])
     lat = record.get("latency")
     if lat:
         say(

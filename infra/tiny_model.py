@@ -1,7 +1,7 @@
 """Build a tiny Llama base model locally, for tests and the demo: no hub download.
 
     python -m infra.tiny_model .slmops/models/tiny-llama            # revision 1
-    python -m infra.tiny_model .slmops/models/tiny-llama --seed 2   # "a new release"
+    python -m infra.tiny_model .slmops/models/tiny-llama --seed 2   # other weights
 
 A few million parameters, random weights, a byte-level BPE tokenizer trained in well under a
 second on the bundled docs, a chat template, pad and eos tokens; saved with save_pretrained so
@@ -108,6 +108,20 @@ def build_tiny_model(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def publish_release(model_dir: str | Path, number: int) -> Path:
+    """A new revision of the model in place, as a Hub repo gets a commit that changes its
+    model card and not its weights: the revision (a hash of the folder) changes, the adapter
+    must be retrained and gated on it, and a good retrain matches the champion."""
+    card = Path(model_dir) / "README.md"
+    tmp = card.with_name(f".README.md.{number}")
+    tmp.write_text(
+        f"# tiny-llama, release {number}\n\nA tiny random Llama built by slmops for tests and "
+        "the demo (`python -m infra.tiny_model`). This release updates the model card only.\n"
+    )
+    tmp.rename(card)
+    return card
 
 
 def main() -> None:
