@@ -708,7 +708,8 @@ def run_assessment(
     suites = load_suites(task.path(task.suites))
     cases = suites.cases
     if task.max_cases_per_suite:
-        cases = [c for c in cases if c.id in _first_per_suite(cases, task.max_cases_per_suite)]
+        kept = _first_per_suite(cases, task.max_cases_per_suite)
+        cases = [c for c in cases if c.id in kept]
     index_name = task.index or next(
         (s.index for s in suites.config.suites.values() if s.kind == "knowledge" and s.index), None
     )
@@ -780,7 +781,6 @@ def run_assessment(
                 )
                 truncated[arm] = getattr(generator, "truncated", 0) - before
                 timings[f"arm.{arm}"] = stats[arm]["seconds"]
-            glossary_tokenizer = tokenizer
     t1 = time.perf_counter()
     arms = summarize_arms(outcomes, task.confidence, task.bootstrap, task.seed)
     for arm, result in arms.items():
@@ -798,7 +798,7 @@ def run_assessment(
     glossary: dict[str, list[str]] = {}
     for spec in suites.config.suites.values():
         glossary.update(spec.glossary or {})
-    fertility = term_fertility(glossary_tokenizer, glossary, suites.config.system)
+    fertility = term_fertility(tokenizer, glossary, suites.config.system)
     recommendation, summary, steps = decide(task, ordered, economy, suites, fertility)
     timings["judge"] = time.perf_counter() - t1
     timings["total"] = time.perf_counter() - t0
