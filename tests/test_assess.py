@@ -190,7 +190,7 @@ def test_assess_measures_every_arm_and_recommends_with_evidence(
         assert arms[arm]["failure"][BEHAVIOUR]["rate"] >= 0.9, arms[arm]["failure"]
     # ... the adapter can, and the paired interval against prompt-only excludes zero.
     tuned = arms["fine-tuned"]
-    assert tuned["failure"]["format"]["rate"] <= 0.2, tuned["failure"]
+    assert tuned["failure"]["style"]["rate"] <= 0.2, tuned["failure"]
     assert tuned["vs_prompt"][BEHAVIOUR]["high"] < -0.3, tuned["vs_prompt"]
     # A few-shot prompt costs tokens on every request.
     assert arms["prompt+examples"]["prompt_tokens"] > 3 * arms["prompt"]["prompt_tokens"]
@@ -202,8 +202,17 @@ def test_assess_measures_every_arm_and_recommends_with_evidence(
     assert result["economy"]["training_usd_per_run"] == pytest.approx(
         good.resources["estimated_cost_usd"]
     )
-    answers = reports.read_file(version, "answers.jsonl").decode().splitlines()
+    answers = [json.loads(x) for x in reports.read_file(version, "answers.jsonl").splitlines()]
     assert len(answers) == 5 * result["cases"] == 5 * 80
+    # Failures are classed: a well-formed answer citing no doc is knowledge, anything the
+    # format, style or injection rules catch is behaviour (the fix differs: RAG vs tuning).
+    for row in answers:
+        if not row["failed"]:
+            assert row["kind"] is None
+        elif row["suite"] != "knowledge":
+            assert row["kind"] == "behaviour", row
+        elif row["kind"] == "knowledge":
+            assert row["checks"]["knowledge.valid_format"] == 1.0, row
     assert reports.read_file(version, "failure-rates.png")[:4] == b"\x89PNG"
     markdown = reports.read_file(version, "report.md").decode()
     assert "### Decision" in markdown and result["recommendation"] in markdown
