@@ -144,7 +144,7 @@ class Prefect:
                 return run
             if time.time() > deadline:
                 raise SystemExit(f"{what} still {state} after {timeout:.0f}s")
-            time.sleep(3)
+            time.sleep(5)
 
     def triggered_run(self, deployment: str, after: float, timeout: float = 120) -> str:
         """The run an automation creates for a deployment (after an event)."""
