@@ -219,6 +219,9 @@ def publish_adapter(
             "estimated_cost_usd": result.estimated_cost_usd,
             "resumed_from_step": result.resumed_from_step,
             "threads": result.threads,
+            "memory_plan": (
+                result.memory_plan.model_dump(mode="json") if result.memory_plan else None
+            ),
         },
         trigger=trigger or Trigger(),
     )

@@ -2,8 +2,10 @@
 
 The defaults are chosen for small models (see the notes on each field): trl's own defaults
 (gradient checkpointing on, learning rate 2e-5) are slow and barely move a LoRA adapter on a
-small model. Loss is on the assistant's answer only. Checkpoints are handed to a callback (the
-flow stores them), and a run resumes from one instead of restarting.
+small model. Before any weights load, a memory plan (slmops.memory_plan) decides gradient
+checkpointing, micro-batch x accumulation and liger kernels for the budget, and refuses a run
+that cannot fit. Loss is on the assistant's answer only. Checkpoints are handed to a callback
+(the flow stores them), and a run resumes from one instead of restarting.
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from slmops.errors import ConfigError, SlmopsError
+from slmops.memory_plan import (
+    GB,
+    MemoryPlan,
+    ModelShape,
+    device_budget,
+    liger_installed,
+    plan_training,
+)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -84,7 +94,9 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(
         8,
         ge=1,
-        description="Rows per step (per device).",
+        description="Rows per step per device (effective batch: batch_size x grad_accum). "
+        "The memory plan may split it into micro-batches with more accumulation to fit; "
+        "the effective batch stays.",
         json_schema_extra={"changes_weights": True},
     )
     grad_accum: int = Field(
@@ -117,9 +129,26 @@ class TrainConfig(BaseModel):
         description="Checkpoint every N steps (to the store).",
         json_schema_extra={"changes_weights": False},
     )
-    gradient_checkpointing: bool = Field(
-        False,
-        description="Trades compute for memory; off: it costs about a third more time on CPU.",
+    gradient_checkpointing: bool | None = Field(
+        None,
+        description="Recompute activations in backward: far less memory, about a third more "
+        "time. Unset: the memory plan turns it on only when the run would not fit without it "
+        "(never for the tiny model on CPU; usually for QLoRA of a 7-8B model on a 24 GB card).",
+        json_schema_extra={"changes_weights": False},
+    )
+    max_memory_gb: float | None = Field(
+        None,
+        gt=0,
+        description="Memory the run may use, in GB (e.g. 22 to leave room on a 24 GB card). "
+        "Unset: the GPU's free memory, or the available RAM on CPU. A run whose plan cannot "
+        "fit fails before loading the model, naming the setting to change.",
+        json_schema_extra={"changes_weights": False},
+    )
+    liger_kernels: bool | None = Field(
+        None,
+        description="liger-kernel's fused Triton kernels (GPU only; pip install "
+        "'slmops[gpu]'): no logits in memory, ~20% faster QLoRA. Unset: on when installed "
+        "and training on a GPU.",
         json_schema_extra={"changes_weights": False},
     )
     threads: int | None = Field(
@@ -170,6 +199,7 @@ class TrainResult(BaseModel):
     estimated_cost_usd: float
     resumed_from_step: int | None = None
     threads: int | None = None  # torch threads actually used on CPU (None on GPU)
+    memory_plan: MemoryPlan | None = None
 
 
 def _device() -> str:
@@ -202,18 +232,37 @@ def idle_cores(window: float = 0.5) -> int:
     return max(1, min(cores, math.ceil(cores * (1 - busy) - 1e-9)))
 
 
-def choose_method(config: TrainConfig, base: Path, device: str) -> str:
-    if config.method != "auto":
-        return config.method
-    weights = sum(p.stat().st_size for p in base.glob("*.safetensors"))
-    if device == "cuda":
-        import torch
-
-        free, _ = torch.cuda.mem_get_info()
-    else:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    # LoRA keeps the base in 16/32-bit plus activations; 4-bit weights need about a quarter.
-    return "qlora" if weights * 3 > free else "lora"
+def plan_memory(
+    base: Path,
+    rows: list[list[dict[str, str]]],
+    config: TrainConfig,
+    device: str,
+    tokenizer: Any,
+) -> MemoryPlan:
+    """The run's memory plan (see slmops.memory_plan), from the base model's config.json and
+    the longest training row; raises PlanError, before any weights load, if nothing fits."""
+    longest = 0
+    for messages in rows:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        longest = max(longest, len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    budget, source, notes = device_budget(device, config.max_memory_gb)
+    return plan_training(
+        ModelShape.from_pretrained(base),
+        method=config.method,
+        device=device,
+        rank=config.rank,
+        target_modules=config.target_modules,
+        longest_row=longest,
+        max_length=config.max_length,
+        batch_size=config.batch_size,
+        grad_accum=config.grad_accum,
+        budget_bytes=budget,
+        budget_source=source,
+        gradient_checkpointing=config.gradient_checkpointing,
+        liger=config.liger_kernels,
+        liger_available=liger_installed(),
+        notes=notes,
+    )
 
 
 def to_trl_rows(rows: list[list[dict[str, str]]]) -> list[dict[str, Any]]:
@@ -232,8 +281,11 @@ def train_adapter(
     resume_from: Path | None = None,
     on_checkpoint: Callable[[Path, int], None] | None = None,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
+    on_plan: Callable[[MemoryPlan], None] | None = None,
 ) -> TrainResult:
-    """Train an adapter on `base`; write it (peft files) to `out_dir/adapter`."""
+    """Train an adapter on `base`; write it (peft files) to `out_dir/adapter`.
+
+    Raises PlanError before loading any weights if the run cannot fit its memory budget."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -241,11 +293,14 @@ def train_adapter(
     from trl import SFTConfig, SFTTrainer
 
     device = _device()
-    method = choose_method(config, base, device)
     old_threads = torch.get_num_threads()
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:
         raise ConfigError(f"base model {base} has no pad token; set one in its tokenizer")
+    plan = plan_memory(base, train_rows, config, device, tokenizer)
+    if on_plan:
+        on_plan(plan)
+    method = plan.method
     model_kwargs: dict[str, Any] = {"dtype": torch.float32 if device == "cpu" else torch.bfloat16}
     if method == "qlora":
         from transformers import BitsAndBytesConfig
@@ -265,7 +320,9 @@ def train_adapter(
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=config.gradient_checkpointing
+            model,
+            use_gradient_checkpointing=plan.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     targets: str | list[str] = (
         config.target_modules
@@ -283,15 +340,18 @@ def train_adapter(
     args = SFTConfig(
         output_dir=str(work),
         max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
+        per_device_train_batch_size=plan.micro_batch,
+        per_device_eval_batch_size=plan.micro_batch,
+        gradient_accumulation_steps=plan.grad_accum,
         learning_rate=config.learning_rate,
         warmup_steps=config.warmup_steps,
         lr_scheduler_type="linear",
         seed=config.seed,
         data_seed=config.seed,
-        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing=plan.gradient_checkpointing,
+        # The non-reentrant variant works with frozen inputs (LoRA) and is torch's default.
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        use_liger_kernel=plan.liger_kernels,
         max_length=config.max_length,
         logging_steps=1,
         save_strategy="steps",
@@ -365,6 +425,10 @@ def train_adapter(
     finally:
         torch.set_num_threads(old_threads)
     finalize_adapter(adapter_dir, served_model)
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+    peak_mb = peak_gpu_mb if peak_gpu_mb is not None else peak_rss_mb
+    plan.measured_peak_gb = round(peak_mb * 2**20 / GB, 2)
     gpu_s = wall if device == "cuda" else 0.0
     cost = (gpu_s / 3600 * config.gpu_hour_usd) + (cpu / 3600 * config.cpu_hour_usd)
     return TrainResult(
@@ -379,11 +443,12 @@ def train_adapter(
         cpu_seconds=cpu,
         gpu_seconds=gpu_s,
         tokens_per_second=seen["tokens"] / wall if wall else 0.0,
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        peak_gpu_mb=(torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None),
+        peak_rss_mb=peak_rss_mb,
+        peak_gpu_mb=peak_gpu_mb,
         estimated_cost_usd=round(cost, 6),
         resumed_from_step=resumed,
         threads=threads,
+        memory_plan=plan,
     )
 
 

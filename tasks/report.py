@@ -12,6 +12,7 @@ from typing import Any
 
 from slmops.errors import StoreError
 from slmops.manifest import Manifest
+from slmops.memory_plan import MemoryPlan, plan_markdown
 from slmops.store.base import ObjectStore
 from slmops.versions import ADAPTERS, VersionedArtifact
 
@@ -96,6 +97,9 @@ def adapter_report(store: ObjectStore, manifest: Manifest, reused: bool) -> tupl
     ):
         if r.get(key) is not None:
             lines.append(f"| {key} | {fmt(r[key])} |")
+    if isinstance(r.get("memory_plan"), dict):
+        lines += ["", "### Memory plan", ""]
+        lines += plan_markdown(MemoryPlan.model_validate(r["memory_plan"]))
     if m.get("loss_curve"):
         art = VersionedArtifact(store, ADAPTERS, manifest.name)
         assert manifest.version is not None

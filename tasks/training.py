@@ -23,6 +23,7 @@ from slmops.datasets import DatasetConfig
 from slmops.evaluation.suites import load_suites
 from slmops.generation import json_format_scores
 from slmops.manifest import Manifest, Trigger
+from slmops.memory_plan import plan_markdown
 from slmops.models import Revision
 from slmops.store import open_store
 from slmops.training import TrainConfig, TrainResult, train_adapter
@@ -140,6 +141,9 @@ def train(
         resume_from=resume,
         on_checkpoint=lambda folder, _: adapters.save_checkpoint(store, adapter, key, folder),
         on_log=on_log,
+        on_plan=lambda plan: logger.info(
+            "memory plan for %s:\n%s", adapter, "\n".join(plan_markdown(plan, table=False))
+        ),
     )
     return result, workdir / "out" / "adapter"
 

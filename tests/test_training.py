@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from slmops import adapters
+from slmops.datasets import chat_token_counter
 from slmops.errors import ConfigError
 from slmops.manifest import Manifest
+from slmops.memory_plan import USABLE, MemoryPlan, ModelShape, PlanError, estimate_peak
 from slmops.models import WatchedModel, current_revision
 from slmops.store.base import ObjectStore
 from slmops.store.local import LocalStore
@@ -56,6 +58,13 @@ def test_the_adapter_has_full_lineage(
     assert manifest.resources["method"] == "lora" and manifest.resources["cpu_seconds"] > 0
     assert manifest.resources["estimated_cost_usd"] > 0
     assert manifest.code.version and manifest.trigger.flow_run_id
+    # The memory plan of the run, and what it measured: the tiny model on CPU trains as
+    # configured (no checkpointing, the whole batch at once).
+    plan = MemoryPlan.model_validate(manifest.resources["memory_plan"])
+    assert (plan.method, plan.device, plan.gradient_checkpointing) == ("lora", "cpu", False)
+    assert (plan.micro_batch, plan.grad_accum, plan.effective_batch) == (8, 1, 8)
+    assert 0 < plan.longest_row_tokens <= 512 and plan.measured_peak_gb
+    assert plan.estimate.total_gb <= plan.usable_gb
 
 
 def test_the_adapter_loads_in_peft_as_vllm_expects(
@@ -94,7 +103,9 @@ def test_the_same_inputs_train_once(
     assert VersionedArtifact(store, ADAPTERS, "support-bot").versions() == [manifest.version]
     from tests.test_flows import latest_artifact
 
-    assert "already trained" in asyncio.run(latest_artifact("training-report-support-bot"))
+    report = asyncio.run(latest_artifact("training-report-support-bot"))
+    assert "already trained" in report and "### Memory plan" in report
+    assert "micro-batch 8 x 1 accumulation = batch 8" in report and "(chosen)" in report
 
 
 def test_qlora_trains_on_cpu_with_bitsandbytes(tiny_base: Path, tmp_path: Path) -> None:
@@ -108,6 +119,60 @@ def test_qlora_trains_on_cpu_with_bitsandbytes(tiny_base: Path, tmp_path: Path) 
     )
     assert result.method == "qlora" and result.steps == 4
     assert (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size > 0
+
+
+def test_a_tight_memory_budget_splits_the_batch_and_keeps_its_size(
+    tiny_base: Path, tmp_path: Path
+) -> None:
+    # A budget between what micro-batches of 8 and of 4 need: the plan must split the batch.
+    longest = max(map(chat_token_counter(tiny_base), ROWS[:32]))
+
+    def need(micro: int) -> float:
+        return estimate_peak(
+            ModelShape.from_pretrained(tiny_base),
+            method="lora",
+            device="cpu",
+            rank=16,
+            target_modules="all-linear",
+            micro_batch=micro,
+            seq_len=longest,
+            gradient_checkpointing=False,
+            liger=False,
+        ).total_gb
+
+    budget = (need(4) + need(8)) / 2 / USABLE
+    result = train_adapter(
+        tiny_base,
+        ROWS[:32],
+        [],
+        tmp_path,
+        TrainConfig(max_steps=4, batch_size=8, save_steps=4, max_length=512, max_memory_gb=budget),
+        served_model="tiny-llama",
+    )
+    plan = result.memory_plan
+    assert plan is not None and (plan.micro_batch, plan.grad_accum) == (4, 2), plan
+    state = json.loads((tmp_path / "trainer" / "checkpoint-4" / "trainer_state.json").read_text())
+    # 4 optimizer steps of 8 rows each went through all 32 rows once.
+    assert state["train_batch_size"] == 4 and state["epoch"] == pytest.approx(1.0)
+
+
+def test_a_run_that_cannot_fit_fails_before_loading_the_model(
+    tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    loaded: list[object] = []
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: loaded.append(a))
+    with pytest.raises(PlanError, match=r"does not fit in memory.*Turn: method: qlora"):
+        train_adapter(
+            tiny_base,
+            ROWS[:32],
+            [],
+            tmp_path,
+            TrainConfig(max_steps=2, max_memory_gb=0.2),
+            served_model="tiny-llama",
+        )
+    assert loaded == [] and not (tmp_path / "adapter").exists()
 
 
 def test_a_killed_run_resumes_from_its_stored_checkpoint(tiny_base: Path, tmp_path: Path) -> None:
