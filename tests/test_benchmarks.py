@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import ingest_throughput
+from benchmarks import ingest_throughput, training_throughput
 
 
 def test_ingest_benchmark_runs_and_reports_its_ratios(capsys: pytest.CaptureFixture[str]) -> None:
@@ -13,3 +13,40 @@ def test_ingest_benchmark_runs_and_reports_its_ratios(capsys: pytest.CaptureFixt
     out = capsys.readouterr().out
     assert "ratio ingest/raw:" in out and "re-ingest, nothing changed:" in out
     assert "(exact)" in out
+
+
+def test_the_training_benchmark_on_a_model_shape_runs_on_cpu(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The GPU comparison's code path (model of a shape, rows from the docs, runs in fresh
+    # processes, the table and the goals), on the tiny shape and two of its five runs.
+    training_throughput.main(
+        [
+            "--shape",
+            "tiny",
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--rows",
+            "4",
+            "--runs",
+            "trl-default-qlora,slmops-qlora",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "rows from the example docs" in out and "failed:" not in out, out
+    assert "plan: micro-batch 2 x 1, checkpointing off" in out
+    assert (
+        "slmops qlora / trl defaults qlora: " in out
+        and "n/a (a run" not in out.split("slmops qlora / trl")[1].split("\n")[0]
+    )
+
+
+def test_the_gpu_shapes_say_they_need_a_gpu() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the 8b shape would run")
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        training_throughput.main(["--shape", "8b"])
