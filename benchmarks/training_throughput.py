@@ -396,7 +396,7 @@ def shape_benchmark(argv: list[str] | None = None) -> None:
             "--shape tiny runs the same comparison on CPU"
         )
     from slmops.datasets import chat_token_counter
-    from slmops.memory_plan import ModelShape
+    from slmops.memory_plan import ModelShape, params_label
 
     work = Path(tempfile.mkdtemp(prefix="slmops-shape-bench-"))
     try:
@@ -404,7 +404,7 @@ def shape_benchmark(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         device = _in_fresh_process(_build_shape, args.shape, base)["device"]
         params = ModelShape.from_pretrained(Path(base)).params
-        size = f"{params / 1e9:.2f}B" if params >= 1e8 else f"{params / 1e6:.1f}M"
+        size = params_label(params)
         print(
             f"{args.shape} shape ({size} parameters, random weights) built in "
             f"{time.perf_counter() - t0:.0f}s on {device}"

@@ -181,6 +181,11 @@ class MemoryPlan(BaseModel):
     )
 
 
+def params_label(params: int) -> str:
+    """1.24B, 8.03B; 2.4M for small models."""
+    return f"{params / 1e9:.2f}B" if params >= 1e8 else f"{params / 1e6:.1f}M"
+
+
 def liger_installed() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None
 

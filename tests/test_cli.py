@@ -10,12 +10,14 @@ import pytest
 from typer.testing import CliRunner
 
 from slmops.cli import app
+from slmops.errors import ConfigError
 from slmops.manifest import InputRef, Manifest
 from slmops.store.base import ObjectStore
 from slmops.versions import VersionedArtifact
 from tests.test_store import corrupt
 
 runner = CliRunner()
+EXAMPLE_TRAIN = Path(__file__).resolve().parent.parent / "examples/support-bot/train.jsonl"
 
 
 def invoke(*args: str) -> tuple[int, str]:
@@ -116,3 +118,54 @@ def test_installed_command_reports_errors_in_one_line(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert "error:" in bad.stderr and "COLLECTION/NAME" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_memory_plan_says_whether_a_run_fits_a_card_before_renting_it(
+    tmp_path: Path, tiny_base: Path
+) -> None:
+    import json
+
+    # Llama-3.1-8B's config.json alone: no weights needed to plan.
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "hidden_size": 4096,
+                "intermediate_size": 14336,
+                "num_hidden_layers": 32,
+                "num_attention_heads": 32,
+                "num_key_value_heads": 8,
+                "vocab_size": 128256,
+            }
+        )
+    )
+    code, out = invoke(
+        "memory-plan",
+        str(config),
+        "--method",
+        "qlora",
+        "--max-memory-gb",
+        "22",
+        "--batch-size",
+        "8",
+    )
+    assert code == 0 and "fits: 8.03B parameters" in out, out
+    assert "gradient checkpointing on" in out and "the effective batch is kept" in out
+    assert "(chosen)" in out
+    code, out = invoke("memory-plan", str(config), "--method", "lora", "--max-memory-gb", "12")
+    assert code == 1 and "does not fit" in out and "method: qlora" in out
+    # The longest row of a training file sets the length; the tiny model on CPU as it trains.
+    code, out = invoke(
+        "memory-plan",
+        str(tiny_base),
+        "--data",
+        str(EXAMPLE_TRAIN),
+        "--device",
+        "cpu",
+        "--max-length",
+        "512",
+    )
+    assert code == 0 and "micro-batch 8 x 1 accumulation = batch 8" in out, out
+    assert "longest row 2,048" not in out and "checkpointing off" in out.replace("\n", " ")
+    with pytest.raises(ConfigError, match="--method 'bogus': choose lora, qlora or auto"):
+        invoke("memory-plan", str(config), "--method", "bogus", "--max-memory-gb", "8")
