@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,12 @@ def check(command: str, cli: Any) -> str | None:
         return None if words[3] in deployments() else f"no deployment {words[3]}"
     if head == "prefect":
         return None  # prefect's own commands (deploy --all)
+    if head == "pip" and words[1] == "install":  # the project's extras must exist
+        project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+        extras = set(project["optional-dependencies"])
+        named = {e for w in words[2:] for e in re.findall(r"\[([\w,]+)\]", w)}
+        missing = {e for group in named for e in group.split(",")} - extras
+        return f"no extra {missing}" if missing else None
     if head == "pytest":
         marks = " ".join(words[words.index("-m") + 1 :]) if "-m" in words else ""
         declared = (ROOT / "pyproject.toml").read_text()
@@ -97,6 +104,7 @@ def test_every_readme_command_exists() -> None:
         ("slmops serve restart x", "no slmops command"),
         ("prefect deployment run 'promote-adapter/nightly'", "no deployment"),
         ("python -m flows.no_such_flow", "no module"),
+        ("pip install 'slmops[training,cuda]'", "no extra {'cuda'}"),
     ],
 )
 def test_a_command_that_rotted_is_caught(command: str, why: str) -> None:
