@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from slmops import adapters
+from slmops.claims import ClaimRecord
 from slmops.datasets import chat_token_counter
 from slmops.errors import ConfigError
 from slmops.manifest import Manifest
@@ -315,6 +316,25 @@ def test_an_adapter_is_never_retrained_on_another_base_model(
     with pytest.raises(ConfigError, match=r"trained on base model 'qwen-0\.5b', not 'tiny-llama'"):
         refine_tune(RefineTuneParams(model="tiny-llama", source=str(tiny_base), store=store.uri))
     assert art.versions() == [trained_on_other.version]
+
+
+def test_a_refine_tune_run_that_cannot_fit_stores_nothing_and_releases_its_key(
+    prefect_harness: None, tiny_base: Path, tmp_path: Path
+) -> None:
+    from flows.refine_tune import RefineTuneParams, refine_tune
+
+    store = LocalStore(tmp_path / "store")
+    params = RefineTuneParams(
+        model="tiny-llama",
+        source=str(tiny_base),
+        store=store.uri,
+        config=TrainConfig(max_memory_gb=0.2),
+    )
+    with pytest.raises(PlanError, match="Turn: method: qlora"):
+        refine_tune(params)
+    left = [o.key for o in store.list_objects(f"{ADAPTERS}/")]
+    assert len(left) == 1 and "/claims/" in left[0], left  # no version, no checkpoint
+    assert ClaimRecord.model_validate_json(store.get_bytes(left[0])).released
 
 
 # -- the eval gate on real adapters -----------------------------------------------------------
