@@ -15,6 +15,7 @@ from rich.table import Table
 
 from slmops.errors import ConfigError, SlmopsError, StoreError
 from slmops.manifest import Trigger
+from slmops.progress import Tenths
 from slmops.store import open_store
 from slmops.versions import COLLECTIONS, EVALS, VersionedArtifact, summarize
 
@@ -65,7 +66,7 @@ class StageProgress:
         self.live = console.is_terminal
         self.bar = Progress(console=console, transient=True) if self.live else None
         self.tasks: dict[str, Any] = {}
-        self.shown: dict[str, int] = {}
+        self.tenths = Tenths(from_zero=True)
         self.last: dict[str, float] = {}
 
     def __enter__(self) -> StageProgress:
@@ -85,11 +86,10 @@ class StageProgress:
             return
         import time
 
-        tenth = 10 * done // of if of else 0
         now = time.monotonic()
         quiet = now - self.last.get(stage, 0.0) < 2 and done != of  # fast steps: few lines
-        if of and tenth > self.shown.get(stage, -1) and not quiet:
-            self.shown[stage], self.last[stage] = tenth, now
+        if of and not quiet and self.tenths.crossed(done, of, stage):
+            self.last[stage] = now
             line = f"{self.label(stage)}: {done:,}/{of:,} ({done / of:.0%})"
             console.print(line, highlight=False)
 

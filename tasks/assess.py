@@ -19,6 +19,7 @@ from slmops.assess import ARMS, CHART, AssessRun, load_task, run_assessment, sto
 from slmops.assess_report import markdown
 from slmops.config import get_settings
 from slmops.manifest import Trigger
+from slmops.progress import Tenths
 from slmops.store import open_store
 from slmops.versions import EVALS, VersionedArtifact
 from tasks.context import RETRIES
@@ -39,14 +40,12 @@ def answer_every_arm(store_uri: str, task_file: str, max_cases: int | None = Non
         description=f"Assessment {assessment.name}: {len(ARMS)} arms",
     )
     assert isinstance(progress, UUID)  # sync call in a sync task
-    shown: dict[str, int] = {}
+    tenths = Tenths()
 
     def on_progress(arm: str, done: int, of: int) -> None:
         part = ARMS.index(arm) + done / max(of, 1)
         update_progress_artifact(progress, progress=100.0 * part / len(ARMS))
-        tenth = 10 * done // max(of, 1)
-        if tenth > shown.get(arm, 0):
-            shown[arm] = tenth
+        if tenths.crossed(done, of, arm):
             logger.info(f"arm {arm}: {done}/{of} cases answered")
 
     run = run_assessment(

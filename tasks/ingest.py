@@ -16,6 +16,7 @@ from prefect.cache_policies import NONE
 
 from slmops import ingest
 from slmops.ingest import EmbedStats, IngestConfig, IngestReport, IngestStages
+from slmops.progress import Tenths
 from slmops.store import open_store
 from slmops.versions import INDEXES, VersionedArtifact
 from tasks.context import RETRIES
@@ -45,16 +46,14 @@ def embed_chunks(
         description=f"Embedding the new chunks of index {name}",
     )
     assert isinstance(artifact_id, UUID)  # sync call in a sync task
-    last = {"shown": -1.0, "logged": 0}
-    logger = get_run_logger()
+    last, tenths, logger = {"shown": -1.0}, Tenths(), get_run_logger()
 
     def progress(done: int, of: int) -> None:
         percent = 100.0 * done / max(of, 1)
         if percent - last["shown"] >= 5 or done == of:  # each update is a server event
             last["shown"] = percent
             update_progress_artifact(artifact_id, progress=percent)
-        if of and 10 * done // of > last["logged"]:  # and the run's log, every 10%
-            last["logged"] = 10 * done // of
+        if tenths.crossed(done, of):  # and the run's log, every 10%
             logger.info(f"embedding {name}: {done:,}/{of:,} chunks ({percent:.0f}%)")
 
     return ingest.embed(store, name, config, workdir, on_progress=progress)

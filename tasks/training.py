@@ -25,6 +25,7 @@ from slmops.generation import json_format_scores
 from slmops.manifest import Manifest, Trigger
 from slmops.memory_plan import plan_markdown
 from slmops.models import Revision
+from slmops.progress import Tenths
 from slmops.store import open_store
 from slmops.training import TrainConfig, TrainResult, train_adapter
 from tasks.context import RETRIES
@@ -114,14 +115,12 @@ def train(
     )
     assert isinstance(progress, UUID)  # sync call in a sync task
     every = max(1, config.max_steps // PROGRESS_UPDATES)
-    logger, started, logged = get_run_logger(), time.monotonic(), {"tenth": 0}
+    logger, started, tenths = get_run_logger(), time.monotonic(), Tenths()
 
     def on_log(step: int, logs: dict[str, float]) -> None:
         if step % every == 0 or step == config.max_steps:
             update_progress_artifact(progress, progress=100.0 * step / config.max_steps)
-        tenth = 10 * step // config.max_steps
-        if tenth > logged["tenth"]:  # the run's log says how far it is, every 10%
-            logged["tenth"] = tenth
+        if tenths.crossed(step, config.max_steps):  # the run's log says how far it is
             elapsed = time.monotonic() - started
             left = elapsed / step * (config.max_steps - step)
             loss = f", loss {logs['loss']:.3f}" if "loss" in logs else ""

@@ -169,3 +169,15 @@ def test_memory_plan_says_whether_a_run_fits_a_card_before_renting_it(
     assert "longest row 2,048" not in out and "checkpointing off" in out.replace("\n", " ")
     with pytest.raises(ConfigError, match="--method 'bogus': choose lora, qlora or auto"):
         invoke("memory-plan", str(config), "--method", "bogus", "--max-memory-gb", "8")
+
+
+def test_long_work_reports_each_tenth_once() -> None:
+    from slmops.progress import Tenths
+
+    tenths = Tenths()
+    crossed = [done for done in range(0, 301) if tenths.crossed(done, 300)]
+    assert crossed == list(range(30, 301, 30))
+    assert Tenths(from_zero=True).crossed(0, 5) and not Tenths().crossed(0, 5)
+    per_stage = Tenths()
+    assert per_stage.crossed(1, 2, "a") and per_stage.crossed(1, 2, "b")
+    assert not per_stage.crossed(1, 2, "a") and not per_stage.crossed(3, None, "c")
