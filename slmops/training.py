@@ -47,8 +47,8 @@ class TrainConfig(BaseModel):
 
     method: Literal["lora", "qlora", "auto"] = Field(
         "lora",
-        description="lora; qlora (4-bit nf4 base via bitsandbytes); auto: qlora when "
-        "the base model would not fit in memory for LoRA.",
+        description="lora; qlora (4-bit nf4 base via bitsandbytes); auto: lora if the "
+        "memory plan finds a way to fit it in the budget, else qlora.",
         json_schema_extra={"changes_weights": True},
     )
     rank: int = Field(
