@@ -85,24 +85,29 @@ def _run_trl(base: str, out: str, steps: int, batch: int, expert: bool) -> dict[
             r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"
         ),
     )
-    collate, seen = trainer.data_collator, {"tokens": 0}
-
-    def counting(features: list[dict[str, Any]]) -> dict[str, Any]:
-        batch_ = collate(features)
-        seen["tokens"] += int(batch_["attention_mask"].sum())
-        return batch_
-
-    trainer.data_collator = counting
-    t0 = time.perf_counter()
-    trainer.train()
-    wall = time.perf_counter() - t0
+    tokens, wall = _timed_train(trainer)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {
-        "tokens_per_second": seen["tokens"] / wall,
+        "tokens_per_second": tokens / wall,
         "seconds": wall,
         "final_loss": sum(losses[-10:]) / len(losses[-10:]),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def _timed_train(trainer: Any) -> tuple[int, float]:
+    """Train; (tokens the batches held, not counting padding; seconds)."""
+    collate, seen = trainer.data_collator, {"tokens": 0}
+
+    def counting(features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = collate(features)
+        seen["tokens"] += int(batch["attention_mask"].sum())
+        return batch
+
+    trainer.data_collator = counting
+    t0 = time.perf_counter()
+    trainer.train()
+    return seen["tokens"], time.perf_counter() - t0
 
 
 def _run_slmops(base: str, out: str, steps: int, batch: int) -> dict[str, Any]:
@@ -357,17 +362,7 @@ def _train_trl(
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # a dict per step would bury the table
-    collate, seen = trainer.data_collator, {"tokens": 0}
-
-    def counting(features: list[dict[str, Any]]) -> dict[str, Any]:
-        batch_ = collate(features)
-        seen["tokens"] += int(batch_["attention_mask"].sum())
-        return batch_
-
-    trainer.data_collator = counting
-    t0 = time.perf_counter()
-    trainer.train()
-    return seen["tokens"], time.perf_counter() - t0
+    return _timed_train(trainer)
 
 
 def shape_benchmark(argv: list[str] | None = None) -> None:

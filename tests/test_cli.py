@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from benchmarks.training_throughput import SHAPES
 from slmops.cli import app
 from slmops.errors import ConfigError
 from slmops.manifest import InputRef, Manifest
@@ -127,18 +128,7 @@ def test_memory_plan_says_whether_a_run_fits_a_card_before_renting_it(
 
     # Llama-3.1-8B's config.json alone: no weights needed to plan.
     config = tmp_path / "config.json"
-    config.write_text(
-        json.dumps(
-            {
-                "hidden_size": 4096,
-                "intermediate_size": 14336,
-                "num_hidden_layers": 32,
-                "num_attention_heads": 32,
-                "num_key_value_heads": 8,
-                "vocab_size": 128256,
-            }
-        )
-    )
+    config.write_text(json.dumps(SHAPES["8b"]))
     code, out = invoke(
         "memory-plan",
         str(config),

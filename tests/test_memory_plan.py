@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.training_throughput import SHAPES
 from slmops.errors import ConfigError
 from slmops.memory_plan import (
     GB,
@@ -24,29 +25,8 @@ from slmops.memory_plan import (
 )
 
 # Llama-3.1-8B and Llama-3.2-1B as their config.json describe them.
-LLAMA_8B = ModelShape.from_config(
-    {
-        "hidden_size": 4096,
-        "intermediate_size": 14336,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "vocab_size": 128256,
-        "tie_word_embeddings": False,
-    }
-)
-LLAMA_1B = ModelShape.from_config(
-    {
-        "hidden_size": 2048,
-        "intermediate_size": 8192,
-        "num_hidden_layers": 16,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "head_dim": 64,
-        "vocab_size": 128256,
-        "tie_word_embeddings": True,
-    }
-)
+LLAMA_8B = ModelShape.from_config(SHAPES["8b"])
+LLAMA_1B = ModelShape.from_config(SHAPES["1b"])
 
 # Peak GPU memory measured on one H100 80 GB, each run in a fresh process: a random-weight
 # Llama of the 8B shape, rows of about 1,100 tokens (max length 2,048), LoRA r=16 all-linear.
