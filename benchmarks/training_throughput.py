@@ -412,6 +412,18 @@ def shape_benchmark(argv: list[str] | None = None) -> None:
             f"{args.batch_size}; {args.steps} steps; LoRA r=16 all-linear"
         )
         results: dict[str, dict[str, Any]] = {}
+
+        def row(name: str, r: dict[str, Any]) -> str:
+            label = RUNS[name]
+            if "error" in r:
+                return f"{label:20s} failed: {r['error']}"
+            mfu = 6 * params * r["tokens_per_second"] / (args.peak_tflops * 1e12)
+            return (
+                f"{label:20s} {r['tokens_per_second']:9.0f} {r['peak_gb']:8.1f} "
+                + (f"{mfu:6.1%}" if not tiny else "   n/a")
+                + (f"  ({r['plan']})" if r.get("plan") else "")
+            )
+
         for n, name in enumerate(r.strip() for r in args.runs.split(",")):
             if name not in RUNS:
                 raise SystemExit(f"--runs: unknown run {name!r}; choose from {', '.join(RUNS)}")
@@ -430,18 +442,10 @@ def shape_benchmark(argv: list[str] | None = None) -> None:
                 )
             except Exception as exc:  # an out-of-memory run is a result, not the end
                 results[name] = {"error": f"{type(exc).__name__}: {str(exc)[:160]}"}
+            print("    " + row(name, results[name]), flush=True)  # seen before the table
         print(f"\n{'run':20s} {'tokens/s':>9s} {'peak GB':>8s} {'MFU':>6s}")
         for name, r in results.items():
-            label = RUNS[name]
-            if "error" in r:
-                print(f"{label:20s} failed: {r['error']}")
-                continue
-            mfu = 6 * params * r["tokens_per_second"] / (args.peak_tflops * 1e12)
-            print(
-                f"{label:20s} {r['tokens_per_second']:9.0f} {r['peak_gb']:8.1f} "
-                + (f"{mfu:6.1%}" if not tiny else "   n/a")
-                + (f"  ({r['plan']})" if r.get("plan") else "")
-            )
+            print(row(name, r))
 
         def ratio(a: str, b: str) -> str:
             ok = all("tokens_per_second" in results.get(x, {}) for x in (a, b))
