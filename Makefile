@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 VLLM_VENV := .venv-vllm
 
-.PHONY: setup vllm test lint demo clean
+.PHONY: setup vllm test test-fast lint demo clean
 
 setup: $(VENV)/.installed
 
@@ -34,8 +34,13 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Everything, real servers included; the 15 slowest tests are listed at the end.
 test: lint vllm
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=15
+
+# The inner loop: no training, no vLLM, no stack (a few minutes).
+test-fast: setup
+	$(BIN)/pytest -m "not slow" --durations=5
 
 # The whole loop on the local stack (Prefect server + worker, S3, a vLLM replica); the stack
 # keeps running afterwards for the UI. A second run reuses what is done.

@@ -148,6 +148,28 @@ def _run_slmops(base: str, out: str, steps: int, batch: int) -> dict[str, Any]:
     }
 
 
+def _run_slmops_threads(
+    base: str, out: str, steps: int, batch: int, threads: int
+) -> dict[str, Any]:
+    """slmops' training alone on `threads` torch threads: seconds a step and tokens/s."""
+    from slmops.training import TrainConfig, train_adapter
+
+    train, _ = _rows()
+    result = train_adapter(
+        Path(base),
+        train,
+        [],
+        Path(out),
+        TrainConfig(max_steps=steps, batch_size=batch, save_steps=steps + 1, threads=threads),
+        served_model="tiny-llama",
+    )
+    return {
+        "tokens_per_second": result.tokens_per_second,
+        "seconds_per_step": result.train_seconds / max(result.steps, 1),
+        "threads": result.threads,
+    }
+
+
 def _in_fresh_process(target: Any, *args: Any) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     with ctx.Pool(1) as pool:
@@ -482,8 +504,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--threads",
+        default="1,2",
+        help="torch thread counts to time slmops' training at (comma-separated; each at most "
+        "the cores this process may use)",
+    )
     args = parser.parse_args(argv)
+    import os
+
     from infra.tiny_model import build_tiny_model
+
+    cores = len(os.sched_getaffinity(0))
+    counts = sorted({min(int(t), cores) for t in args.threads.split(",") if t.strip()})
 
     work = Path(tempfile.mkdtemp(prefix="slmops-train-bench-"))
     try:
@@ -519,6 +552,23 @@ def main(argv: list[str] | None = None) -> None:
             "time to quality (>= 95% valid JSON on held-out prompts): "
             + (f"step {ttq[0]}, {ttq[1]:.1f}s of training" if ttq else "not reached")
         )
+        # Threads: each count in a fresh process, the same steps (what SLMOPS_TRAIN_THREADS
+        # or TrainConfig.threads would set on a worker).
+        timed = {
+            n: _in_fresh_process(
+                _run_slmops_threads, base, str(work / f"t{n}"), args.steps, args.batch_size, n
+            )
+            for n in counts
+        }
+        for n, r in timed.items():
+            print(
+                f"slmops on {n} thread{'s' if n > 1 else ''}: {r['tokens_per_second']:8.0f} "
+                f"tokens/s, {r['seconds_per_step']:.2f}s a step"
+            )
+        if len(timed) > 1:
+            lo, hi = min(timed), max(timed)
+            ratio = timed[hi]["tokens_per_second"] / timed[lo]["tokens_per_second"]
+            print(f"{hi} threads / {lo} thread{'s' if lo > 1 else ''}: {ratio:.2f}x")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -36,6 +36,8 @@ HOME = ROOT / ".slmops"  # --home: the stack's state, the base model, the demo's
 STATE_DIR, MODEL_DIR = HOME / "stack", HOME / "models" / "tiny-llama"  # set by main()
 DOCS, RECORD = HOME / "demo" / "docs", HOME / "demo" / "record.json"
 ADAPTER, INDEX, MODEL = "support-bot", "support-docs", "tiny-llama"
+WATCHER, ON_RELEASE = "watch-base-model/every-15-minutes", "refine-tune/on-base-model-release"
+INGEST, WEEKLY = "ingest-docs/hourly", "refine-tune/weekly"
 SUITES = ROOT / "examples" / "support-bot" / "evals"
 QUESTIONS = [
     "How do I forward my support mailbox to Tidewell?",
@@ -86,12 +88,11 @@ class Prefect:
 
         self.api_url, self.ui_url, self._api = api_url, ui_url, prefect_api
 
-    def api(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        return self._api(self.api_url, path, body)
+    def api(self, path: str, body: dict[str, Any] | None = None, method: str | None = None) -> Any:
+        return self._api(self.api_url, path, body, method=method)
 
     def run(self, deployment: str, params: dict[str, Any] | None = None) -> str:
-        flow_name, name = deployment.split("/")
-        found = self.api(f"deployments/name/{flow_name}/{name}")
+        found = self.deployment(deployment)
         body: dict[str, Any] = {"parameters": {"params": params}} if params else {}
         return str(self.api(f"deployments/{found['id']}/create_flow_run", body)["id"])
 
@@ -146,23 +147,47 @@ class Prefect:
                 raise SystemExit(f"{what} still {state} after {timeout:.0f}s")
             time.sleep(5)
 
-    def triggered_run(self, deployment: str, after: float, timeout: float = 120) -> str:
-        """The run an automation creates for a deployment (after an event)."""
+    def deployment(self, deployment: str) -> dict[str, Any]:
+        flow_name, name = deployment.split("/")
+        return dict(self.api(f"deployments/name/{flow_name}/{name}"))
+
+    def set_parameters(self, deployment: str, params: dict[str, Any]) -> None:
+        """Change a deployment's default parameters (what its schedule runs with), as the
+        UI's "Edit" does."""
+        found = self.deployment(deployment)
+        current = dict((found.get("parameters") or {}).get("params") or {})
+        self.api(
+            f"deployments/{found['id']}",
+            {"parameters": {"params": {**current, **params}}},
+            method="PATCH",
+        )
+
+    def runs_for_revision(self, revision: str) -> list[dict[str, Any]]:
+        """The release deployment's runs for one base revision, newest first, whoever started
+        them: the release event of (model, revision) carries the revision into the run's
+        parameters, whether the scheduled watcher, this demo or a person emitted it."""
+        runs = self.api(
+            "flow_runs/filter",
+            {
+                "deployments": {"name": {"any_": [ON_RELEASE.split("/")[1]]}},
+                "sort": "EXPECTED_START_TIME_DESC",
+                "limit": 50,
+            },
+        )
+        return [
+            r
+            for r in runs
+            if ((r.get("parameters") or {}).get("params") or {}).get("revision") == revision
+        ]
+
+    def run_for_revision(self, revision: str, timeout: float) -> dict[str, Any] | None:
+        """The newest such run, waiting up to `timeout` s for the automation to create it."""
         deadline = time.time() + timeout
-        while time.time() < deadline:
-            runs = self.api(
-                "flow_runs/filter",
-                {
-                    "deployments": {"name": {"any_": [deployment]}},
-                    "sort": "EXPECTED_START_TIME_DESC",
-                    "limit": 5,
-                },
-            )
-            for run in runs:
-                if _ts(run["created"]) >= after:
-                    return str(run["id"])
-            time.sleep(1)
-        raise SystemExit(f"no {deployment} run was triggered in {timeout:.0f}s")
+        while True:
+            runs = self.runs_for_revision(revision)
+            if runs or time.time() > deadline:
+                return runs[0] if runs else None
+            time.sleep(2)
 
 
 # ---- the steps ---------------------------------------------------------------------------------
@@ -179,10 +204,13 @@ def stack_up(vllm: int) -> Any:
     return stack
 
 
-def deploy() -> None:
+def deploy(api: Prefect, prefect_file: Path) -> None:
+    """`prefect deploy --all`, then the scheduled deployments pointed at what the demo works
+    on (its copy of the docs, its model folder), so a schedule firing during or between demo
+    runs does the same work as the demo, never other work over it."""
     prefect = str(Path(sys.executable).parent / "prefect")
     done = subprocess.run(
-        [prefect, "--no-prompt", "deploy", "--all"],
+        [prefect, "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -190,7 +218,11 @@ def deploy() -> None:
     )
     if done.returncode != 0:
         raise SystemExit(f"prefect deploy failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
-    say("prefect.yaml deployed (ingest, watcher, refine-tune, gate, promote, assess, ...)")
+    say(f"{prefect_file.name} deployed (ingest, watcher, refine-tune, gate, promote, assess, ...)")
+    api.set_parameters(INGEST, {"source": str(DOCS)})
+    api.set_parameters(WATCHER, {"models": [{"name": MODEL, "source": str(MODEL_DIR)}]})
+    api.set_parameters(WEEKLY, {"source": str(MODEL_DIR)})
+    say(f"schedules point at the demo's docs ({DOCS}) and model folder ({MODEL_DIR})")
 
 
 def ingest(api: Prefect, why: str) -> dict[str, Any]:
@@ -223,21 +255,52 @@ def ingest(api: Prefect, why: str) -> dict[str, Any]:
 
 
 def release(api: Prefect, label: str) -> dict[str, Any]:
-    """Announce the model folder's revision; follow the refine-tune run it triggers."""
+    """The refine-tune run for the model folder's revision, done: found by its release event
+    (whoever announced it: the scheduled watcher may have been first), awaited if in flight,
+    reused if finished, run again if it failed; announced by the watcher if nobody has."""
     from slmops.models import WatchedModel, current_revision
 
     revision = current_revision(WatchedModel(name=MODEL, source=str(MODEL_DIR))).revision
     say(f"base model {MODEL} is at revision {revision[:12]} ({label})")
-    t0 = time.time()
-    watcher = api.run(
-        "watch-base-model/every-15-minutes",
-        {"models": [{"name": MODEL, "source": str(MODEL_DIR)}]},
-    )
-    watched = api.follow(watcher, "watch-base-model")
-    refine_id = api.triggered_run("on-base-model-release", t0)
-    say(f"the release event started refine-tune: {api.ui_url}/runs/flow-run/{refine_id}")
-    refined = api.follow(refine_id, "refine-tune")
-    return {"revision": revision, "watcher": watched, "refine": refined, "refine_id": refine_id}
+    watched = None
+    run = api.run_for_revision(revision, timeout=0)
+    if run is None:
+        watcher = api.run(WATCHER, {"models": [{"name": MODEL, "source": str(MODEL_DIR)}]})
+        watched = api.follow(watcher, "watch-base-model")
+        run = api.run_for_revision(revision, timeout=180)
+        if run is None:
+            # Announced before (the watcher's record has it) but no run is left for it on
+            # this server (e.g. a new server over the same store): run it as the event would.
+            say(f"no refine-tune run exists for {revision[:12]}: starting one")
+            run = api.flow_run(api.run(ON_RELEASE, release_params(api, revision)))
+        else:
+            say(f"the release event started refine-tune: {api.ui_url}/runs/flow-run/{run['id']}")
+    else:
+        say(
+            f"refine-tune for {revision[:12]} exists already ({run['state']['type'].lower()}): "
+            f"{api.ui_url}/runs/flow-run/{run['id']}"
+        )
+    state = run["state"]["type"]
+    if state in ("FAILED", "CRASHED", "CANCELLED"):
+        say(
+            f"that run ended {state}: running it again with the same parameters "
+            "(it resumes from its last stored checkpoint)"
+        )
+        params = (run.get("parameters") or {}).get("params") or release_params(api, revision)
+        run = api.flow_run(api.run(ON_RELEASE, params))
+    if run["state"]["type"] == "COMPLETED":
+        say("reused: it finished before")
+        refined = run
+    else:
+        refined = api.follow(str(run["id"]), "refine-tune")
+    return {"revision": revision, "watcher": watched, "refine": refined, "refine_id": run["id"]}
+
+
+def release_params(api: Prefect, revision: str) -> dict[str, Any]:
+    """A release run by hand: the deployment's own parameters (prefect.yaml gives them the
+    trigger's recipe) on this revision of the demo's model folder."""
+    params = dict((api.deployment(ON_RELEASE).get("parameters") or {}).get("params") or {})
+    return {**params, "source": str(MODEL_DIR), "revision": revision}
 
 
 def champion() -> Any:
@@ -302,7 +365,8 @@ def latency(
     training = sum(t["total_run_time"] for t in train)
     gate = sum(c["total_run_time"] for c in gates)
     promotion = roll_s + promote["total_run_time"]
-    in_runs = sum(r["total_run_time"] for r in (step["watcher"], step["refine"], promote))
+    runs = (step["watcher"], step["refine"], promote)  # no watcher: another announced it
+    in_runs = sum(r["total_run_time"] for r in runs if r)
     orchestration = total - in_runs - roll_s  # waiting for events, triggers, workers
     return {
         "total": total,
@@ -352,28 +416,39 @@ def main() -> None:
         "--quick-assess", type=int, metavar="N", help="assess only N cases of each suite"
     )
     parser.add_argument("--home", type=Path, default=HOME, help="where the demo keeps its state")
+    parser.add_argument(
+        "--prefect-file",
+        type=Path,
+        default=ROOT / "prefect.yaml",
+        help="the deployments to deploy (a copy with another training recipe, say)",
+    )
     args = parser.parse_args()
     STATE_DIR = Path(os.environ.get("SLMOPS_STATE_DIR") or args.home / "stack").absolute()
     DOCS = args.home.absolute() / "demo" / "docs"  # a working copy of the docs: step 4 edits it
     RECORD = args.home.absolute() / "demo" / "record.json"  # what earlier runs did
     record: dict[str, Any] = json.loads(RECORD.read_text()) if RECORD.exists() else {}
 
+    def save() -> None:  # after each step: an interrupted run continues where it stopped
+        RECORD.parent.mkdir(parents=True, exist_ok=True)
+        RECORD.write_text(json.dumps(record, indent=1, default=str))
+
     head("local stack: Prefect server + worker, S3 server, one vLLM replica")
     stack = stack_up(vllm=1)
     MODEL_DIR = (stack.config.project_dir / stack.config.model_dir).absolute()
     api = Prefect(stack.config.prefect_api_url, f"http://127.0.0.1:{stack.config.prefect_port}")
-    deploy()
-
-    head("1. ingest the product docs -> index (with retrieval evals)")
     if not DOCS.exists():
         shutil.copytree(ROOT / "examples/support-bot/docs", DOCS)
-    record["index_v1"] = ingest(api, "docs")
-
-    head("2. base revision r1 -> refine-tune -> gate (floors) -> promote to vLLM")
     if not (MODEL_DIR / "config.json").exists():
         from infra.tiny_model import build_tiny_model
 
         build_tiny_model(MODEL_DIR, seed=1)
+    deploy(api, args.prefect_file.absolute())
+
+    head("1. ingest the product docs -> index (with retrieval evals)")
+    record["index_v1"] = ingest(api, "docs")
+    save()
+
+    head("2. base revision r1 -> refine-tune -> gate (floors) -> promote to vLLM")
     current = champion()
     if current is not None:
         base = base_revision(current)[:12]
@@ -383,6 +458,7 @@ def main() -> None:
     else:
         step = release(api, "r1")
         record["r1"] = step["revision"]
+        save()
         current = champion()
         if current is None:
             raise SystemExit(f"refine-tune ended without a champion: see {api.ui_url}")
@@ -391,22 +467,22 @@ def main() -> None:
     ask(QUESTIONS)
 
     head("3. base revision r2 released -> retrain -> gate vs the r1 champion -> promote")
+    from infra.tiny_model import publish_release
     from slmops.models import WatchedModel, current_revision
 
     now = current_revision(WatchedModel(name=MODEL, source=str(MODEL_DIR))).revision
-    if record.get("r2") == now and base_revision(current) == now:
-        say(f"r2 {now[:12]} is served already: reused (latency below is from that run)")
-    elif record.get("r2") == now:
-        verdict = gate_verdict(current.version)
-        reasons = "; ".join(verdict.reasons) if verdict else "no verdict"
-        say(f"r2 {now[:12]} was published and judged before; the gate kept r1: {reasons}")
-    else:
-        from infra.tiny_model import publish_release
-
+    published = None
+    if record.get("r2") != now:
         publish_release(MODEL_DIR, 2)  # stands in for a new commit of the model on the Hub
         published = time.time()
-        step = release(api, "r2, just published")
-        record["r2"] = step["revision"]
+        now = current_revision(WatchedModel(name=MODEL, source=str(MODEL_DIR))).revision
+        record["r2"] = now
+        save()
+        say(f"r2 {now[:12]} published into {MODEL_DIR}")
+    if base_revision(current) == now:
+        say(f"r2 {now[:12]} is served already: reused (latency below is from that run)")
+    else:
+        step = release(api, "r2" if published else "r2, published by an earlier run")
         verdict = gate_verdict(current.version)
         if verdict is None or not verdict.passed:
             say(
@@ -420,7 +496,9 @@ def main() -> None:
             roll_s = time.time() - t0
             promote_id = api.run("promote-adapter/manual", {"adapter": ADAPTER})
             promoted = api.follow(promote_id, "promote-adapter")
-            record["latency"] = latency(api, published, step, roll_s, promoted)
+            if published:  # measured only when this run saw the whole release
+                record["latency"] = latency(api, published, step, roll_s, promoted)
+            save()
             current = champion()
             ask(QUESTIONS[:1])
     lat = record.get("latency")
@@ -439,6 +517,7 @@ def main() -> None:
         doc.write_text(doc.read_text() + EDIT)
         say(f"edited {EDITED_DOC} (a Holiday hours section)")
     record["index_v2"] = ingest(api, f"after editing {EDITED_DOC}")
+    save()
 
     if not args.no_assess:
         head("5. prompt-only vs RAG vs fine-tuning on the edge cases (assess)")
@@ -447,9 +526,8 @@ def main() -> None:
             params["max_cases_per_suite"] = args.quick_assess
         run_id = api.run("assess/manual", params)
         api.follow(run_id, "assess", timeout=3600)
+        recommendation()
 
-    RECORD.parent.mkdir(parents=True, exist_ok=True)
-    RECORD.write_text(json.dumps(record, indent=1, default=str))
     head("6. summary")
     subprocess.run([str(Path(sys.executable).parent / "slmops"), "status"], check=False)
     print("\nGate results:")
@@ -457,6 +535,22 @@ def main() -> None:
     print(f"\nPrefect UI: {api.ui_url}  (flow runs, the reports as artifacts, the automation)")
     print(f"Store: {os.environ['SLMOPS_STORE']} at {os.environ['SLMOPS_S3_ENDPOINT_URL']}")
     print('From a shell: eval "$(.venv/bin/slmops stack env)"; stop: .venv/bin/slmops stack down')
+
+
+def recommendation() -> None:
+    """The assessment's recommendation and summary, whole (a log line shows only its start)."""
+    import textwrap
+
+    from slmops.store import open_store
+    from slmops.versions import EVALS, VersionedArtifact
+
+    reports = VersionedArtifact(open_store(), EVALS, "assess-support-bot")
+    latest = reports.resolve("latest")
+    report = json.loads(reports.read_file(latest.version, "report.json"))
+    print(f"\n   Recommendation: {report['recommendation']}")
+    for line in textwrap.wrap(str(report.get("summary", "")), 96):
+        print(f"   {line}")
+    print(f"   report: {open_store().uri}/{reports.version_prefix(latest.version)}/report.md")
 
 
 if __name__ == "__main__":

@@ -169,24 +169,30 @@ def _http_ok(url: str, *, method: str = "GET", body: bytes | None = None) -> byt
 
 
 def prefect_api(
-    api_url: str, path: str, body: dict[str, object] | None = None, attempts: int = 6
+    api_url: str,
+    path: str,
+    body: dict[str, object] | None = None,
+    attempts: int = 6,
+    method: str | None = None,
 ) -> object:
-    """One call to a Prefect server's REST API (POST with a body, else GET); the JSON answer.
+    """One call to a Prefect server's REST API (POST with a body, else GET; or `method`);
+    the JSON answer (None for an empty one, e.g. a PATCH's 204).
 
     A busy server (SQLite locked under load: 503s, 30 s stalls) is waited for: reads are
     retried on any transient failure, writes only on a 503 (refused before doing anything),
     so a retried call never creates a second flow run."""
-    read_only = body is None or path.endswith("filter")
+    read_only = (body is None and method is None) or path.endswith("filter")
     for attempt in range(1, attempts + 1):
         req = urllib.request.Request(
             f"{api_url.rstrip('/')}/{path}",
             data=json.dumps(body).encode() if body is not None else None,
             headers={"Content-Type": "application/json"},
-            method="POST" if body is not None else "GET",
+            method=method or ("POST" if body is not None else "GET"),
         )
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
-                return json.loads(resp.read())
+                raw = resp.read()
+                return json.loads(raw) if raw else None
         except urllib.error.HTTPError as exc:
             if attempt == attempts or exc.code not in ((502, 503, 504) if read_only else (503,)):
                 raise

@@ -34,7 +34,7 @@ def training_key(
             "revision": revision,
             "dataset": dataset,
             "rows_sha256": rows_sha256,
-            "config": config.model_dump(include=set(TrainConfig.weight_fields())),
+            "config": config.key_fields(),
         },
         sort_keys=True,
     )
@@ -219,6 +219,7 @@ def publish_adapter(
             "estimated_cost_usd": result.estimated_cost_usd,
             "resumed_from_step": result.resumed_from_step,
             "threads": result.threads,
+            "threads_source": result.threads_source,
             "memory_plan": (
                 result.memory_plan.model_dump(mode="json") if result.memory_plan else None
             ),

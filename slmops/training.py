@@ -118,6 +118,15 @@ class TrainConfig(BaseModel):
         description="Steps over which the learning rate rises linearly from 0 to its value.",
         json_schema_extra={"changes_weights": True},
     )
+    group_by_length: bool = Field(
+        False,
+        description="Batch rows of similar length together: far less padding for the same "
+        "rows and steps (the example's rows of 94-398 tokens spend half of every random batch "
+        "on padding: 1.8x faster on the tiny model), but less varied batches (held-out valid "
+        "JSON 0.80 vs 0.97 after 300 steps on the example). Off: random batches.",
+        # Added after adapters were trained without it: off, it leaves their keys as they were.
+        json_schema_extra={"changes_weights": True, "key_omits_default": True},
+    )
     seed: int = Field(
         42,
         description="Seeds data order, dropout and LoRA init.",
@@ -154,9 +163,10 @@ class TrainConfig(BaseModel):
     threads: int | None = Field(
         None,
         ge=1,
-        description="CPU threads for torch. Unset: the cores not busy right now (CPU time "
-        "sampled for half a second), at least 1: all cores on an idle machine, one on a "
-        "loaded one, where extra threads only contend.",
+        description="CPU threads for torch. Unset: SLMOPS_TRAIN_THREADS from the worker's "
+        "environment, else the cores this process may use (CPU affinity, capped by a "
+        "container's CPU quota). Set fewer on a machine shared with a busy server: extra "
+        "threads on a busy core only contend.",
         json_schema_extra={"changes_weights": False},
     )
     cpu_hour_usd: float = Field(
@@ -171,6 +181,19 @@ class TrainConfig(BaseModel):
         description="Price of one GPU-hour, for the cost estimate.",
         json_schema_extra={"changes_weights": False},
     )
+
+    def key_fields(self) -> dict[str, Any]:
+        """The weight-changing fields as the training key sees them (a field added later is
+        left out at its default, so keys made before it existed stay valid)."""
+        out = {}
+        for name in self.weight_fields():
+            info = type(self).model_fields[name]
+            extra = info.json_schema_extra or {}
+            value = getattr(self, name)
+            if extra.get("key_omits_default") and value == info.default:  # type: ignore[union-attr]
+                continue
+            out[name] = value
+        return out
 
     @classmethod
     def weight_fields(cls) -> list[str]:
@@ -199,6 +222,7 @@ class TrainResult(BaseModel):
     estimated_cost_usd: float
     resumed_from_step: int | None = None
     threads: int | None = None  # torch threads actually used on CPU (None on GPU)
+    threads_source: str | None = None  # where that count came from (config, env, affinity)
     memory_plan: MemoryPlan | None = None
 
 
@@ -208,28 +232,47 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def idle_cores(window: float = 0.5) -> int:
-    """Cores not busy right now (CPU time sampled over `window` seconds), at least 1.
+def cpu_threads(explicit: int | None = None) -> tuple[int, str]:
+    """Torch threads for CPU training, and where the number came from.
 
-    Extra torch threads on a core another process is using only contend (a tiny model runs
-    several times slower); on an idle machine every core helps."""
+    The cores this worker may use, decided from what the operator set, never from a sample
+    of the machine's load (a sample taken while the process itself starts up counts its own
+    start-up as another process's load): `explicit` (TrainConfig.threads), else
+    SLMOPS_TRAIN_THREADS (set it on a worker that shares its machine with a vLLM replica),
+    else the CPU affinity of this process (taskset, cpuset), capped by a cgroup CPU quota
+    (a container's CPU limit)."""
+    if explicit:
+        return explicit, "config"
+    from_env = os.environ.get("SLMOPS_TRAIN_THREADS", "").strip()
+    if from_env:
+        try:
+            value = int(from_env)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise ConfigError(
+                f"SLMOPS_TRAIN_THREADS={from_env!r}: expected a whole number of threads >= 1"
+            )
+        return value, "SLMOPS_TRAIN_THREADS"
     cores = len(os.sched_getaffinity(0))
+    quota = _cgroup_cpu_quota()
+    if quota is not None and quota < cores:
+        return max(1, math.ceil(quota - 1e-9)), f"cgroup CPU quota {quota:g}"
+    return cores, f"CPU affinity ({cores} cores)"
 
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat") as fh:
-            values = [int(v) for v in fh.readline().split()[1:]]
-        return sum(values), values[3] + values[4]  # total, idle + iowait
 
+def _cgroup_cpu_quota(path: Path = Path("/sys/fs/cgroup/cpu.max")) -> float | None:
+    """The container's CPU limit in cores (cgroup v2 `cpu.max`), None when unlimited."""
     try:
-        total0, idle0 = sample()
-        time.sleep(window)
-        total1, idle1 = sample()
-    except OSError:
-        return 1
-    busy = 1 - (idle1 - idle0) / max(total1 - total0, 1)
-    # A core counts as taken only when others use all of it: an orchestrator's or a server's
-    # background load (a fraction of a core) costs a thread less than leaving a core unused.
-    return max(1, min(cores, math.ceil(cores * (1 - busy) - 1e-9)))
+        quota, period = path.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    try:
+        return int(quota) / int(period)
+    except (ValueError, ZeroDivisionError):
+        return None
 
 
 def plan_memory(
@@ -311,10 +354,10 @@ def train_adapter(
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=model_kwargs["dtype"],
         )
+    # Decided before any weights load: a bad SLMOPS_TRAIN_THREADS fails at once.
+    threads, threads_source = cpu_threads(config.threads) if device == "cpu" else (None, None)
     model = AutoModelForCausalLM.from_pretrained(base, **model_kwargs)
-    threads = None
-    if device == "cpu":
-        threads = config.threads or idle_cores()
+    if threads:
         torch.set_num_threads(threads)
     if method == "qlora":
         from peft import prepare_model_for_kbit_training
@@ -364,6 +407,7 @@ def train_adapter(
         eval_strategy="no",
         disable_tqdm=True,
         completion_only_loss=True,
+        **_sampling(config.group_by_length),
     )
     seen = {"tokens": 0}
     losses: list[tuple[int, float]] = []
@@ -448,8 +492,20 @@ def train_adapter(
         estimated_cost_usd=round(cost, 6),
         resumed_from_step=resumed,
         threads=threads,
+        threads_source=threads_source,
         memory_plan=plan,
     )
+
+
+def _sampling(group_by_length: bool) -> dict[str, Any]:
+    """The trainer setting for length-grouped batches, by the name this transformers uses
+    (`train_sampling_strategy` from 5.x, `group_by_length` before it)."""
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    if "train_sampling_strategy" in fields:
+        return {"train_sampling_strategy": "group_by_length" if group_by_length else "random"}
+    return {"group_by_length": group_by_length} if "group_by_length" in fields else {}
 
 
 def finalize_adapter(adapter_dir: Path, served_model: str) -> dict[str, Any]:

@@ -90,6 +90,7 @@ def adapter_report(store: ObjectStore, manifest: Manifest, reused: bool) -> tupl
         "method",
         "device",
         "threads",
+        "threads_source",
         "cpu_seconds",
         "gpu_seconds",
         "peak_rss_mb",

@@ -144,6 +144,16 @@ def train(
             "memory plan for %s:\n%s", adapter, "\n".join(plan_markdown(plan, table=False))
         ),
     )
+    where = (
+        f"{result.threads} CPU threads ({result.threads_source})"
+        if result.threads
+        else result.device
+    )
+    logger.info(
+        f"trained {adapter}: {result.steps} steps in {result.train_seconds:.0f}s "
+        f"({result.train_seconds / max(result.steps, 1):.2f}s a step, "
+        f"{result.tokens_per_second:.0f} tokens/s) on {where}"
+    )
     return result, workdir / "out" / "adapter"
 
 

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,27 +36,26 @@ from slmops.config import get_settings  # noqa: E402
 from slmops.store.base import ObjectStore  # noqa: E402
 from slmops.store.local import LocalStore  # noqa: E402
 from slmops.store.s3 import S3Store  # noqa: E402
+from tests.helpers import free_port, make_bucket, wait_for_port  # noqa: E402
 
 if TYPE_CHECKING:
     from slmops.manifest import Manifest
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# What makes a test slow is what it needs: the session's trained adapter (minutes of
+# training), the vLLM servers (a minute to start). Marked here, so no test can forget.
+SLOW_FIXTURES = {"trained", "vllm_replicas"}
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server on port {port} exited with {proc.returncode}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"server on port {port} did not start in {timeout}s")
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        needs = set(getattr(item, "fixturenames", ()))
+        if needs & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
+        if "vllm_replicas" in needs:
+            item.add_marker(pytest.mark.vllm)
+        if "s3_endpoint" in needs:
+            item.add_marker(pytest.mark.s3)
 
 
 @pytest.fixture(autouse=True)
@@ -86,14 +82,6 @@ def s3_endpoint() -> Iterator[str]:
         proc.terminate()
         proc.wait(timeout=10)
         log.close()
-
-
-def make_bucket(endpoint: str) -> str:
-    import boto3
-
-    bucket = f"slmops-test-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
-    return bucket
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -185,10 +173,12 @@ def trained(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[S3Store, Manifest, list[str]]]:
     """refine-tune run once per session, as a deployment would, against the S3 store: the
-    adapter (rank 16, 300 steps) the training, gate and promotion tests look at."""
+    adapter (the suite's recipe, tests.helpers.TEST_RECIPE) the training, gate, promotion,
+    assess and stack tests look at."""
     from flows.refine_tune import RefineTuneParams, refine_tune
     from slmops.ingest import run_ingest
-    from tests.test_training import EXAMPLE, task_runs
+    from slmops.training import TrainConfig
+    from tests.helpers import EXAMPLE, TEST_RECIPE, task_runs
 
     store = S3Store(make_bucket(s3_endpoint), "prod", endpoint_url=s3_endpoint)
     mp = pytest.MonkeyPatch()
@@ -205,7 +195,12 @@ def trained(
         evaluate=False,
     )
     state = refine_tune(
-        RefineTuneParams(model="tiny-llama", source=str(tiny_base), store=store.uri),
+        RefineTuneParams(
+            model="tiny-llama",
+            source=str(tiny_base),
+            store=store.uri,
+            config=TrainConfig(**TEST_RECIPE),
+        ),
         return_state=True,
     )
     manifest = state.result()

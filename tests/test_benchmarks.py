@@ -8,6 +8,7 @@ import pytest
 from benchmarks import ingest_throughput, training_throughput
 
 
+@pytest.mark.slow
 def test_ingest_benchmark_runs_and_reports_its_ratios(capsys: pytest.CaptureFixture[str]) -> None:
     ingest_throughput.main(["--docs", "12"])
     out = capsys.readouterr().out
@@ -15,6 +16,7 @@ def test_ingest_benchmark_runs_and_reports_its_ratios(capsys: pytest.CaptureFixt
     assert "(exact)" in out
 
 
+@pytest.mark.slow
 def test_the_training_benchmark_on_a_model_shape_runs_on_cpu(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -7,25 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from benchmarks.training_throughput import SHAPES
-from slmops.cli import app
 from slmops.errors import ConfigError
 from slmops.manifest import InputRef, Manifest
 from slmops.store.base import ObjectStore
 from slmops.versions import VersionedArtifact
-from tests.test_store import corrupt
+from tests.helpers import corrupt, invoke
 
-runner = CliRunner()
 EXAMPLE_TRAIN = Path(__file__).resolve().parent.parent / "examples/support-bot/train.jsonl"
-
-
-def invoke(*args: str) -> tuple[int, str]:
-    result = runner.invoke(app, list(args), env={"COLUMNS": "250"})
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 @pytest.fixture

@@ -212,7 +212,7 @@ def test_s3_model_sources_have_revisions_too(
 ) -> None:
     from slmops.config import get_settings
     from slmops.store.s3 import S3Store
-    from tests.conftest import make_bucket
+    from tests.helpers import make_bucket
 
     bucket = make_bucket(s3_endpoint)
     S3Store(bucket, endpoint_url=s3_endpoint).put_dir("models/tiny", tiny_base)

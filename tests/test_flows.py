@@ -7,40 +7,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-from prefect.client.schemas.objects import TaskRun
 
 from flows.verify_store import VerifyStoreParams, verify_store
 from slmops.errors import ConfigError, IntegrityError
 from slmops.manifest import Manifest
 from slmops.store.base import ObjectStore
 from slmops.versions import VersionedArtifact
-from tests.test_store import corrupt
+from tests.helpers import EXAMPLE, corrupt, latest_artifact, read_task_runs
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "support-bot"
-
-
-async def latest_artifact(key: str) -> str:
-    async with get_client() as client:
-        found = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-            limit=1,
-            sort="CREATED_DESC",  # type: ignore[arg-type]
-        )
-    return str(found[0].data) + " " + str(found[0].description)
-
-
-async def task_runs(flow_run_id: object) -> list[TaskRun]:
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    async with get_client() as client:
-        return list(
-            await client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-            )
-        )
 
 
 def test_verify_store_checks_every_version_and_reports(
@@ -133,7 +108,7 @@ def test_ingest_docs_flow_fails_fast_on_bad_input_without_retrying(
         IngestDocsParams(source=str(tmp_path / "nope"), index="support"), return_state=True
     )
     assert state.is_failed() and "does not exist or is not a folder" in str(state.message)
-    [plan_task] = asyncio.run(task_runs(state.state_details.flow_run_id))
+    [plan_task] = asyncio.run(read_task_runs(state.state_details.flow_run_id))
     assert plan_task.name.startswith("plan-and-split") and plan_task.run_count == 1
     bad = tmp_path / "q.jsonl"
     bad.write_text("{oops\n")

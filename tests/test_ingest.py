@@ -293,7 +293,7 @@ def test_new_chunking_settings_rebuild_every_document(
 def test_a_source_can_be_an_s3_prefix(docs: Path, tmp_path: Path, s3_endpoint: str) -> None:
     from slmops.store.local import LocalStore
     from slmops.store.s3 import S3Store
-    from tests.conftest import make_bucket
+    from tests.helpers import make_bucket
 
     bucket = make_bucket(s3_endpoint)
     S3Store(bucket, endpoint_url=s3_endpoint).put_dir("product/docs", docs)

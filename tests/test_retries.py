@@ -19,7 +19,7 @@ from slmops.errors import (
     is_transient,
 )
 from slmops.store.s3 import S3Store
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from slmops.errors import ConflictError, ObjectExistsError
 from slmops.manifest import Manifest
 from slmops.store.s3 import S3Store
 from slmops.versions import VersionedArtifact
-from tests.conftest import free_port, wait_for_port
+from tests.helpers import free_port, wait_for_port
 
 pytestmark = pytest.mark.s3
 

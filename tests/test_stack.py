@@ -35,12 +35,12 @@ from slmops.promotion import serving_name
 from slmops.serving import VLLMClient, load_serving_config
 from slmops.store.s3 import S3Store
 from slmops.versions import VersionedArtifact
-from tests.conftest import free_port
+from tests.helpers import TEST_RECIPE, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).parent / "prefect")
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.vllm]
 
 
 @pytest.fixture(scope="module")
@@ -100,10 +100,33 @@ def test_up_is_healthy_and_idempotent(stack: LocalStack) -> None:
 
 
 @pytest.fixture(scope="module")
-def deployed(stack: LocalStack) -> LocalStack:
+def prefect_file(home: Path) -> Path:
+    """prefect.yaml as it is, but the training recipe: the suite's short one (the session's
+    adapter is trained with it, so the demo's r1 release finds that adapter by its key)."""
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    changed = 0
+    for deployment in doc["deployments"]:
+        if deployment["entrypoint"].startswith("flows/refine_tune.py"):
+            for params in [
+                deployment["parameters"]["params"],
+                *(t["parameters"]["params"] for t in deployment.get("triggers", [])),
+            ]:
+                assert set(params["config"]) <= set(TEST_RECIPE), params["config"]
+                params["config"] = dict(TEST_RECIPE)
+                changed += 1
+    assert changed == 3  # the release trigger, the release deployment's form, the weekly run
+    path = home / "prefect.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def deployed(stack: LocalStack, prefect_file: Path) -> LocalStack:
     """prefect.yaml deployed to the stack's server, as a user would: `prefect deploy --all`."""
     deploy = subprocess.run(
-        [PREFECT, "--no-prompt", "deploy", "--all"],
+        [PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)],
         cwd=ROOT,
         env=client_env(stack),
         capture_output=True,
@@ -230,7 +253,16 @@ def test_the_demo_runs_the_whole_loop(
 
     def demo(*args: str) -> str:
         run = subprocess.run(
-            [sys.executable, "-m", "examples.demo", "--home", str(home), *args],
+            [
+                sys.executable,
+                "-m",
+                "examples.demo",
+                "--home",
+                str(home),
+                "--prefect-file",
+                str(home / "prefect.yaml"),
+                *args,
+            ],
             cwd=ROOT,
             env=client_env(deployed),
             capture_output=True,
@@ -241,7 +273,26 @@ def test_the_demo_runs_the_whole_loop(
         assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:] + worker_log[-3000:]
         return run.stdout
 
+    # The scheduled watcher fires first (as its cron does right after a deploy): it announces
+    # r1, and the release event starts refine-tune before the demo gets to step 2. The demo
+    # must find that run by its revision and follow it, not wait for one of its own.
+    scheduled = start_deployment(
+        deployed,
+        "watch-base-model/every-15-minutes",
+        json.dumps({"params": {"models": [{"name": "tiny-llama", "source": str(model_dir)}]}}),
+    )
+    assert wait_for_flow_run(deployed, scheduled) == "COMPLETED"
+
     out = demo("--quick-assess", "6")
+
+    # 1. the scheduled run's release was followed, not raced: one refine-tune run for r1.
+    assert f"refine-tune for {r1[:12]} exists already" in out, out
+    r1_runs = [
+        r
+        for r in release_runs(deployed)
+        if r["parameters"]["params"]["revision"] == r1
+    ]
+    assert len(r1_runs) == 1, r1_runs
 
     # 2. three questions answered through the stable name, each with retrieved sources (and
     # one more after r2 is promoted)
@@ -383,6 +434,16 @@ def wait_for_flow_run(stack: LocalStack, run_id: str, timeout: float = 1200) -> 
             return str(state)
         time.sleep(2)
     return f"still {state} after {timeout:.0f}s"
+
+
+def release_runs(stack: LocalStack) -> list[dict[str, Any]]:
+    runs = api(
+        stack,
+        "flow_runs/filter",
+        {"deployments": {"name": {"any_": ["on-base-model-release"]}}, "limit": 50},
+    )
+    assert isinstance(runs, list)
+    return runs
 
 
 def last_flow_run_id(stack: LocalStack, deployment: str) -> str:

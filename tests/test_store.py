@@ -8,26 +8,13 @@ import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import boto3
 import pytest
 
 from slmops.errors import ConflictError, IntegrityError, ObjectExistsError, ObjectNotFoundError
 from slmops.store.base import ObjectStore
 from slmops.store.hashing import sha256_bytes, sha256_file
-from slmops.store.local import LocalStore
 from slmops.store.s3 import S3Store
-
-
-def corrupt(store: ObjectStore, key: str, data: bytes) -> None:
-    """Change stored bytes behind the store's back (bit rot, a bad copy, tampering)."""
-    if isinstance(store, LocalStore):
-        store.root.joinpath(*key.split("/")).write_bytes(data)
-    else:
-        assert isinstance(store, S3Store)
-        raw = boto3.client("s3", endpoint_url=store.endpoint_url)
-        full = f"{store.prefix}/{key}"
-        meta = raw.head_object(Bucket=store.bucket, Key=full)["Metadata"]
-        raw.put_object(Bucket=store.bucket, Key=full, Body=data, Metadata=meta)
+from tests.helpers import corrupt
 
 
 def test_bytes_and_json_round_trip(store: ObjectStore) -> None:

@@ -22,20 +22,13 @@ from slmops.store.local import LocalStore
 from slmops.store.s3 import S3Store
 from slmops.training import TrainConfig, TrainingError, finalize_adapter, train_adapter
 from slmops.versions import ADAPTERS, VersionedArtifact
+from tests.helpers import EVALS, EXAMPLE, TEST_RECIPE, invoke, latest_artifact, task_runs
 
-# The session's adapter (300 steps + its gate, 8-12 minutes on 2 cores) is trained by the
-# first test that needs it, which may be one of these when this file runs alone.
+# The session's adapter (the suite's recipe + its gate, a few minutes on 2 cores) is trained
+# by the first test that needs it, which may be one of these when this file runs alone.
 pytestmark = pytest.mark.timeout(1800)
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "support-bot"
 ROWS = [json.loads(line)["messages"] for line in (EXAMPLE / "train.jsonl").read_text().splitlines()]
-
-
-def task_runs(flow_run_id: object) -> list[str]:
-    """Names of the task runs a flow run made (e.g. train-adapter-0)."""
-    from tests.test_flows import task_runs as read_task_runs
-
-    return sorted(str(getattr(r, "name", "")) for r in asyncio.run(read_task_runs(flow_run_id)))
 
 
 def test_training_teaches_the_answer_format(trained: tuple[S3Store, Manifest, list[str]]) -> None:
@@ -46,7 +39,7 @@ def test_training_teaches_the_answer_format(trained: tuple[S3Store, Manifest, li
     assert metrics["json_valid"] >= 0.9, metrics
     curve = metrics["loss_curve"]
     assert curve[0][1] - curve[-1][1] > 1.5, "loss did not fall"
-    assert metrics["tokens_seen"] > 10_000 and metrics["steps"] == 300
+    assert metrics["tokens_seen"] > 10_000 and metrics["steps"] == TEST_RECIPE["max_steps"]
 
 
 def test_the_adapter_has_full_lineage(
@@ -97,7 +90,7 @@ def test_the_same_inputs_train_once(
     store, manifest, first_tasks = trained
     assert any(name.startswith("train-adapter") for name in first_tasks)
     # Another thread count and checkpoint interval do not change the weights: same key.
-    config = TrainConfig(threads=1, save_steps=7)
+    config = TrainConfig(**TEST_RECIPE, threads=1, save_steps=7)
     state = refine_tune(
         RefineTuneParams(model="tiny-llama", source=str(tiny_base), store=store.uri, config=config),
         return_state=True,
@@ -106,7 +99,6 @@ def test_the_same_inputs_train_once(
     again = task_runs(state.state_details.flow_run_id)
     assert not any(name.startswith(("train-adapter", "claim-training")) for name in again), again
     assert VersionedArtifact(store, ADAPTERS, "support-bot").versions() == [manifest.version]
-    from tests.test_flows import latest_artifact
 
     report = asyncio.run(latest_artifact("training-report-support-bot"))
     assert "already trained" in report and "### Memory plan" in report
@@ -342,7 +334,6 @@ def test_a_refine_tune_run_that_cannot_fit_stores_nothing_and_releases_its_key(
 
 
 # -- the eval gate on real adapters -----------------------------------------------------------
-EVALS = EXAMPLE / "evals"
 PLAIN_ROWS = [r for r in ROWS if not r[1]["content"].startswith("Context:")]
 
 
@@ -364,7 +355,6 @@ def gate(store: ObjectStore, adapter: str, version: str = "latest", **kw: object
 def test_refine_tune_gates_the_new_adapter(trained: tuple[S3Store, Manifest, list[str]]) -> None:
     from slmops.audit import AuditLog
     from slmops.evaluation import find_verdict
-    from tests.test_flows import latest_artifact
 
     store, manifest, _ = trained
     verdict = find_verdict(store, "support-bot", manifest.version, None)  # no champion yet
@@ -450,7 +440,6 @@ def test_a_twin_of_the_champion_holds_the_line_but_is_no_improvement(
     trained: tuple[S3Store, Manifest, list[str]], tmp_path: Path
 ) -> None:
     from slmops.cli import app
-    from tests.test_cli import invoke
 
     store, good, _ = trained
     source = VersionedArtifact(store, ADAPTERS, "support-bot")

@@ -24,7 +24,7 @@ from slmops.manifest import InputRef, Manifest, Trigger
 from slmops.store.base import ObjectStore
 from slmops.store.s3 import S3Store
 from slmops.versions import VersionedArtifact, summarize
-from tests.test_store import corrupt
+from tests.helpers import corrupt
 
 
 def publish(art: VersionedArtifact, content: bytes = b"weights", **kw: object) -> str:

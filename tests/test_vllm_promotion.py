@@ -27,8 +27,9 @@ from slmops.models import WatchedModel, current_revision
 from slmops.promotion import PromotionError, promote, serving_name
 from slmops.serving import Replica, ServingConfig, ServingError, VLLMClient, load_serving_config
 from slmops.store.s3 import S3Store
+from slmops.training import TrainConfig
 from slmops.versions import ADAPTERS, VersionedArtifact
-from tests.conftest import free_port, make_bucket
+from tests.helpers import TEST_RECIPE, free_port, invoke, make_bucket
 
 pytestmark = [
     pytest.mark.e2e,
@@ -152,6 +153,7 @@ def refine_tune(s: Served, policy: Path) -> Manifest:
         suites=str(s.suites),
         policy=str(policy),
         serving=str(s.serving),
+        config=TrainConfig(**TEST_RECIPE),  # the session adapter's recipe: found, not trained
     )
     return flow(params)
 
@@ -260,7 +262,6 @@ def test_a_new_version_replaces_the_old_under_load_and_rolls_back_without_a_fail
     answers to unusual prompts) passes the gate against v1; it is promoted and rolled back
     while clients keep calling the stable name."""
     from flows.promote_adapter import PromoteParams, promote_adapter
-    from tests.test_cli import invoke
 
     v1 = VersionedArtifact(served.store, ADAPTERS, ADAPTER).resolve("champion")
     art = VersionedArtifact(served.store, ADAPTERS, ADAPTER)
@@ -433,7 +434,6 @@ def test_a_restarted_replica_gets_the_champion_back_with_serve_sync(served: Serv
     """From: a champion and a previous one on both replicas. Replica 0 restarts (vLLM forgets
     runtime-loaded adapters); `slmops serve sync` loads them back and says what it fixed."""
     from infra.vllm_server import start, wait_ready
-    from tests.test_cli import invoke
 
     replica = served.replicas[0]
     replica.stop()
