@@ -14,6 +14,7 @@ from slmops import adapters
 from slmops.claims import ClaimRecord
 from slmops.datasets import chat_token_counter
 from slmops.errors import ConfigError
+from slmops.generation import Prompt
 from slmops.manifest import Manifest
 from slmops.memory_plan import USABLE, MemoryPlan, ModelShape, PlanError, estimate_peak
 from slmops.models import WatchedModel, current_revision
@@ -334,9 +335,6 @@ def test_a_refine_tune_run_that_cannot_fit_stores_nothing_and_releases_its_key(
 
 
 # -- the eval gate on real adapters -----------------------------------------------------------
-PLAIN_ROWS = [r for r in ROWS if not r[1]["content"].startswith("Context:")]
-
-
 def gate(store: ObjectStore, adapter: str, version: str = "latest", **kw: object) -> object:
     from slmops.config import get_settings
     from slmops.evaluation import evaluate_adapter
@@ -381,32 +379,47 @@ def test_a_good_adapter_passes_against_the_base_model(
     assert metrics["adversarial.valid_format"].n >= 200
 
 
-def planted(kind: str, tiny_base: Path, out: Path) -> Path:
-    """An adapter that must not pass: random weights, plain-text answers, banned phrases."""
-    if kind == "random":
-        from peft import LoraConfig, get_peft_model
-        from transformers import AutoModelForCausalLM
+class Planted:
+    """A candidate whose answers are the good adapter's own, each with one defect planted:
+    what an adapter trained to answer in plain text or with banned phrases would say, without
+    training one (the test is about what the gate makes of such answers)."""
 
-        model = get_peft_model(
-            AutoModelForCausalLM.from_pretrained(tiny_base),
-            LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False),
-        )
-        model.save_pretrained(str(out / "adapter"))
-        finalize_adapter(out / "adapter", "tiny-llama")
-        return out / "adapter"
+    def __init__(self, base: Path, adapter_dir: Path | None, kind: str):
+        from slmops.generation import LocalGenerator
 
-    def rewrite(answer: str) -> str:
-        obj = json.loads(answer)
-        if kind == "plain_text":
-            return str(obj["answer"])
+        self.inner, self.kind = LocalGenerator(base, adapter_dir), kind
+
+    def describe(self) -> dict[str, object]:
+        return {**self.inner.describe(), "planted": self.kind}
+
+    def generate(self, prompts: list[Prompt], on_progress: object = None) -> list[str]:
+        return [self.plant(a) for a in self.inner.generate(prompts, on_progress)]  # type: ignore[arg-type]
+
+    def plant(self, answer: str) -> str:
+        try:
+            obj = json.loads(answer)
+        except ValueError:
+            obj = None
+        if not isinstance(obj, dict):
+            return answer if self.kind == "plain_text" else f"I'm sorry, but {answer}"
+        if self.kind == "plain_text":
+            return str(obj.get("answer", ""))
         return json.dumps(
-            {**obj, "answer": "As an AI language model, I'm sorry, but " + obj["answer"]}
+            {**obj, "answer": f"As an AI language model, I'm sorry, but {obj.get('answer', '')}"}
         )
 
-    rows = [
-        [*r[:-1], {"role": "assistant", "content": rewrite(r[-1]["content"])}] for r in PLAIN_ROWS
-    ]
-    train_adapter(tiny_base, rows, [], out, TrainConfig(max_steps=150), served_model="tiny-llama")
+
+def random_adapter(tiny_base: Path, out: Path) -> Path:
+    """LoRA weights that were never trained (peft's random init, not the identity)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_base),
+        LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False),
+    )
+    model.save_pretrained(str(out / "adapter"))
+    finalize_adapter(out / "adapter", "tiny-llama")
     return out / "adapter"
 
 
@@ -426,13 +439,23 @@ def test_planted_bad_adapters_fail_with_reasons_naming_the_metric(
     named: str,
 ) -> None:
     store, good, _ = trained
-    folder = planted(kind, tiny_base, tmp_path)
+    if kind == "random":
+        folder, make = random_adapter(tiny_base, tmp_path), None
+    else:  # the good adapter's weights, its answers rewritten on the way out
+        folder = tmp_path / "good"
+        VersionedArtifact(store, ADAPTERS, "support-bot").download(good.version, folder)
+
+        def make(base: Path, adapter_dir: Path | None) -> Planted:
+            return Planted(base, adapter_dir, kind)
+
     art = VersionedArtifact(store, ADAPTERS, f"planted-{kind.replace('_', '-')}")
     version = art.publish(good.model_copy(update={"name": art.name}), folder).version
-    record = gate(store, art.name, version, champion="none")
+    record = gate(store, art.name, version, champion="none", make_generator=make)
     verdict = record.verdict  # type: ignore[attr-defined]
     assert not verdict.passed
     assert any(r.startswith(f"{named}:") for r in verdict.reasons), verdict.reasons
+    if kind == "banned_phrases":  # the format holds: style alone fails it
+        assert not any(r.startswith("format.valid:") for r in verdict.reasons), verdict.reasons
     assert art.get_alias("challenger") is None  # a failing candidate moves no alias
 
 
