@@ -287,11 +287,7 @@ def test_the_demo_runs_the_whole_loop(
 
     # 1. the scheduled run's release was followed, not raced: one refine-tune run for r1.
     assert f"refine-tune for {r1[:12]} exists already" in out, out
-    r1_runs = [
-        r
-        for r in release_runs(deployed)
-        if r["parameters"]["params"]["revision"] == r1
-    ]
+    r1_runs = [r for r in release_runs(deployed) if r["parameters"]["params"]["revision"] == r1]
     assert len(r1_runs) == 1, r1_runs
 
     # 2. three questions answered through the stable name, each with retrieved sources (and
