@@ -81,6 +81,8 @@ class Prefect:
         "Opening process",
         "Process ",
         "Completed submission",
+        # A scheduled run met the deployment's concurrency limit and went back in the queue.
+        "Aborted submission",
     )
 
     def __init__(self, api_url: str, ui_url: str):
@@ -535,6 +537,7 @@ def main() -> None:
     print(f"\nPrefect UI: {api.ui_url}  (flow runs, the reports as artifacts, the automation)")
     print(f"Store: {os.environ['SLMOPS_STORE']} at {os.environ['SLMOPS_S3_ENDPOINT_URL']}")
     print('From a shell: eval "$(.venv/bin/slmops stack env)"; stop: .venv/bin/slmops stack down')
+    say(f"demo done in {time.monotonic() - START:.0f}s")
 
 
 def recommendation() -> None:

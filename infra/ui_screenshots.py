@@ -44,6 +44,13 @@ def pages() -> dict[str, str]:
         found = _api(f"deployments/name/{deployment}")
         if isinstance(found, dict):
             urls[name] = f"{UI}/deployments/deployment/{found['id']}/run"
+    for name, deployment in (  # what the schedules and the release trigger run with
+        ("release-deployment", "refine-tune/on-base-model-release"),
+        ("ingest-deployment", "ingest-docs/hourly"),
+    ):
+        found = _api(f"deployments/name/{deployment}")
+        if isinstance(found, dict):
+            urls[name] = f"{UI}/deployments/deployment/{found['id']}?tab=Parameters"
     for name, key in (
         ("training-report", "training-report-support-bot"),
         ("promotion-report", "promotion-support-bot"),

@@ -269,6 +269,8 @@ def test_the_demo_runs_the_whole_loop(
             text=True,
             timeout=2700,
         )
+        runs = len(list(home.glob("demo-*.log"))) + 1  # kept for a person to read afterwards
+        (home / f"demo-{runs}.log").write_text(run.stdout + run.stderr)
         worker_log = Path(deployed.health()["worker"][1].log).read_text()  # type: ignore[union-attr]
         assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:] + worker_log[-3000:]
         return run.stdout
