@@ -113,3 +113,20 @@ def invoke(*args: str) -> tuple[int, str]:
     if result.exception and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result.exit_code, result.output
+
+
+def subset_suites(dest: Path, suites: list[str], per_suite: int = 40) -> Path:
+    """A copy of the example's eval suites with only `suites`, each cut to its first
+    `per_suite` cases (the adversarial suite has 215): for tests about what happens around
+    a gate, where its statistics are not the subject and a full gate would cost minutes."""
+    import yaml
+
+    dest.mkdir(parents=True)
+    doc = yaml.safe_load((EVALS / "suites.yaml").read_text())
+    doc["suites"] = {k: v for k, v in doc["suites"].items() if k in suites}
+    for spec in doc["suites"].values():
+        lines = (EVALS / spec["cases"]).read_text().splitlines(keepends=True)
+        (dest / spec["cases"]).write_text("".join(lines[:per_suite]))
+    (dest / doc["schema"]).write_text((EVALS / doc["schema"]).read_text())
+    (dest / "suites.yaml").write_text(yaml.safe_dump(doc))
+    return dest

@@ -35,7 +35,7 @@ from slmops.promotion import serving_name
 from slmops.serving import VLLMClient, load_serving_config
 from slmops.store.s3 import S3Store
 from slmops.versions import VersionedArtifact
-from tests.helpers import TEST_RECIPE, free_port
+from tests.helpers import TEST_RECIPE, free_port, subset_suites
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -355,11 +355,15 @@ def test_the_demo_runs_the_whole_loop(
 
 @pytest.mark.timeout(1800)  # two runs, each gated against the champion on 2 cores
 def test_two_deployments_training_one_key_at_once_train_it_once(
-    deployed: LocalStack, tiny_base: Path
+    deployed: LocalStack, tiny_base: Path, home: Path
 ) -> None:
     """The release event's deployment and the weekly one, started together on the same base
     revision, data and config: exactly one trains and publishes; both return its adapter."""
-
+    # The gate on the format suite alone: an adapter of 12 steps never stops talking, and
+    # the whole suites would take minutes to tell what 40 format cases tell.
+    suites = subset_suites(home / "format-suite", ["format"])
+    policy = home / "format-policy.yaml"
+    policy.write_text("floors:\n  format.valid: 0.95\nnon_inferiority:\n  format.valid: 0.03\n")
     params = json.dumps(
         {
             "params": {
@@ -368,6 +372,8 @@ def test_two_deployments_training_one_key_at_once_train_it_once(
                 "adapter": "support-bot",
                 "dataset": "examples/support-bot/train.jsonl",
                 "config": {"max_steps": 12, "save_steps": 6},  # a new training key
+                "suites": str(suites),
+                "policy": str(policy),
             }
         }
     )

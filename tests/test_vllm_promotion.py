@@ -29,7 +29,7 @@ from slmops.serving import Replica, ServingConfig, ServingError, VLLMClient, loa
 from slmops.store.s3 import S3Store
 from slmops.training import TrainConfig
 from slmops.versions import ADAPTERS, VersionedArtifact
-from tests.helpers import TEST_RECIPE, free_port, invoke, make_bucket
+from tests.helpers import TEST_RECIPE, free_port, invoke, make_bucket, subset_suites
 
 pytestmark = [
     pytest.mark.e2e,
@@ -56,19 +56,6 @@ class Served:
     permissive: Path  # floors only on valid JSON: for adapters made to test refusals
     replicas: list[Any]
     work: Path
-
-
-def write_suites(dest: Path) -> Path:
-    """The example suites without the knowledge suite (which needs a RAG index): the gate
-    runs in seconds on the format, style and terminology cases."""
-    dest.mkdir(parents=True)
-    doc = yaml.safe_load((EVALS / "suites.yaml").read_text())
-    doc["suites"] = {k: v for k, v in doc["suites"].items() if k != "knowledge"}
-    for spec in doc["suites"].values():
-        shutil.copy(EVALS / spec["cases"], dest / spec["cases"])
-    shutil.copy(EVALS / doc["schema"], dest / doc["schema"])
-    (dest / "suites.yaml").write_text(yaml.safe_dump(doc))
-    return dest
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +121,7 @@ def served(
         base=tiny_base,
         serving=serving,
         config=load_serving_config(serving),
-        suites=write_suites(work / "suites"),
+        suites=subset_suites(work / "suites", ["format", "style", "terminology", "adversarial"]),
         replicas=vllm_replicas,
         work=work,
         **policies,
