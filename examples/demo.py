@@ -224,6 +224,7 @@ def deploy(api: Prefect, prefect_file: Path) -> None:
     api.set_parameters(INGEST, {"source": str(DOCS)})
     api.set_parameters(WATCHER, {"models": [{"name": MODEL, "source": str(MODEL_DIR)}]})
     api.set_parameters(WEEKLY, {"source": str(MODEL_DIR)})
+    api.set_parameters(ON_RELEASE, {"source": str(MODEL_DIR)})  # its form, for a run by hand
     say(f"schedules point at the demo's docs ({DOCS}) and model folder ({MODEL_DIR})")
 
 
