@@ -35,9 +35,8 @@ from slmops.promotion import serving_name
 from slmops.serving import VLLMClient, load_serving_config
 from slmops.store.s3 import S3Store
 from slmops.versions import VersionedArtifact
-from tests.helpers import TEST_RECIPE, free_port, subset_suites
+from tests.helpers import ROOT, TEST_RECIPE, free_port, subset_suites
 
-ROOT = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).parent / "prefect")
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.vllm]

@@ -29,7 +29,7 @@ from slmops.serving import Replica, ServingConfig, ServingError, VLLMClient, loa
 from slmops.store.s3 import S3Store
 from slmops.training import TrainConfig
 from slmops.versions import ADAPTERS, VersionedArtifact
-from tests.helpers import TEST_RECIPE, free_port, invoke, make_bucket, subset_suites
+from tests.helpers import EVALS, TEST_RECIPE, free_port, invoke, make_bucket, subset_suites
 
 pytestmark = [
     pytest.mark.e2e,
@@ -40,7 +40,6 @@ pytestmark = [
     pytest.mark.timeout(1800),
 ]
 
-EVALS = Path(__file__).resolve().parent.parent / "examples" / "support-bot" / "evals"
 ADAPTER = "support-bot"
 
 
