@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", type=Path, help="base model folder (default: build one)")
     parser.add_argument("--adapter", type=Path, help="adapter folder (default: train one)")
-    parser.add_argument("--steps", type=int, default=300, help="training steps if training")
+    parser.add_argument("--steps", type=int, default=150, help="training steps if training")
     parser.add_argument("--batch", type=int, default=32, help="the gate's batch size")
     args = parser.parse_args(argv)
 

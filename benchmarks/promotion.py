@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", type=Path, help="base model folder (default: build tiny)")
     parser.add_argument("--adapter", type=Path, help="adapter folder trained on --base")
-    parser.add_argument("--steps", type=int, default=300, help="training steps if no adapter")
+    parser.add_argument("--steps", type=int, default=150, help="training steps if no adapter")
     parser.add_argument("--rounds", type=int, default=3, help="promotions per replica count")
     args = parser.parse_args(argv)
 

@@ -3,21 +3,74 @@
     python -m infra.tiny_model .slmops/models/tiny-llama            # revision 1
     python -m infra.tiny_model .slmops/models/tiny-llama --seed 2   # other weights
 
-A few million parameters, random weights, a byte-level BPE tokenizer trained in well under a
-second on the bundled docs, a chat template, pad and eos tokens; saved with save_pretrained so
-it loads like any Hugging Face model (transformers, peft, vLLM). A different seed or layer count
-gives a new revision of the same model, which is how tests simulate a base-model release.
+A few million parameters, a byte-level BPE tokenizer trained in well under a second on the
+bundled docs, a chat template, pad and eos tokens; saved with save_pretrained so it loads like
+any Hugging Face model (transformers, peft, vLLM). A different seed or layer count gives a new
+revision of the same model, which is how tests simulate a base-model release.
+
+The weights are not left random: the model is pretrained (every weight, next-token loss) on the
+bundled docs for a few hundred steps, as a real base model has read text like the one it will
+serve. A LoRA adapter on a random base learns the answer format but not the job (it declines
+everything or repeats one answer); on this base it learns both in about 100 steps. The
+pretrained weights are cached by the hash of everything that decides them
+(`.slmops/cache/tiny-models/<hash>`, or SLMOPS_TINY_MODEL_CACHE), so the cost (about 3 minutes
+on 2 cores) is paid once per machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
-EXAMPLE_DOCS = Path(__file__).resolve().parent.parent / "examples" / "support-bot" / "docs"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_DOCS = ROOT / "examples" / "support-bot" / "docs"
+PRETRAIN: dict[str, Any] = {"steps": 600, "seq": 256, "batch": 8, "lr": 3e-3, "warmup": 20}
+# Plain-text chats the base is pretrained on besides the docs, as an instruct model has seen
+# conversations: questions about the docs answered from them (with a passage to read, quoting
+# its path), and questions about anything else turned away. No JSON, no system prompt, and
+# phrasings and subjects of their own (none is in the example's training rows or eval suites):
+# the adapter still has to learn the bot's format, fields, style and refusal wording.
+CHAT_ASKS = [
+    "What does the documentation say about {h} in {t}?",
+    "{t}, {h}: explain",
+    "Help with {h} for {t} please",
+    "I want to know about {h} ({t})",
+    "Where do I read about {h}? It is for {t}.",
+    "{h} -- {t}",
+]
+_OFF_NOUNS = (
+    "volcanoes, the Roman empire, chess openings, winter gardening, origami, the human heart, "
+    "electric cars, ancient Egypt, bird watching, yoga, the moon landing, pasta sauces, the "
+    "piano, sailing knots, honey bees, the Renaissance, mountain bikes, cheese, the Amazon "
+    "river, ballet, solar panels, wine, the Great Wall, snowboards, fairy tales, card games, "
+    "coral reefs, fountain pens, opera, sushi, tax law, wedding speeches, dog breeds, "
+    "marathons, cryptocurrency, vintage cameras, the Vikings, skin care, podcasts, the Nile, "
+    "rock climbing, tea ceremonies, dinosaur fossils, lullabies, weather balloons, the Cold "
+    "War, sourdough, table tennis, the periodic table, haircuts, camping stoves, poetry, "
+    "video game consoles, the Eiffel Tower, horse riding, tulips, submarines, violins"
+)
+CHAT_OFF_SUBJECTS = [
+    frame.format(n=noun.strip())
+    for noun in _OFF_NOUNS.split(",")
+    for frame in ("{n}", "the history of {n}", "{n} for beginners", "the best {n}")
+]
+CHAT_OFF_ASKS = [
+    "What does the documentation say about {x}?",
+    "{x}: explain",
+    "Help with {x} please",
+    "I want to know about {x}",
+    "Where do I read about {x}?",
+    "{x} -- tips",
+]
+OUT_OF_SCOPE = "That is outside the Tidewell documentation."
+CACHE_VERSION = 1  # bump when the build itself changes
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n"
@@ -59,14 +112,174 @@ def build_tokenizer(vocab_size: int = 2048) -> object:
     return tokenizer
 
 
+def _docs() -> dict[str, str]:
+    return {
+        p.relative_to(EXAMPLE_DOCS).as_posix(): p.read_text(encoding="utf-8")
+        for p in sorted(EXAMPLE_DOCS.rglob("*.md"))
+    }
+
+
+def _sections(text: str) -> list[tuple[str, str]]:
+    """(heading, first sentence of its prose) of each `## ` section of a markdown doc."""
+    import re
+
+    out = []
+    for block in re.split(r"^## ", text, flags=re.MULTILINE)[1:]:
+        heading, _, body = block.partition("\n")
+        prose = [
+            ln
+            for ln in body.strip().splitlines()
+            if ln and not ln.startswith(("|", "```", "-", "1.", "<"))
+        ]
+        if prose:
+            first = re.split(r"(?<=[.!?])\s", " ".join(prose))[0]
+            out.append((heading.strip(), first.strip()))
+    return out
+
+
+def _chats() -> list[str]:
+    """The plain-text conversations of the pretraining corpus (see CHAT_ASKS)."""
+    import random
+
+    rng = random.Random(7)
+    docs = _docs()
+    flat = {path: " ".join(text.split()) for path, text in docs.items()}
+
+    def turn(user: str, reply: str) -> str:
+        return f"<|user|>\n{user}<|end|>\n<|assistant|>\n{reply}<|end|>\n"
+
+    out = []
+    for path, text in docs.items():
+        title = text.splitlines()[0].lstrip("# ").strip()
+        for heading, answer in _sections(text):
+            for template in rng.sample(CHAT_ASKS, 4):
+                out.append(turn(template.format(h=heading.lower(), t=title), answer))
+            ask = rng.choice(CHAT_ASKS).format(h=heading.lower(), t=title)
+            chunks = [path, *rng.sample(sorted(set(flat) - {path}), 2)]
+            if rng.random() < 0.15:  # retrieval usually ranks the passage that answers first
+                rng.shuffle(chunks)
+            context = "\n".join(f"[{src}] {flat[src][:240]}" for src in chunks)
+            out.append(turn(f"Context:\n{context}\n\nQuestion: {ask}", f"{answer} ({path})"))
+    for subject in CHAT_OFF_SUBJECTS:
+        for template in rng.sample(CHAT_OFF_ASKS, 3):
+            out.append(turn(template.format(x=subject), OUT_OF_SCOPE))
+    rng.shuffle(out)
+    return out
+
+
+def _pretrain_texts() -> list[str]:
+    return list(_docs().values()) + _chats()
+
+
+def pretrain(model: Any, tokenizer: Any, steps: int, *, seed: int, log: bool = True) -> float:
+    """Next-token training of every weight on the bundled docs (random 128-token windows).
+    Returns the last loss."""
+    import torch
+
+    ids: list[int] = []
+    for text in _pretrain_texts():
+        ids += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    data = torch.tensor(ids)
+    seq, batch = PRETRAIN["seq"], PRETRAIN["batch"]
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=PRETRAIN["lr"], weight_decay=0.0)
+    warm = PRETRAIN["warmup"]
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, 1 - s / steps)
+    )
+    model.train()
+    loss = float("nan")
+    t0 = time.perf_counter()
+    for step in range(steps):
+        starts = torch.randint(0, len(data) - seq - 1, (batch,), generator=gen)
+        x = torch.stack([data[i : i + seq] for i in starts])
+        out = model(input_ids=x, labels=x)
+        out.loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        loss = out.loss.item()
+        if log and ((step + 1) % 50 == 0 or step + 1 == steps):
+            print(
+                f"  pretraining the tiny base on the bundled docs: step {step + 1}/{steps}, "
+                f"loss {loss:.2f}, {time.perf_counter() - t0:.0f}s",
+                flush=True,
+            )
+    model.eval()
+    return loss
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("SLMOPS_TINY_MODEL_CACHE") or ROOT / ".slmops/cache/tiny-models")
+
+
+def _build_key(seed: int, layers: int, hidden: int, steps: int) -> str:
+    import torch
+
+    h = hashlib.sha256()
+    h.update(
+        json.dumps(
+            {
+                "v": CACHE_VERSION,
+                "seed": seed,
+                "layers": layers,
+                "hidden": hidden,
+                "steps": steps,
+                "pretrain": PRETRAIN,
+                "template": CHAT_TEMPLATE,
+                "special": SPECIAL,
+                "torch": torch.__version__,
+            },
+            sort_keys=True,
+        ).encode()
+    )
+    for text in _corpus() + _pretrain_texts():
+        h.update(hashlib.sha256(text.encode()).digest())
+    return h.hexdigest()[:20]
+
+
 def build_tiny_model(
-    out_dir: str | Path, *, seed: int = 1, layers: int = 4, hidden: int = 256
+    out_dir: str | Path,
+    *,
+    seed: int = 1,
+    layers: int = 4,
+    hidden: int = 256,
+    pretrain_steps: int | None = None,
 ) -> Path:
-    """Write a tiny Llama (weights from `seed`) and its tokenizer to `out_dir`, atomically."""
+    """Write a tiny Llama (weights from `seed`, pretrained on the bundled docs for
+    `pretrain_steps`, default PRETRAIN["steps"]; 0: random) and its tokenizer to `out_dir`,
+    atomically. A build with the same inputs is copied from the cache."""
+    steps = PRETRAIN["steps"] if pretrain_steps is None else pretrain_steps
+    out = Path(out_dir)
+    cached = _cache_dir() / _build_key(seed, layers, hidden, steps)
+    if not (cached / "model.safetensors").is_file():
+        if steps:
+            print(
+                f"building the tiny base model (seed {seed}, {steps} pretraining steps, "
+                f"cached in {cached})",
+                flush=True,
+            )
+        _build(cached, seed=seed, layers=layers, hidden=hidden, steps=steps)
+    tmp = Path(
+        tempfile.mkdtemp(prefix=".tiny-model-", dir=out.parent if out.parent.exists() else None)
+    )
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; servers may run as another user
+        for f in cached.iterdir():
+            shutil.copy2(f, tmp / f.name)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _build(out: Path, *, seed: int, layers: int, hidden: int, steps: int) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    out = Path(out_dir)
     tokenizer = build_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),  # type: ignore[arg-type]
@@ -83,9 +296,10 @@ def build_tiny_model(
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
-    tmp = Path(
-        tempfile.mkdtemp(prefix=".tiny-model-", dir=out.parent if out.parent.exists() else None)
-    )
+    if steps:
+        pretrain(model, tokenizer, steps, seed=seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-model-", dir=out.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; servers may run as another user
         model.save_pretrained(tmp, safe_serialization=True)
@@ -110,17 +324,37 @@ def build_tiny_model(
     return out
 
 
-def publish_release(model_dir: str | Path, number: int) -> Path:
-    """A new revision of the model in place, as a Hub repo gets a commit that changes its
-    model card and not its weights: the revision (a hash of the folder) changes, the adapter
-    must be retrained and gated on it, and a good retrain matches the champion."""
-    card = Path(model_dir) / "README.md"
-    tmp = card.with_name(f".README.md.{number}")
-    tmp.write_text(
-        f"# tiny-llama, release {number}\n\nA tiny random Llama built by slmops for tests and "
-        "the demo (`python -m infra.tiny_model`). This release updates the model card only.\n"
+def publish_release(model_dir: str | Path, number: int, *, steps: int = 20) -> Path:
+    """A new revision of the model in place, as a patch release on the Hub: the weights are
+    trained on for `steps` more steps (0: the model card changes and the weights do not) and
+    the model card says so. The revision (a hash of the folder) changes; an adapter must be
+    retrained on it and gated against the champion trained on the release before."""
+    model_dir = Path(model_dir)
+    if steps:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        pretrain(model, tokenizer, steps, seed=1000 + number, log=False)
+        tmp = Path(tempfile.mkdtemp(prefix=".release-", dir=model_dir))
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            (tmp / "model.safetensors").replace(model_dir / "model.safetensors")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    card = model_dir / "README.md"
+    tmp_card = card.with_name(f".README.md.{number}")
+    change = (
+        f"This release continues pretraining for {steps} steps (new weights)."
+        if steps
+        else "This release updates the model card only."
     )
-    tmp.rename(card)
+    tmp_card.write_text(
+        f"# tiny-llama, release {number}\n\nA tiny Llama built by slmops for tests and "
+        f"the demo (`python -m infra.tiny_model`). {change}\n"
+    )
+    tmp_card.rename(card)
     return card
 
 

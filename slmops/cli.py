@@ -445,6 +445,19 @@ def gate(
             "[red]FAIL[/red] " + ", ".join(failed) if failed else "[green]ok[/green]",
         )
     console.print(table)
+    d = verdict.declines
+    if d is not None:
+
+        def pct(v: float | None) -> str:
+            return "-" if v is None else f"{v:.0%}"
+
+        line = (
+            f"declined: in-scope {pct(d.candidate_in_scope)} of {d.in_scope_n}, off-topic "
+            f"{pct(d.candidate_off_topic)} of {d.off_topic_n}"
+        )
+        if verdict.champion is not None:
+            line += f" (champion: {pct(d.champion_in_scope)}, {pct(d.champion_off_topic)})"
+        console.print(line, highlight=False)
     against = verdict.champion or "floors only"
     if verdict.passed:
         console.print(

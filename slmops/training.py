@@ -85,10 +85,10 @@ class TrainConfig(BaseModel):
         json_schema_extra={"changes_weights": True},
     )
     max_steps: int = Field(
-        300,
+        150,
         ge=1,
-        description="Optimizer steps (300 teach the tiny test model the answer format under "
-        "adversarial input; real runs usually need more).",
+        description="Optimizer steps (150 teach the tiny demo model the example's job on its "
+        "pretrained base; real runs usually need more).",
         json_schema_extra={"changes_weights": True},
     )
     batch_size: int = Field(

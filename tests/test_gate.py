@@ -212,3 +212,41 @@ def judge_scores(
         scores("m", list(candidate)),
         None if champion is None else scores("m", list(champion)),
     )
+
+
+def test_a_margin_finer_than_the_suite_can_resolve_is_refused(
+    suites: Suites, tmp_path: Path
+) -> None:
+    known = known_metrics(suites)
+    bad = tmp_path / "policy.yaml"
+    bad.write_text("non_inferiority:\n  format.valid: 0.03\n  all.valid_format: 0.06\n")
+    with pytest.raises(ConfigError) as err:
+        load_policy(bad, known)
+    message = str(err.value)
+    assert "non_inferiority.format.valid: 0.03 is finer than 40 cases can resolve" in message
+    # (1.96 + 0.84)^2 * 0.1 / 0.03^2 at alpha 0.05/2 comparisons, power 0.8
+    assert "give the metric 873 cases" in message, message
+    assert "all.valid_format" not in message.split("metrics the suites produce")[0]
+    bad.write_text("non_inferiority:\n  format.valid: 0.03\nplanning_discordance: 0.002\n")
+    assert load_policy(bad, known).non_inferiority == {"format.valid": 0.03}
+
+
+def test_the_detectable_difference_follows_the_paired_power_formula() -> None:
+    from slmops.evaluation.stats import cases_needed, detectable_difference
+
+    # z(0.95) + z(0.8) = 1.645 + 0.842; sqrt(0.2 / 100) = 0.0447
+    assert detectable_difference(100, 0.2, 0.05, 0.8) == pytest.approx(0.1112, abs=1e-3)
+    assert cases_needed(0.1112, 0.2, 0.05, 0.8) == 100
+    assert detectable_difference(100, 0.0, 0.05, 0.8) == 0.0  # identical answers: any margin
+
+
+def test_the_verdict_reports_discordant_cases_and_the_detectable_difference() -> None:
+    champion = np.array([1.0] * 90 + [0.0] * 10)
+    candidate = champion.copy()
+    candidate[[0, 1, 2]] = 0.0
+    candidate[[95]] = 1.0
+    metrics, _ = judge_scores(policy(non_inferiority={"m": 0.1}), candidate, champion)
+    assert metrics[0].discordant == 4
+    assert metrics[0].detectable == pytest.approx(2.487 * (0.04 / 100) ** 0.5, abs=1e-3)
+    [check] = metrics[0].checks
+    assert "4 of 100 cases differ, smallest detectable difference 0.050" in check.detail

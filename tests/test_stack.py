@@ -225,7 +225,7 @@ def test_every_parameter_of_the_run_forms_is_described(deployed: LocalStack) -> 
     ) == ["P.x"]
 
 
-@pytest.mark.timeout(3000)  # r2 trains 300 steps on the worker: 5-10 minutes on 2 cores
+@pytest.mark.timeout(3000)  # r2 trains 150 steps on the worker: 3-6 minutes on 2 cores
 def test_the_demo_runs_the_whole_loop(
     deployed: LocalStack, home: Path, trained: tuple[S3Store, Manifest, list[str]]
 ) -> None:
@@ -362,7 +362,7 @@ def test_two_deployments_training_one_key_at_once_train_it_once(
     # the whole suites would take minutes to tell what 40 format cases tell.
     suites = subset_suites(home / "format-suite", ["format"])
     policy = home / "format-policy.yaml"
-    policy.write_text("floors:\n  format.valid: 0.95\nnon_inferiority:\n  format.valid: 0.03\n")
+    policy.write_text("floors:\n  format.valid: 0.95\nnon_inferiority:\n  format.valid: 0.13\n")
     params = json.dumps(
         {
             "params": {

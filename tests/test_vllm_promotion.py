@@ -35,7 +35,7 @@ pytestmark = [
     pytest.mark.e2e,
     pytest.mark.slow,
     pytest.mark.usefixtures("prefect_harness"),
-    # Run alone, the first test also trains the session's adapter (300 steps) and starts
+    # Run alone, the first test also trains the session's adapter (150 steps) and starts
     # the replicas; in the whole suite test_training has trained it already.
     pytest.mark.timeout(1800),
 ]

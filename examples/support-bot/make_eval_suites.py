@@ -264,7 +264,7 @@ def main() -> None:
             "id": f"kn-{i:03d}",
             "input": q["question"],
             "expected_sources": q["expected"],
-            "expect": ["valid_format"],
+            "expect": ["valid_format", "answers"],  # in scope: declining is a failure
         }
         for i, q in enumerate(questions)
     ]

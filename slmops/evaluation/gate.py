@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -21,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from slmops.evaluation.policy import GatePolicy
-from slmops.evaluation.scorers import Scorer
+from slmops.evaluation.scorers import Scorer, canned_answer_key, parse_answer
 from slmops.evaluation.stats import holm, mean_interval, paired_bootstrap, resample_indices
 from slmops.evaluation.suites import Case, Suites
 from slmops.generation import Generator, Prompt
@@ -46,6 +47,14 @@ class MetricResult(BaseModel):
     champion_ci: tuple[float, float] | None = None
     diff: float | None = None
     diff_ci: tuple[float, float] | None = None
+    discordant: int | None = Field(
+        None, description="Cases the candidate and the champion scored differently."
+    )
+    detectable: float | None = Field(
+        None,
+        description="The smallest difference this comparison can resolve at the policy's "
+        "confidence and power, given the discordant cases measured.",
+    )
     checks: list[RuleCheck] = Field(default_factory=list)
 
     @property
@@ -61,6 +70,17 @@ class CaseResult(BaseModel):
     candidate_scores: dict[str, float]
     champion_scores: dict[str, float] | None = None
     retrieved: list[str] | None = None
+
+
+class DeclineRates(BaseModel):
+    """How often each model declined, on questions it must answer and on ones it must not."""
+
+    in_scope_n: int
+    off_topic_n: int
+    candidate_in_scope: float | None
+    candidate_off_topic: float | None
+    champion_in_scope: float | None = None
+    champion_off_topic: float | None = None
 
 
 class Verdict(BaseModel):
@@ -80,17 +100,21 @@ class Verdict(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     base_model: str | None = None
     base_revision: str | None = None
+    declines: DeclineRates | None = None
 
 
-def known_metrics(suites: Suites) -> set[str]:
-    """Every metric the suites produce (policy files are checked against this)."""
+def known_metrics(suites: Suites) -> dict[str, int]:
+    """Every metric the suites produce, with how many cases produce it (policy files are
+    checked against this)."""
     scorer = Scorer(suites.config, suites.schema_doc)
-    names: set[str] = set()
+    names: Counter[str] = Counter()
     for case in suites.cases:
-        names |= set(scorer.score(case, "", retrieved=[]))
+        names.update(set(scorer.score(case, "", retrieved=[])))
         if case.expected_sources:
-            names |= {f"{case.suite}.retrieval_hit", f"{case.suite}.retrieval_rr"}
-    return names
+            names.update({f"{case.suite}.retrieval_hit", f"{case.suite}.retrieval_rr"})
+        if "answers" in case.expect:
+            names.update({f"{case.suite}.{DISTINCT}"})
+    return dict(names)
 
 
 def build_prompts(
@@ -135,10 +159,60 @@ def score_all(
     suites: Suites, answers: list[str], retrieved: list[list[str] | None]
 ) -> list[dict[str, float]]:
     scorer = Scorer(suites.config, suites.schema_doc)
-    return [
+    scores = [
         {**scorer.score(case, text, retrieved=r), **_retrieval_scores(case, r)}
         for case, text, r in zip(suites.cases, answers, retrieved, strict=True)
     ]
+    _score_distinct(suites.cases, answers, scores)
+    return scores
+
+
+DISTINCT = "distinct_answers"
+
+
+def _score_distinct(cases: list[Case], answers: list[str], scores: list[dict[str, float]]) -> None:
+    """`<suite>.distinct_answers` on every case that expects an answer: 1.0 when the case is
+    answered and no other case of its suite got the same answer. One canned reply for every
+    question, or a decline dressed as an answer, scores 0 everywhere; a model that answers
+    each question scores near 1 (two questions on one topic may share an answer)."""
+    keys: dict[str, list[str | None]] = {}
+    for case, text in zip(cases, answers, strict=True):
+        if "answers" in case.expect:
+            keys.setdefault(case.suite, []).append(canned_answer_key(text))
+    counts = {suite: Counter(k for k in ks if k) for suite, ks in keys.items()}
+    for case, text, row in zip(cases, answers, scores, strict=True):
+        if "answers" not in case.expect:
+            continue
+        key = canned_answer_key(text)
+        answered = row.get(f"{case.suite}.answers", 0.0) == 1.0
+        row[f"{case.suite}.{DISTINCT}"] = float(
+            answered and key is not None and counts[case.suite][key] == 1
+        )
+
+
+def decline_rates(suites: Suites, candidate: list[str], champion: list[str] | None) -> DeclineRates:
+    """The share of declined answers on in-scope cases (expect `answers`) and on off-topic
+    ones (expect `refuses`), side by side for candidate and champion."""
+    scorer = Scorer(suites.config, suites.schema_doc)
+    groups = {
+        "in_scope": [i for i, c in enumerate(suites.cases) if "answers" in c.expect],
+        "off_topic": [i for i, c in enumerate(suites.cases) if "refuses" in c.expect],
+    }
+
+    def rate(answers: list[str] | None, rows: list[int]) -> float | None:
+        if answers is None or not rows:
+            return None
+        declined = [scorer.refuses(parse_answer(answers[i]), answers[i]) for i in rows]
+        return sum(declined) / len(rows)
+
+    return DeclineRates(
+        in_scope_n=len(groups["in_scope"]),
+        off_topic_n=len(groups["off_topic"]),
+        candidate_in_scope=rate(candidate, groups["in_scope"]),
+        candidate_off_topic=rate(candidate, groups["off_topic"]),
+        champion_in_scope=rate(champion, groups["in_scope"]),
+        champion_off_topic=rate(champion, groups["off_topic"]),
+    )
 
 
 def judge(
@@ -212,6 +286,8 @@ def judge(
         result.champion = paired.champion_mean
         result.champion_ci = mean_interval(champ, confidence=policy.confidence, indices=indices)
         result.diff, result.diff_ci = paired.diff, (paired.ci_low, paired.ci_high)
+        result.discordant = int(np.sum(cand != champ))
+        result.detectable = policy.detectable(len(rows), result.discordant / len(rows))
         if metric in policy.non_inferiority:
             margin = policy.non_inferiority[metric]
             tests[f"{metric}|non_inferiority"] = (metric, paired.p_value(-margin))
@@ -244,7 +320,9 @@ def judge(
             detail = (
                 f"difference {result.diff:+.3f} (interval {result.diff_ci[0]:+.3f}.."
                 f"{result.diff_ci[1]:+.3f}); {claim} {abs(bound)}: p={p:.4f}, "
-                f"adjusted {adjusted[test]:.4f} vs {alpha:.3g}"
+                f"adjusted {adjusted[test]:.4f} vs {alpha:.3g}; {result.discordant} of "
+                f"{result.n} cases differ, smallest detectable difference "
+                f"{result.detectable:.3f}"
             )
             result.checks.append(RuleCheck(rule=rule, passed=ok, detail=detail))
             if not ok:
@@ -297,7 +375,9 @@ def run_gate(
     metrics: list[MetricResult] = []
     cand_scores: list[dict[str, float]] = [{} for _ in suites.cases]
     champ_scores: list[dict[str, float]] | None = None
+    declines = None
     try:
+        declines = decline_rates(suites, cand_answers, champ_answers)
         cand_scores = score_all(suites, cand_answers, retrieved)
         if champ_answers is not None:
             champ_scores = score_all(suites, champ_answers, retrieved)
@@ -336,5 +416,6 @@ def run_gate(
         policy=policy.model_dump(),
         generation=generation,
         timings=timings,
+        declines=declines,
     )
     return verdict, cases

@@ -8,6 +8,7 @@ never a gate that passes because a rule could not apply.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from slmops.errors import ConfigError
+from slmops.evaluation.stats import cases_needed, detectable_difference
 
 
 class GatePolicy(BaseModel):
@@ -28,11 +30,41 @@ class GatePolicy(BaseModel):
     improvement: dict[str, float] = Field(default_factory=dict)
     zero_tolerance: list[str] = Field(default_factory=list)
     min_cases_per_metric: dict[str, int] = Field(default_factory=dict)
+    power: float = Field(
+        0.8,
+        ge=0.5,
+        lt=1.0,
+        description="Chance that a comparison finds a true difference as large as its margin: "
+        "a margin the suites cannot resolve at this power is refused.",
+    )
+    planning_discordance: float = Field(
+        0.1,
+        gt=0.0,
+        le=1.0,
+        description="The share of cases on which candidate and champion are expected to be "
+        "scored differently, to check margins against before any model runs (each verdict "
+        "reports the share it measured).",
+    )
     auto_promote: bool = Field(
         False,
         description="After refine-tune, promote a passing adapter to the replicas without a "
         "person (else promotion is a manual run).",
     )
+
+    @property
+    def comparisons(self) -> int:
+        return len(self.non_inferiority) + len(self.improvement)
+
+    def test_alpha(self) -> float:
+        """The level one comparison must meet in the worst case: Holm's first step tests at
+        (1 - confidence) / comparisons."""
+        alpha = 1 - self.confidence
+        return alpha / max(1, self.comparisons) if self.correction == "holm" else alpha
+
+    def detectable(self, n: int, discordance: float | None = None) -> float:
+        """The smallest difference a comparison on `n` cases can resolve under this policy."""
+        share = self.planning_discordance if discordance is None else discordance
+        return detectable_difference(n, share, self.test_alpha(), self.power)
 
     @property
     def guarded(self) -> list[str]:
@@ -45,9 +77,10 @@ class GatePolicy(BaseModel):
         )
 
 
-def load_policy(path: str | Path, known_metrics: set[str] | None) -> GatePolicy:
+def load_policy(path: str | Path, known_metrics: Mapping[str, int] | set[str] | None) -> GatePolicy:
     """Read and check a policy file against the metrics the suites produce (None: the
-    settings only, not the metric names)."""
+    settings only, not the metric names). Given how many cases produce each metric, every
+    margin and required gain is checked against what that many cases can resolve."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"gate policy {path} does not exist")
@@ -89,6 +122,8 @@ def load_policy(path: str | Path, known_metrics: set[str] | None) -> GatePolicy:
             problems.append(f"improvement.{metric}: gain {gain} must be in [0, 1)")
         if metric in policy.floors and policy.floors[metric] + gain > 1.0 + 1e-9:
             problems.append(f"improvement.{metric}: floor + gain exceed 1")
+    if isinstance(known_metrics, Mapping):
+        problems += _unresolvable(policy, known_metrics)
     if problems:
         listed = "\n".join(f"  {p}" for p in problems)
         raise ConfigError(
@@ -96,3 +131,27 @@ def load_policy(path: str | Path, known_metrics: set[str] | None) -> GatePolicy:
             f"metrics the suites produce: {', '.join(sorted(known_metrics))}"
         )
     return policy
+
+
+def _unresolvable(policy: GatePolicy, cases: Mapping[str, int]) -> list[str]:
+    """Non-inferiority margins smaller than the suites can resolve at the policy's confidence
+    and power: such a comparison fails a candidate as good as the champion at random. (A
+    required improvement is shown only when the true gain exceeds it by the detectable
+    difference, which each verdict reports.)"""
+    problems = []
+    alpha = policy.test_alpha()
+    for section in ("non_inferiority",):
+        for metric, bound in getattr(policy, section).items():
+            n = cases.get(metric, 0)
+            smallest = policy.detectable(n)
+            if n and bound + 1e-9 < smallest:
+                need = cases_needed(bound, policy.planning_discordance, alpha, policy.power)
+                problems.append(
+                    f"{section}.{metric}: {bound} is finer than {n} cases can resolve "
+                    f"(smallest detectable difference {smallest:.3f} at "
+                    f"{policy.confidence:.0%} confidence over {policy.comparisons} comparisons "
+                    f"and {policy.power:.0%} power, if {policy.planning_discordance:.0%} of "
+                    f"cases differ): set it to at least {smallest:.3f} or give the metric "
+                    f"{need} cases"
+                )
+    return problems

@@ -41,6 +41,7 @@ def markdown(verdict: Verdict, chart: str | None = None) -> str:
         )
     if verdict.reasons:
         lines += ["", "**Why it failed:**", ""] + [f"- {r}" for r in verdict.reasons]
+    lines += declines_table(verdict)
     lines += [
         "",
         "| metric | n | candidate | champion | difference (interval) | rules |",
@@ -64,6 +65,28 @@ def markdown(verdict: Verdict, chart: str | None = None) -> str:
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in verdict.timings.items())
     lines += ["", f"Timings: {timings}."]
     return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def declines_table(verdict: Verdict) -> list[str]:
+    """Declined answers on in-scope and off-topic questions, candidate beside champion: a
+    helpful adapter declines the second kind and not the first."""
+    d = verdict.declines
+    if d is None:
+        return []
+    rows = [("candidate", d.candidate_in_scope, d.candidate_off_topic)]
+    if verdict.champion is not None:
+        rows.append(("champion", d.champion_in_scope, d.champion_off_topic))
+    return [
+        "",
+        f"| declined | in-scope questions (n={d.in_scope_n}) | "
+        f"off-topic questions (n={d.off_topic_n}) |",
+        "|---|---|---|",
+        *(f"| {who} | {_pct(a)} | {_pct(b)} |" for who, a, b in rows),
+    ]
 
 
 def chart(verdict: Verdict, path: Path) -> Path:

@@ -14,7 +14,9 @@ at or below 1 - confidence across all of them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -84,3 +86,24 @@ def holm(p_values: dict[str, float], alpha: float) -> tuple[dict[str, bool], dic
         still_rejecting = still_rejecting and p_values[key] <= alpha / (m - rank)
         rejected[key] = still_rejecting
     return rejected, adjusted
+
+
+def detectable_difference(n: int, discordance: float, alpha: float, power: float) -> float:
+    """The smallest difference a paired pass/fail comparison on `n` cases can resolve: a
+    one-sided test at level `alpha` that finds a true difference this large with probability
+    `power`, when a share `discordance` of the cases is scored differently by the two models
+    (the cases on which they agree carry no information about the difference):
+        (z_(1-alpha) + z_power) * sqrt(discordance / n)
+    """
+    if n <= 0:
+        return math.inf
+    z = NormalDist().inv_cdf(1 - alpha) + NormalDist().inv_cdf(power)
+    return z * math.sqrt(max(discordance, 0.0) / n)
+
+
+def cases_needed(margin: float, discordance: float, alpha: float, power: float) -> int:
+    """How many cases make `margin` resolvable (the inverse of detectable_difference)."""
+    if margin <= 0:
+        return 0 if discordance <= 0 else 10**9
+    z = NormalDist().inv_cdf(1 - alpha) + NormalDist().inv_cdf(power)
+    return math.ceil(discordance * (z / margin) ** 2)

@@ -1,0 +1,169 @@
+"""Nothing hollow passes: degenerate candidates fed to the gate under the example's own
+policy each fail, naming the metric, while a helpful candidate passes the same rules.
+
+The answers are written here (what each degenerate adapter would say) and fed to the real
+suites, scorers and policy; retrieval returns each knowledge case's expected doc first, as
+the example's index does (its retrieval is tested against the real index elsewhere)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+
+import pytest
+
+from slmops.evaluation import load_policy, load_suites
+from slmops.evaluation.gate import Verdict, known_metrics, run_gate
+from slmops.evaluation.suites import Case, Suites
+from tests.helpers import EVALS
+
+DECLINE = "I can only help with questions about Tidewell."
+OTHER_DOC = "billing/invoices.md"
+
+
+@pytest.fixture(scope="module")
+def suites() -> Suites:
+    return load_suites(EVALS)
+
+
+def retrieve(suites: Suites) -> Callable[[str, str, int], list[tuple[str, str]]]:
+    by_question = {c.messages[-1]["content"]: c for c in suites.cases if c.expected_sources}
+
+    def hits(index: str, query: str, k: int) -> list[tuple[str, str]]:
+        case = by_question[query]
+        docs = [*case.expected_sources, "api/rate-limits.md", "sla/sla-overview.md"]
+        return [(src, f"text of {src}") for src in dict.fromkeys(docs)][:k]
+
+    return hits
+
+
+def reply(answer: str, sources: list[str], confidence: str = "high") -> str:
+    return json.dumps({"answer": answer, "sources": sources, "confidence": confidence})
+
+
+def context_sources(prompt: list[dict[str, str]]) -> list[str]:
+    return re.findall(r"^\[([^\]]+)\]", prompt[-1]["content"], re.MULTILINE)
+
+
+class Scripted:
+    """A candidate whose answer to each case is written by `answer(case, prompt)`."""
+
+    def __init__(self, suites: Suites, answer: Callable[[Case, list[dict[str, str]]], str]):
+        self.cases = suites.cases
+        self.answer = answer
+
+    def generate(
+        self, prompts: list[list[dict[str, str]]], on_progress: object = None
+    ) -> list[str]:
+        return [self.answer(c, p) for c, p in zip(self.cases, prompts, strict=True)]
+
+    def describe(self) -> dict[str, object]:
+        return {"backend": "scripted"}
+
+
+def helpful(case: Case, prompt: list[dict[str, str]]) -> str:
+    """Declines what it must, answers everything else in its own words, cites the context."""
+    if "refuses" in case.expect:
+        return reply(DECLINE, [], "low")
+    terms = " ".join(case.require_terms)
+    return reply(
+        f"{terms} Answer {case.id}: open Settings, then the page named there.",
+        context_sources(prompt)[:1],
+    )
+
+
+DEGENERATE: dict[str, tuple[Callable[[Case, list[dict[str, str]]], str], set[str]]] = {
+    "declines everything": (
+        lambda c, p: reply(DECLINE, [], "low"),
+        {"format.answers", "knowledge.answers", "knowledge.cites_retrieved"},
+    ),
+    "one canned answer": (
+        lambda c, p: (
+            reply("Open Settings and choose the option you need.", [OTHER_DOC])
+            if "refuses" not in c.expect
+            else reply(DECLINE, [], "low")
+        ),
+        {"format.distinct_answers"},
+    ),
+    "echoes the question": (
+        lambda c, p: (
+            reply(c.messages[-1]["content"] or "?", context_sources(p)[:1])
+            if "refuses" not in c.expect
+            else reply(DECLINE, [], "low")
+        ),
+        {"format.answers", "knowledge.answers"},
+    ),
+    "empty answer": (
+        lambda c, p: (
+            reply("", context_sources(p)[:1])
+            if "refuses" not in c.expect
+            else reply(DECLINE, [], "low")
+        ),
+        {"format.valid", "format.answers", "knowledge.answers"},
+    ),
+    # The example leaves this floor to a real model (its tiny one cannot copy a path from
+    # the context); with the floor a real deployment sets, the hollow citer fails.
+    "cites what it did not retrieve": (
+        lambda c, p: (
+            helpful(c, p).replace(json.dumps(context_sources(p)[:1]), json.dumps([OTHER_DOC]))
+            if context_sources(p)
+            else helpful(c, p)
+        ),
+        {"knowledge.cites_retrieved"},
+    ),
+}
+
+
+def gate(
+    suites: Suites, answer: Callable[[Case, list[dict[str, str]]], str], **floors: float
+) -> Verdict:
+    rules = load_policy(EVALS / "policy.yaml", known_metrics(suites))
+    rules = rules.model_copy(update={"floors": {**rules.floors, **floors}})
+    verdict, _ = run_gate(
+        suites,
+        rules,
+        Scripted(suites, answer),
+        None,
+        adapter="bot",
+        version="v1",
+        champion_label=None,
+        retrieve=retrieve(suites),
+    )
+    return verdict
+
+
+def failed_metrics(verdict: Verdict) -> set[str]:
+    return {m.metric for m in verdict.metrics if not m.passed}
+
+
+def test_a_helpful_candidate_passes_the_example_policy(suites: Suites) -> None:
+    verdict = gate(suites, helpful, **REAL_MODEL_FLOORS)
+    assert verdict.passed, verdict.reasons
+    assert verdict.declines is not None
+    assert verdict.declines.candidate_in_scope == 0.0
+    assert verdict.declines.candidate_off_topic == 1.0
+
+
+REAL_MODEL_FLOORS = {"knowledge.cites_retrieved": 0.5}
+
+
+@pytest.mark.parametrize("name", list(DEGENERATE))
+def test_a_hollow_candidate_fails_naming_the_metric(suites: Suites, name: str) -> None:
+    answer, expected = DEGENERATE[name]
+    verdict = gate(suites, answer, **REAL_MODEL_FLOORS)
+    assert not verdict.passed
+    assert expected <= failed_metrics(verdict), (name, failed_metrics(verdict))
+    for metric in expected:
+        assert any(r.startswith(f"{metric}: ") for r in verdict.reasons), (metric, verdict.reasons)
+
+
+def test_the_verdict_shows_decline_rates_side_by_side(suites: Suites) -> None:
+    from slmops.evaluation.report import markdown
+
+    answer, _ = DEGENERATE["declines everything"]
+    verdict = gate(suites, answer)
+    assert verdict.declines is not None
+    assert verdict.declines.candidate_in_scope == 1.0
+    text = markdown(verdict)
+    assert "| candidate | 100% | 100% |" in text, text
