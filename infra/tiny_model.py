@@ -238,6 +238,23 @@ def _build_key(seed: int, layers: int, hidden: int, steps: int) -> str:
     return h.hexdigest()[:20]
 
 
+def cached_build(
+    *, seed: int = 1, layers: int = 4, hidden: int = 256, pretrain_steps: int | None = None
+) -> Path:
+    """The cache folder holding this build, built first if missing (see build_tiny_model)."""
+    steps = PRETRAIN["steps"] if pretrain_steps is None else pretrain_steps
+    cached = _cache_dir() / _build_key(seed, layers, hidden, steps)
+    if not (cached / "model.safetensors").is_file():
+        if steps:
+            print(
+                f"building the tiny base model (seed {seed}, {steps} pretraining steps, "
+                f"about 6 minutes on 2 cores, once: cached in {cached})",
+                flush=True,
+            )
+        _build(cached, seed=seed, layers=layers, hidden=hidden, steps=steps)
+    return cached
+
+
 def build_tiny_model(
     out_dir: str | Path,
     *,
@@ -249,17 +266,8 @@ def build_tiny_model(
     """Write a tiny Llama (weights from `seed`, pretrained on the bundled docs for
     `pretrain_steps`, default PRETRAIN["steps"]; 0: random) and its tokenizer to `out_dir`,
     atomically. A build with the same inputs is copied from the cache."""
-    steps = PRETRAIN["steps"] if pretrain_steps is None else pretrain_steps
     out = Path(out_dir)
-    cached = _cache_dir() / _build_key(seed, layers, hidden, steps)
-    if not (cached / "model.safetensors").is_file():
-        if steps:
-            print(
-                f"building the tiny base model (seed {seed}, {steps} pretraining steps, "
-                f"cached in {cached})",
-                flush=True,
-            )
-        _build(cached, seed=seed, layers=layers, hidden=hidden, steps=steps)
+    cached = cached_build(seed=seed, layers=layers, hidden=hidden, pretrain_steps=pretrain_steps)
     tmp = Path(
         tempfile.mkdtemp(prefix=".tiny-model-", dir=out.parent if out.parent.exists() else None)
     )

@@ -58,6 +58,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.s3)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Pretrain the tiny base before any test runs when a selected test needs it: the first
+    build on a machine takes minutes (then it is cached by content hash), and inside a test
+    it would count against that test's timeout."""
+    if session.config.option.collectonly:
+        return
+    if any("tiny_base" in getattr(item, "fixturenames", ()) for item in session.items):
+        from infra.tiny_model import cached_build
+
+        path = cached_build(seed=1)
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"tiny base model: {path}")
+
+
 @pytest.fixture(autouse=True)
 def _fresh_settings() -> Iterator[None]:
     get_settings.cache_clear()
