@@ -286,10 +286,16 @@ def test_the_demo_runs_the_whole_loop(
 
     out = demo("--quick-assess", "6")
 
-    # 1. the scheduled run's release was followed, not raced: one refine-tune run for r1.
+    # 1. the scheduled run's release was followed, not raced: one refine-tune run for r1
+    # completed. (The scheduled run can fail first: its adapter is found trained at once and
+    # gated before the demo's step 1 built the index; the demo then runs it again with the
+    # same parameters, and it trains nothing.)
     assert f"refine-tune for {r1[:12]} exists already" in out, out
     r1_runs = [r for r in release_runs(deployed) if r["parameters"]["params"]["revision"] == r1]
-    assert len(r1_runs) == 1, r1_runs
+    states = sorted(r["state_type"] for r in r1_runs)
+    assert states in (["COMPLETED"], ["COMPLETED", "FAILED"]), r1_runs
+    if "FAILED" in states:
+        assert "running it again with the same parameters" in out, out
 
     # 2. three questions answered through the stable name, each with retrieved sources (and
     # one more after r2 is promoted)
