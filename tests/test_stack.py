@@ -404,7 +404,8 @@ def test_two_deployments_training_one_key_at_once_train_it_once(
     failed = find_verdict(stack_store(deployed), "support-bot", version, against)
     assert failed is not None and not failed.passed
     assert any(r.startswith("format.valid:") for r in failed.reasons), failed.reasons
-    assert art.resolve("challenger").version != version
+    challenger = art.get_alias("challenger")  # another test's adapter, or none when run alone
+    assert challenger is None or challenger.version != version
     assert art.resolve("latest").version == version  # latest: the newest trained, gated or not
     now = art.get_alias("champion")
     assert (now.version if now else None) == against
