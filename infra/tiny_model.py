@@ -26,6 +26,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -268,14 +269,22 @@ def build_tiny_model(
     atomically. A build with the same inputs is copied from the cache."""
     out = Path(out_dir)
     cached = cached_build(seed=seed, layers=layers, hidden=hidden, pretrain_steps=pretrain_steps)
-    tmp = Path(
-        tempfile.mkdtemp(prefix=".tiny-model-", dir=out.parent if out.parent.exists() else None)
-    )
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; servers may run as another user
+
+    def copy(tmp: Path) -> None:
         for f in cached.iterdir():
             shutil.copy2(f, tmp / f.name)
-        out.parent.mkdir(parents=True, exist_ok=True)
+
+    return _write_folder(out, copy)
+
+
+def _write_folder(out: Path, fill: Callable[[Path], None]) -> Path:
+    """`fill` a temporary folder beside `out`, then rename it onto `out`: a reader sees the
+    old folder or the whole new one, never a half-written one."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-model-", dir=out.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; servers may run as another user
+        fill(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -306,10 +315,8 @@ def _build(out: Path, *, seed: int, layers: int, hidden: int, steps: int) -> Pat
     model = LlamaForCausalLM(config)
     if steps:
         pretrain(model, tokenizer, steps, seed=seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-model-", dir=out.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; servers may run as another user
+
+    def save(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)  # type: ignore[attr-defined]
         (tmp / "generation_config.json").write_text(
@@ -323,13 +330,8 @@ def _build(out: Path, *, seed: int, layers: int, hidden: int, steps: int) -> Pat
                 indent=2,
             )
         )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+    return _write_folder(out, save)
 
 
 def publish_release(model_dir: str | Path, number: int, *, steps: int = 20) -> Path:
