@@ -403,6 +403,14 @@ def gate(
         Path, typer.Option(help="Eval suites folder (suites.yaml + case files).")
     ] = Path("examples/support-bot/evals"),
     policy: Annotated[Path | None, typer.Option(help="Gate policy YAML.")] = None,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            "--fresh",
+            help="Generate every answer again instead of reusing what the same weights "
+            "answered to the same prompts before (stored under answers/ in the store).",
+        ),
+    ] = False,
     store: StoreOpt = None,
 ) -> None:
     """Run the eval gate: the candidate against the champion on the same cases.
@@ -411,6 +419,7 @@ def gate(
     The verdict, report and chart are stored under evals/ADAPTER/ in the store."""
     from slmops.config import get_settings
     from slmops.evaluation import evaluate_adapter
+    from slmops.evaluation.report import answers_reused
 
     adapter, _, version = target.partition("@")
     obj = open_store(store)
@@ -425,6 +434,7 @@ def gate(
             cache_dir=Path(get_settings().cache_dir).expanduser(),
             trigger=Trigger.from_cli(),
             on_progress=on_progress,
+            reuse_answers=not fresh,
         )
     verdict = record.verdict
     table = _table("guarded metric", "n", "cand.", "champ.", "difference", "result")
@@ -458,6 +468,9 @@ def gate(
         if verdict.champion is not None:
             line += f" (champion: {pct(d.champion_in_scope)}, {pct(d.champion_off_topic)})"
         console.print(line, highlight=False)
+    reuse = answers_reused(verdict)
+    if reuse:
+        console.print(f"answers: {reuse}", highlight=False)
     against = verdict.champion or "floors only"
     if verdict.passed:
         console.print(

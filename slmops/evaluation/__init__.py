@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from slmops.audit import AuditLog
 from slmops.errors import ConfigError
+from slmops.evaluation.answers import StoredAnswers, fingerprint
 from slmops.evaluation.gate import CaseResult, Progress, Verdict, known_metrics, run_gate
 from slmops.evaluation.policy import GatePolicy, load_policy
 from slmops.evaluation.report import chart, markdown
@@ -97,6 +98,7 @@ def evaluate_adapter(
     on_progress: Progress | None = None,
     make_generator: Callable[[Path, Path | None], Generator] | None = None,
     set_challenger: bool = True,
+    reuse_answers: bool = True,
 ) -> GateRecord:
     """Run the gate for `adapter@version` against `champion` and store the verdict.
 
@@ -104,6 +106,10 @@ def evaluate_adapter(
     base model alone), or a version or alias of the same adapter. Bad input (suites, policy,
     versions, a champion on another base model) raises ConfigError before any model runs. A
     champion on an older revision of the base answers on that revision.
+
+    reuse_answers: answers the same weights gave to the same prompts before (stored under
+    answers/, see slmops.evaluation.answers) are not generated again; False answers everything
+    afresh. A `make_generator` of the caller's own is never cached.
     """
     from slmops.models import checkout
 
@@ -143,9 +149,22 @@ def evaluate_adapter(
         if label not in (None, "base"):
             champ_dir = work / "champion"
             art.download(label, champ_dir)
-        build = make_generator or (lambda base, adapter_dir: LocalGenerator(base, adapter_dir))
-        cand_gen = build(base_dir, cand_dir)
-        champ_gen = None if label is None else build(champ_base_dir, champ_dir)
+
+        def build(
+            base: InputRef, base_path: Path, weights: Manifest | None, folder: Path | None
+        ) -> Generator:
+            if make_generator is not None:
+                return make_generator(base_path, folder)
+            if not reuse_answers:
+                return LocalGenerator(base_path, folder)
+            return stored_answers(store, base, base_path, weights, folder)
+
+        cand_gen = build(cand_base, base_dir, cand_manifest, cand_dir)
+        champ_gen = None
+        if label == "base":
+            champ_gen = build(champ_base, champ_base_dir, None, None)
+        elif label is not None:
+            champ_gen = build(champ_base, champ_base_dir, art.manifest(label), champ_dir)
         retrieve, index_info = _retriever(store, loaded)
         verdict, cases = run_gate(
             loaded,
@@ -165,6 +184,38 @@ def evaluate_adapter(
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def stored_answers(
+    store: ObjectStore,
+    base: InputRef,
+    base_path: Path,
+    weights: Manifest | None,
+    folder: Path | None,
+) -> StoredAnswers:
+    """transformers + peft answers for `base` (+ the adapter `weights` in `folder`), reusing
+    what the same weights answered before."""
+    max_new_tokens = 96  # LocalGenerator's default
+    files = None if weights is None else [(f.path, f.sha256) for f in weights.files]
+    key = fingerprint(
+        base=base.name,
+        base_revision=base.version or "",
+        adapter_files=files,
+        max_new_tokens=max_new_tokens,
+    )
+    describe = {
+        "backend": "transformers",
+        "base": str(base_path),
+        "adapter": str(folder) if folder else None,
+        "decoding": "greedy",
+        "max_new_tokens": max_new_tokens,
+    }
+    return StoredAnswers(
+        store,
+        key,
+        lambda: LocalGenerator(base_path, folder, max_new_tokens=max_new_tokens),
+        describe,
+    )
 
 
 def _retriever(

@@ -15,6 +15,20 @@ def _num(value: float | None) -> str:
     )
 
 
+def answers_reused(verdict: Verdict) -> str:
+    """'candidate 355 generated; champion 355 reused (same weights, answers/...)', or '' when
+    nothing was looked up in the stored answers."""
+    parts = []
+    for role, gen in verdict.generation.items():
+        if "answers_reused" in gen:
+            reused, made = gen["answers_reused"], gen["answers_generated"]
+            parts.append(
+                f"{role} {made} generated"
+                + (f", {reused} reused from {gen['stored_answers']}" if reused else "")
+            )
+    return "; ".join(parts)
+
+
 def markdown(verdict: Verdict, chart: str | None = None) -> str:
     """The verdict as markdown; `chart` is an image reference to embed (a path or data URI)."""
     mark = "PASSED" if verdict.passed else "FAILED"
@@ -31,6 +45,9 @@ def markdown(verdict: Verdict, chart: str | None = None) -> str:
         f"{policy['bootstrap']} paired bootstrap resamples (seed {policy['seed']}), "
         f"correction: {policy['correction']}; decoding: greedy",
     ]
+    reuse = answers_reused(verdict)
+    if reuse:
+        lines.append(f"- answers: {reuse}")
     if verdict.base_model:
         lines.append(
             f"- base model: `{verdict.base_model}` revision `{(verdict.base_revision or '')[:12]}`"
