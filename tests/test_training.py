@@ -14,7 +14,8 @@ from slmops import adapters
 from slmops.claims import ClaimRecord
 from slmops.datasets import chat_token_counter
 from slmops.errors import ConfigError
-from slmops.generation import Prompt
+from slmops.evaluation import stored_answers
+from slmops.generation import Generator, Prompt
 from slmops.manifest import Manifest
 from slmops.memory_plan import USABLE, MemoryPlan, ModelShape, PlanError, estimate_peak
 from slmops.models import WatchedModel, current_revision
@@ -386,10 +387,8 @@ class Planted:
     what an adapter trained to answer in plain text or with banned phrases would say, without
     training one (the test is about what the gate makes of such answers)."""
 
-    def __init__(self, base: Path, adapter_dir: Path | None, kind: str):
-        from slmops.generation import LocalGenerator
-
-        self.inner, self.kind = LocalGenerator(base, adapter_dir), kind
+    def __init__(self, inner: Generator, kind: str):
+        self.inner, self.kind = inner, kind
 
     def describe(self) -> dict[str, object]:
         return {**self.inner.describe(), "planted": self.kind}
@@ -446,9 +445,11 @@ def test_planted_bad_adapters_fail_with_reasons_naming_the_metric(
     else:  # the good adapter's weights, its answers rewritten on the way out
         folder = tmp_path / "good"
         VersionedArtifact(store, ADAPTERS, "support-bot").download(good.version, folder)
+        base_ref = next(i for i in good.inputs if i.kind == "base-model")
 
         def make(base: Path, adapter_dir: Path | None) -> Planted:
-            return Planted(base, adapter_dir, kind)
+            # The good adapter's answers, as its own gate stored them (or generated now).
+            return Planted(stored_answers(store, base_ref, base, good, adapter_dir), kind)
 
     art = VersionedArtifact(store, ADAPTERS, f"planted-{kind.replace('_', '-')}")
     version = art.publish(good.model_copy(update={"name": art.name}), folder).version
