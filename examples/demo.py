@@ -206,10 +206,22 @@ def stack_up(vllm: int) -> Any:
     return stack
 
 
-def deploy(api: Prefect, prefect_file: Path) -> None:
+def deploy(api: Prefect, prefect_file: Path, record: dict[str, Any]) -> None:
     """`prefect deploy --all`, then the scheduled deployments pointed at what the demo works
     on (its copy of the docs, its model folder), so a schedule firing during or between demo
-    runs does the same work as the demo, never other work over it."""
+    runs does the same work as the demo, never other work over it. Skipped when an earlier
+    run deployed the same file with the same paths and those deployments are all still on
+    the server (a new server, or a deleted deployment, deploys again)."""
+    import hashlib
+
+    digest = hashlib.sha256(
+        prefect_file.read_bytes() + f"\n{DOCS}\n{MODEL_DIR}".encode()
+    ).hexdigest()
+    on_server = {str(d["id"]) for d in api.api("deployments/filter", {"limit": 200})}
+    earlier = record.get("deployed") or {}
+    if earlier.get("digest") == digest and set(earlier.get("ids") or ["-"]) <= on_server:
+        say(f"{prefect_file.name} deployed by an earlier run, unchanged: not deployed again")
+        return
     prefect = str(Path(sys.executable).parent / "prefect")
     done = subprocess.run(
         [prefect, "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)],
@@ -226,6 +238,8 @@ def deploy(api: Prefect, prefect_file: Path) -> None:
     api.set_parameters(WEEKLY, {"source": str(MODEL_DIR)})
     api.set_parameters(ON_RELEASE, {"source": str(MODEL_DIR)})  # its form, for a run by hand
     say(f"schedules point at the demo's docs ({DOCS}) and model folder ({MODEL_DIR})")
+    ids = {str(d["id"]) for d in api.api("deployments/filter", {"limit": 200})} - on_server
+    record["deployed"] = {"digest": digest, "ids": sorted(ids or on_server)}
 
 
 def ingest(api: Prefect, why: str) -> dict[str, Any]:
@@ -445,7 +459,8 @@ def main() -> None:
         from infra.tiny_model import build_tiny_model
 
         build_tiny_model(MODEL_DIR, seed=1)
-    deploy(api, args.prefect_file.absolute())
+    deploy(api, args.prefect_file.absolute(), record)
+    save()
 
     head("1. ingest the product docs -> index (with retrieval evals)")
     record["index_v1"] = ingest(api, "docs")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from slmops.manifest import Manifest
     from slmops.store.base import ObjectStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,3 +130,23 @@ def subset_suites(dest: Path, suites: list[str], per_suite: int = 40) -> Path:
     (dest / doc["schema"]).write_text((EVALS / doc["schema"]).read_text())
     (dest / "suites.yaml").write_text(yaml.safe_dump(doc))
     return dest
+
+
+def share_session_adapter(
+    source: ObjectStore, adapter: Manifest, dest: ObjectStore, work: Path
+) -> Manifest:
+    """The session's adapter (conftest `trained`) stored in `dest` as refine-tune stores it,
+    with its training-key lookup, so refine-tune with the same inputs finds it instead of
+    training; and with the answers its gate stored (`answers/`), so a gate on the same cases
+    reuses them as it would in the store it was trained in."""
+    from slmops.adapters import TRAINING_KEY
+    from slmops.versions import ADAPTERS, VersionedArtifact
+
+    VersionedArtifact(source, ADAPTERS, adapter.name).download(adapter.version, work)
+    stored = VersionedArtifact(dest, ADAPTERS, adapter.name).publish(
+        adapter, work, lookup={TRAINING_KEY: str(adapter.config["training_key"])}
+    )
+    for info in source.list_objects("answers/"):
+        if not dest.exists(info.key):
+            dest.put_bytes(info.key, source.get_bytes(info.key))
+    return stored

@@ -35,7 +35,7 @@ from slmops.promotion import serving_name
 from slmops.serving import VLLMClient, load_serving_config
 from slmops.store.s3 import S3Store
 from slmops.versions import VersionedArtifact
-from tests.helpers import ROOT, TEST_RECIPE, free_port, subset_suites
+from tests.helpers import ROOT, TEST_RECIPE, free_port, share_session_adapter, subset_suites
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
 
@@ -232,21 +232,12 @@ def test_the_demo_runs_the_whole_loop(
     """`make demo`'s driver against the stack: docs -> index v1; r1 -> adapter -> gate ->
     vLLM; r2 released -> retrained -> gated against the r1 champion -> replica rolled ->
     promoted; one doc edited -> index v2; assess. Then a second run reuses all of it."""
-    from slmops.adapters import TRAINING_KEY
-
     store = stack_store(deployed)
     art = VersionedArtifact(store, "adapters", "support-bot")
     # r1's adapter is the session's (trained once per session), stored with its training-key
     # lookup as refine-tune stores it: the r1 release finds it instead of training again.
     source_store, r1_adapter, _ = trained
-    VersionedArtifact(source_store, "adapters", "support-bot").download(
-        r1_adapter.version, home / "r1-adapter"
-    )
-    r1_stored = art.publish(
-        r1_adapter,
-        home / "r1-adapter",
-        lookup={TRAINING_KEY: str(r1_adapter.config["training_key"])},
-    )
+    r1_stored = share_session_adapter(source_store, r1_adapter, store, home / "r1-adapter")
     model_dir = home / "models" / "tiny-llama"
     r1 = current_revision(WatchedModel(name="tiny-llama", source=str(model_dir))).revision
 
@@ -355,6 +346,7 @@ def test_the_demo_runs_the_whole_loop(
     again = demo("--no-assess")
     assert (set(art.versions()), set(index.versions())) == versions
     assert "reused" in again and "nothing changed" in again
+    assert "unchanged: not deployed again" in again  # the deployments are all still there
     assert again.count("retrieved: ") == 3
 
 

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 import yaml
 
-from slmops.adapters import TRAINING_KEY
 from slmops.errors import ConfigError
 from slmops.generation import LocalGenerator, Prompt
 from slmops.manifest import Manifest
@@ -29,7 +28,15 @@ from slmops.serving import Replica, ServingConfig, ServingError, VLLMClient, loa
 from slmops.store.s3 import S3Store
 from slmops.training import TrainConfig
 from slmops.versions import ADAPTERS, VersionedArtifact
-from tests.helpers import EVALS, TEST_RECIPE, free_port, invoke, make_bucket, subset_suites
+from tests.helpers import (
+    EVALS,
+    TEST_RECIPE,
+    free_port,
+    invoke,
+    make_bucket,
+    share_session_adapter,
+    subset_suites,
+)
 
 pytestmark = [
     pytest.mark.e2e,
@@ -75,11 +82,7 @@ def served(
     # The session's refine-tuned adapter, stored here as refine-tune stores it (with its
     # training-key lookup): refine-tune with the same inputs finds it instead of training.
     source_store, adapter, _ = trained
-    VersionedArtifact(source_store, ADAPTERS, ADAPTER).download(adapter.version, work / "v1")
-    key = str(adapter.config["training_key"])
-    VersionedArtifact(store, ADAPTERS, ADAPTER).publish(
-        adapter, work / "v1", lookup={TRAINING_KEY: key}
-    )
+    share_session_adapter(source_store, adapter, store, work / "v1")
     revision = current_revision(WatchedModel(name="tiny-llama", source=str(tiny_base))).revision
     serving = work / "serving.yaml"
     serving.write_text(
