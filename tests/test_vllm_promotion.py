@@ -220,8 +220,8 @@ class Load:
 
     def __init__(self, s: Served, asked: list[Prompt], max_requests: int = 2000):
         self.s, self.asked, self.max_requests = s, asked, max_requests
-        self.sent, self.failures = 0, []  # type: ignore[var-annotated]
-        self.stop = threading.Event()
+        self.sent, self.answered, self.failures = 0, 0, []  # type: ignore[var-annotated]
+        self.lock, self.stop = threading.Lock(), threading.Event()
         self.threads = [
             threading.Thread(target=self._run, args=(i,), daemon=True)
             for i in range(2 * len(s.config.replicas))
@@ -233,11 +233,22 @@ class Load:
         while not self.stop.is_set() and self.sent < self.max_requests:
             if time.monotonic() > deadline:
                 return
-            self.sent += 1
+            with self.lock:
+                self.sent += 1
+                prompt = self.asked[self.sent % len(self.asked)]
             try:
-                client.chat(ADAPTER, self.asked[self.sent % len(self.asked)], max_tokens=16)
+                client.chat(ADAPTER, prompt, max_tokens=16)
             except ServingError as exc:
                 self.failures.append(str(exc))
+            with self.lock:
+                self.answered += 1
+
+    def keep_up(self, answered: int, timeout: float = 120) -> None:
+        """Go on until `answered` requests have come back (those in flight through the
+        change among them)."""
+        deadline = time.monotonic() + timeout
+        while self.answered < answered and time.monotonic() < deadline:
+            time.sleep(0.5)
 
     def __enter__(self) -> Load:
         for t in self.threads:
@@ -281,7 +292,9 @@ def test_a_new_version_replaces_the_old_under_load_and_rolls_back_without_a_fail
     # Ask first, so the prefix cache holds these prompts computed with v1's weights.
     assert served_answers(served, asked, tokens=CUT) == [old, old]
 
-    with Load(served, asked) as load:
+    # Clients call the stable name through the promotion and through the rollback; what the
+    # name serves is read back after each (under load, 2 shared cores make that minutes).
+    with Load(served, asked) as promoting:
         time.sleep(2)
         promote_adapter(
             PromoteParams(
@@ -292,17 +305,20 @@ def test_a_new_version_replaces_the_old_under_load_and_rolls_back_without_a_fail
                 store=served.store.uri,
             )
         )
+        promoting.keep_up(8)
+    # The same prompts through the same stable name: the new version's answers.
+    assert served_answers(served, asked, tokens=CUT) == [new, new]
+    with Load(served, asked) as rolling_back:
         time.sleep(2)
-        # The same prompts through the same stable name: the new version's answers.
-        assert served_answers(served, asked, tokens=CUT) == [new, new]
         code, out = invoke(
             "rollback", ADAPTER, "--serving", str(served.serving), "--store", served.store.uri
         )
         assert code == 0, out
-        time.sleep(2)
-        assert served_answers(served, asked, tokens=CUT) == [old, old]
-    assert load.sent >= 20, f"the load loop sent only {load.sent} requests"
-    assert load.failures == [], load.failures[:3]
+        rolling_back.keep_up(8)
+    assert served_answers(served, asked, tokens=CUT) == [old, old]
+    for phase, load in (("promotion", promoting), ("rollback", rolling_back)):
+        assert load.answered >= 8, f"only {load.answered} requests came back in the {phase}"
+        assert load.failures == [], (phase, load.failures[:3])
     assert art.resolve("champion").version == v1.version
     for listed in snapshot(served)[0]:  # v2 stays loaded: rolling forward again is instant
         assert set(listed) == {ADAPTER, serving_name(ADAPTER, v1), serving_name(ADAPTER, v2)}
