@@ -382,7 +382,11 @@ class LocalStack:
             )
             comps["prefect"] = comp
             self._save(comps)
-            self._wait(comp, self._prefect_ready, timeout)
+        # The replicas do not need Prefect: they start while it does (both spend most of a
+        # minute importing, one core each).
+        vllm = self._start_vllm(comps) if cfg.vllm else None
+        if not self._prefect_ready():
+            self._wait(comps["prefect"], self._prefect_ready, timeout)
 
         if "worker" not in comps:
             self._ensure_pool(env)
@@ -397,13 +401,13 @@ class LocalStack:
             comps["worker"] = comp
             self._save(comps)
             self._wait(comp, self._worker_ready, timeout)
-        if cfg.vllm:
-            self._up_vllm(comps, env)
+        if vllm is not None:
+            self._await_vllm(*vllm)
         return comps
 
-    def _up_vllm(self, comps: dict[str, Component], env: dict[str, str]) -> None:
-        """Start the vLLM replicas not running (all at once: 55-85 s), then write the
-        serving config that promotion reads.
+    def _start_vllm(self, comps: dict[str, Component]) -> tuple[list[Component], str]:
+        """Start the vLLM replicas not running (all at once: 55-85 s); return them and the
+        revision they serve, for `_await_vllm`.
 
         Replicas serve a copy of the model folder per revision, so what a replica runs is
         what serving.yaml says even after the folder changes. A replica whose revision is
@@ -444,6 +448,12 @@ class LocalStack:
             comps[name] = comp
             self._save(comps)
             starting.append(comp)
+        return starting, revision.revision
+
+    def _await_vllm(self, starting: list[Component], revision: str) -> None:
+        """Wait for the replicas `_start_vllm` started, then write the serving config that
+        promotion reads."""
+        cfg = self.config
         deadline, note = time.time() + 400, time.time()
         for comp in starting:
             health = f"{comp.url}/health"
@@ -460,7 +470,7 @@ class LocalStack:
                 {
                     "url": f"http://{HOST}:{cfg.vllm_port + i}",
                     "model": cfg.served_model,
-                    "revision": revision.revision,
+                    "revision": revision,
                     "max_lora_rank": 16,
                 }
                 for i in range(cfg.vllm)

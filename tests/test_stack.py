@@ -62,12 +62,18 @@ def stack(home: Path) -> Iterator[LocalStack]:
         model_dir=home / "models" / "tiny-llama",
         project_dir=ROOT,
     )
-    local = LocalStack(config, log=lambda m: None)
+    start, log = time.time(), (home / "stack.log").open("a", buffering=1)
+
+    def note(message: str) -> None:  # kept for a person to read afterwards, with times
+        log.write(f"[{time.time() - start:7.1f}s] {message}\n")
+
+    local = LocalStack(config, log=note)
     try:
         local.up()
         yield local
     finally:
         local.down()
+        log.close()
 
 
 def client_env(stack: LocalStack) -> dict[str, str]:
