@@ -44,6 +44,7 @@ from tasks.training import (
     publish,
     report_training,
     train,
+    warm_start_from,
 )
 
 EXAMPLE_DATA = "examples/support-bot/train.jsonl"
@@ -133,8 +134,17 @@ def refine_tune(params: RefineTuneParams) -> Manifest:
         base_path=base_path,
         trigger=trigger,
     )
+    warm_start = None
+    if params.config.warm_start_steps:
+        warm_start = warm_start_from(
+            store_uri=store_uri,
+            adapter=params.adapter,
+            model=rev.model,
+            revision=rev.revision,
+            config=params.config,
+        )
     key = training_key(
-        rev.model, rev.revision, params.dataset_name, rows_sha256(data), params.config
+        rev.model, rev.revision, params.dataset_name, rows_sha256(data), params.config, warm_start
     )
     claim = None
     existing = find_trained(store_uri=store_uri, adapter=params.adapter, key=key)
@@ -168,6 +178,7 @@ def refine_tune(params: RefineTuneParams) -> Manifest:
                 version=data.version or "",
                 config=params.config,
                 workdir=workdir,
+                warm_start=warm_start,
             )
             metrics = format_check(
                 store_uri=store_uri,
@@ -189,6 +200,7 @@ def refine_tune(params: RefineTuneParams) -> Manifest:
                 metrics=metrics,
                 trigger=trigger,
                 claim=claim,
+                warm_start=warm_start,
             )
             report_training(store_uri=store_uri, manifest=manifest, reused=False)
             if params.gate:  # inside the claim: a run waiting on this key finds the verdict

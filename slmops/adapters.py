@@ -23,22 +23,69 @@ from slmops.versions import ADAPTERS, VersionedArtifact
 
 
 def training_key(
-    model: str, revision: str, dataset: str, rows_sha256: str, config: TrainConfig
+    model: str,
+    revision: str,
+    dataset: str,
+    rows_sha256: str,
+    config: TrainConfig,
+    warm_start: str | None = None,
 ) -> str:
     """What an adapter is a function of: base model and revision, the rows it trains on (by
-    content, so two runs that stored the same data as two dataset versions agree), and the
-    config fields that change the weights (`TrainConfig.weight_fields`; not threads, prices)."""
-    basis = json.dumps(
-        {
-            "model": model,
-            "revision": revision,
-            "dataset": dataset,
-            "rows_sha256": rows_sha256,
-            "config": config.key_fields(),
-        },
-        sort_keys=True,
+    content, so two runs that stored the same data as two dataset versions agree), the
+    config fields that change the weights (`TrainConfig.weight_fields`; not threads, prices),
+    and, for a warm start, the adapter version it starts from and its steps."""
+    basis: dict[str, object] = {
+        "model": model,
+        "revision": revision,
+        "dataset": dataset,
+        "rows_sha256": rows_sha256,
+        "config": config.key_fields(),
+    }
+    if warm_start is not None:
+        basis["warm_start"] = {"from": warm_start, "steps": config.warm_start_steps}
+    return sha256_bytes(json.dumps(basis, sort_keys=True).encode())[:24]
+
+
+def warm_start_from(
+    store: ObjectStore, adapter: str, model: str, revision: str, config: TrainConfig
+) -> tuple[Manifest | None, str]:
+    """The champion version a run on `model@revision` starts from (None: from scratch), and
+    why, in words for the run's log.
+
+    Only across a release: a champion on this same revision is what a run with unchanged
+    data and config finds by its key, and one with new data trains from scratch."""
+    if config.warm_start_steps is None:
+        return None, "from scratch (warm_start_steps is not set)"
+    art = VersionedArtifact(store, ADAPTERS, adapter)
+    from slmops.promotion import CHAMPION
+
+    alias = art.get_alias(CHAMPION)
+    if alias is None:
+        return None, f"from scratch: {adapter} has no champion yet"
+    champion = art.manifest(alias.version)
+    base = next((i for i in champion.inputs if i.kind == "base-model"), None)
+    if base is None or base.name != model:
+        return None, f"from scratch: the champion {alias.version} is not trained on {model}"
+    if base.version == revision:
+        return None, f"from scratch: the champion {alias.version} is on this revision already"
+    # The shape the weights must have. Target modules are stored as peft resolved them:
+    # compared here when the recipe names them; for "all-linear", loading the weights
+    # checks that every one lands (and fails the run, naming the setting, if not).
+    ours: dict[str, object] = {"rank": config.rank, "alpha": config.alpha}
+    theirs = {k: champion.config.get(k) for k in ours}
+    if config.target_modules != "all-linear":
+        ours["target_modules"] = sorted(m.strip() for m in config.target_modules.split(","))
+        theirs["target_modules"] = sorted(champion.config.get("target_modules") or [])
+    if theirs != ours:
+        return None, (
+            f"from scratch: the champion {alias.version} is an adapter of another shape "
+            f"({theirs}; this recipe: {ours})"
+        )
+    return champion, (
+        f"warm start from the champion {alias.version} (trained on {model}@"
+        f"{(base.version or '')[:12]}): {config.warm_start_steps} steps instead of "
+        f"{config.max_steps}"
     )
-    return sha256_bytes(basis.encode())[:24]
 
 
 def rows_sha256(dataset: Manifest) -> str:
@@ -175,8 +222,10 @@ def publish_adapter(
     metrics: dict[str, float] | None = None,
     trigger: Trigger | None = None,
     claim: Claim | None = None,
+    warm_start: str | None = None,
 ) -> Manifest:
     """Store the adapter folder with its training report; move alias `latest` to it.
+    `warm_start`: the version of this adapter the run started from (an input in the lineage).
 
     With the run's training `claim`, refuses to publish if another run took the claim over."""
     adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
@@ -191,6 +240,7 @@ def publish_adapter(
         inputs=[
             InputRef(kind="base-model", name=base_model, version=base_revision, uri=base_source),
             InputRef(kind="dataset", name=dataset, version=dataset_version, sha256=dataset_sha),
+            *([InputRef(kind="adapter", name=adapter, version=warm_start)] if warm_start else []),
         ],
         config={
             **config.model_dump(),

@@ -91,6 +91,17 @@ class TrainConfig(BaseModel):
         "pretrained base; real runs usually need more).",
         json_schema_extra={"changes_weights": True},
     )
+    warm_start_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Set: a run on a new revision of the champion's base model starts from "
+        "the champion adapter's weights (same rank, alpha and target modules) and trains this "
+        "many steps instead of max_steps (the example: 40 instead of 150, and the gate passes "
+        "it against the champion). Unset, or no such champion: from scratch.",
+        # Not in the key as a field: a run that warm-starts puts the champion's version and
+        # these steps into its training key instead (a cold run's key is left as it was).
+        json_schema_extra={"changes_weights": False},
+    )
     batch_size: int = Field(
         8,
         ge=1,
@@ -322,12 +333,15 @@ def train_adapter(
     *,
     served_model: str,
     resume_from: Path | None = None,
+    init_from: Path | None = None,
     on_checkpoint: Callable[[Path, int], None] | None = None,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     on_plan: Callable[[MemoryPlan], None] | None = None,
 ) -> TrainResult:
     """Train an adapter on `base`; write it (peft files) to `out_dir/adapter`.
 
+    init_from: an adapter folder of the same shape (rank, alpha, target modules) whose
+    weights the new adapter starts from instead of LoRA's zero update (a warm start).
     Raises PlanError before loading any weights if the run cannot fit its memory budget."""
     import torch
     from datasets import Dataset
@@ -451,6 +465,8 @@ def train_adapter(
         return batch
 
     trainer.data_collator = counting_collator
+    if init_from is not None:
+        load_adapter_weights(trainer.model, init_from, lora)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     cpu0, t0 = time.process_time(), time.perf_counter()
@@ -495,6 +511,32 @@ def train_adapter(
         threads_source=threads_source,
         memory_plan=plan,
     )
+
+
+def load_adapter_weights(model: Any, folder: Path, lora: Any) -> None:
+    """Copy the LoRA weights in `folder` into `model` (a peft model built with `lora`).
+    Refuses an adapter of another shape: every weight must land, or none is used."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    saved = json.loads((folder / "adapter_config.json").read_text())
+    ours = {"r": lora.r, "lora_alpha": lora.lora_alpha}
+    theirs = {k: saved.get(k) for k in ours}
+    if ours != theirs:
+        raise ConfigError(
+            f"cannot warm-start from {folder}: it is a LoRA adapter with {theirs}, this run "
+            f"trains {ours}; train from scratch or use the same rank and alpha"
+        )
+    state = load_file(str(folder / "adapter_model.safetensors"))
+    expected = {k for k in model.state_dict() if "lora_" in k}
+    result: Any = set_peft_model_state_dict(model, state)
+    missing = sorted(k for k in expected if k in set(result.missing_keys))
+    if result.unexpected_keys or missing or not state:
+        raise ConfigError(
+            f"cannot warm-start from {folder}: its weights do not fit this model's adapter "
+            f"({len(result.unexpected_keys)} unexpected, {len(missing)} missing, e.g. "
+            f"{(list(result.unexpected_keys) + missing)[:2]}); the target modules differ"
+        )
 
 
 def _sampling(group_by_length: bool) -> dict[str, Any]:

@@ -69,6 +69,12 @@ def adapter_report(store: ObjectStore, manifest: Manifest, reused: bool) -> tupl
         "",
         f"- base model: `{base.name}` revision `{(base.version or '')[:12]}`",
         f"- dataset: `{data.name}` version `{data.version}`",
+        *[
+            f"- warm start: from `{i.name}` version `{i.version}` (its weights, then "
+            f"{m.get('steps')} steps)"
+            for i in manifest.inputs
+            if i.kind == "adapter"
+        ],
         f"- trigger: {trigger.type}" + (f" ({trigger.by})" if trigger.by else ""),
         f"- stored at: `{store.uri}/{ADAPTERS}/{manifest.name}/versions/{manifest.version}/`",
         "",

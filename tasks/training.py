@@ -28,6 +28,7 @@ from slmops.models import Revision
 from slmops.progress import Tenths
 from slmops.store import open_store
 from slmops.training import TrainConfig, TrainResult, train_adapter
+from slmops.versions import ADAPTERS, VersionedArtifact
 from tasks.context import RETRIES
 from tasks.report import adapter_report
 
@@ -65,6 +66,17 @@ def find_trained(store_uri: str, adapter: str, key: str) -> Manifest | None:
     return adapters.find_trained(open_store(store_uri), adapter, key)
 
 
+@task(name="warm-start", **RETRIES)
+def warm_start_from(
+    store_uri: str, adapter: str, model: str, revision: str, config: TrainConfig
+) -> str | None:
+    """The champion version this run starts from, if the recipe warm-starts and one fits."""
+    store = open_store(store_uri)
+    champion, why = adapters.warm_start_from(store, adapter, model, revision, config)
+    get_run_logger().info("training %s: %s", adapter, why)
+    return champion.version if champion else None
+
+
 # Holds a live claim (a store client, a lease): never cached or persisted.
 @task(name="claim-training", cache_policy=NONE, persist_result=False, **RETRIES)
 def claim_training(store_uri: str, adapter: str, key: str) -> tuple[Claim | None, Manifest | None]:
@@ -100,11 +112,20 @@ def train(
     version: str,
     config: TrainConfig,
     workdir: Path,
+    warm_start: str | None = None,
 ) -> tuple[TrainResult, Path]:
     """Train, copying each checkpoint to the store; a re-run resumes from the newest one.
+    With `warm_start` (a version of this adapter), start from its weights and train
+    `config.warm_start_steps` steps.
 
     Returns the result and the adapter folder (peft files + training/)."""
     store = open_store(store_uri)
+    init_from = None
+    if warm_start is not None and config.warm_start_steps:
+        init_from = workdir / "warm-start"
+        shutil.rmtree(init_from, ignore_errors=True)
+        VersionedArtifact(store, ADAPTERS, adapter).download(warm_start, init_from)
+        config = config.model_copy(update={"max_steps": config.warm_start_steps})
     train_rows = datasets.read_rows(store, dataset, version, datasets.TRAIN)
     eval_rows = datasets.read_rows(store, dataset, version, datasets.EVAL)
     resume = adapters.latest_checkpoint(store, adapter, key, workdir / "resume")
@@ -138,6 +159,7 @@ def train(
         config,
         served_model=served_model,
         resume_from=resume,
+        init_from=init_from,
         on_checkpoint=lambda folder, _: adapters.save_checkpoint(store, adapter, key, folder),
         on_log=on_log,
         on_plan=lambda plan: logger.info(
@@ -189,6 +211,7 @@ def publish(
     metrics: dict[str, float],
     trigger: Trigger,
     claim: Claim | None,
+    warm_start: str | None = None,
 ) -> Manifest:
     """Store the adapter version with its lineage and move `latest` to it.
 
@@ -210,6 +233,7 @@ def publish(
         metrics=metrics,
         trigger=trigger,
         claim=claim,
+        warm_start=warm_start,
     )
 
 

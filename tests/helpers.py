@@ -25,7 +25,12 @@ EVALS = EXAMPLE / "evals"
 # of prefect.yaml with it), so the demo's r1 release finds the session's adapter by its
 # training key instead of training again. The example's own recipe (prefect.yaml): on the
 # pretrained tiny base, 150 steps pass every floor of the example policy.
-TEST_RECIPE: dict[str, Any] = {"max_steps": 150, "learning_rate": 0.003, "rank": 16}
+TEST_RECIPE: dict[str, Any] = {
+    "max_steps": 150,
+    "warm_start_steps": 40,
+    "learning_rate": 0.003,
+    "rank": 16,
+}
 
 
 def free_port() -> int:

@@ -410,14 +410,19 @@ class Planted:
         )
 
 
-def random_adapter(tiny_base: Path, out: Path) -> Path:
+def random_adapter(tiny_base: Path, out: Path, rank: int = 16, modules: str = "all-linear") -> Path:
     """LoRA weights that were never trained (peft's random init, not the identity)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(tiny_base),
-        LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False),
+        LoraConfig(
+            r=rank,
+            lora_alpha=32,
+            target_modules=modules if modules == "all-linear" else modules.split(","),
+            init_lora_weights=False,
+        ),
     )
     model.save_pretrained(str(out / "adapter"))
     finalize_adapter(out / "adapter", "tiny-llama")
@@ -549,3 +554,77 @@ def test_a_candidate_on_another_base_model_is_refused(
     with pytest.raises(ConfigError, match="does not exist"):
         gate(store, "rebased", candidate.version)
     assert find_verdict(store, "rebased", candidate.version, older) is None
+
+
+def lora_weights(adapter: Path) -> dict[str, object]:
+    from safetensors.torch import load_file
+
+    return dict(load_file(str(adapter / "adapter_model.safetensors")))
+
+
+def test_a_warm_start_begins_from_the_parent_and_refuses_another_shape(
+    tiny_base: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    parent = random_adapter(tiny_base, tmp_path / "parent")
+    # One step at a learning rate of ~0: what is saved is where training started.
+    still = TrainConfig(max_steps=1, batch_size=4, learning_rate=1e-12)
+
+    def train(out: str, init_from: Path | None) -> dict[str, object]:
+        train_adapter(
+            tiny_base, ROWS[:8], [], tmp_path / out, still, served_model="t", init_from=init_from
+        )
+        return lora_weights(tmp_path / out / "adapter")
+
+    warm, theirs = train("warm", parent), lora_weights(parent)
+    assert warm.keys() == theirs.keys() and len(warm) > 0
+    assert all(torch.allclose(warm[k], theirs[k], atol=1e-6) for k in warm)  # type: ignore[arg-type]
+    cold = train("cold", None)  # LoRA's own start: B = 0 (one step of 1e-12 from it)
+    lora_b = [v for k, v in cold.items() if "lora_B" in k]
+    assert lora_b and all(float(v.abs().max()) < 1e-9 for v in lora_b)  # type: ignore[attr-defined]
+
+    for rank, modules, named in [(8, "all-linear", "'r': 8"), (16, "q_proj,v_proj", "missing")]:
+        other = random_adapter(tiny_base, tmp_path / f"other-{rank}", rank, modules)
+        with pytest.raises(ConfigError, match=f"cannot warm-start from .*{named}"):
+            train(f"refused-{rank}", other)
+
+
+def test_a_release_warm_starts_from_the_champion_of_the_same_shape(tmp_path: Path) -> None:
+    from slmops.manifest import InputRef
+
+    store = LocalStore(tmp_path / "store")
+    art = VersionedArtifact(store, ADAPTERS, "bot")
+    recipe = TrainConfig(warm_start_steps=40)
+
+    def champion(model: str, revision: str, **config: object) -> str:
+        shape = {"rank": 16, "alpha": 32, "target_modules": ["q_proj", "v_proj"], **config}
+        version = art.publish(
+            Manifest(
+                kind="adapter",
+                name="bot",
+                inputs=[InputRef(kind="base-model", name=model, version=revision)],
+                config=shape,
+            ),
+            {"adapter_config.json": b"{}"},
+        ).version
+        art.set_alias("champion", version)
+        return version
+
+    def start(config: TrainConfig = recipe) -> tuple[str | None, str]:
+        found, why = adapters.warm_start_from(store, "bot", "tiny", "r2", config)
+        return (found.version if found else None), why
+
+    assert start() == (None, "from scratch: bot has no champion yet")
+    v1 = champion("tiny", "r1")
+    assert start()[0] == v1 and "40 steps instead of 150" in start()[1]
+    assert start(TrainConfig())[0] is None  # the recipe does not ask for it
+    assert start(TrainConfig(warm_start_steps=40, rank=8))[1].endswith(
+        "this recipe: {'rank': 8, 'alpha': 32})"
+    )
+    assert start(TrainConfig(warm_start_steps=40, target_modules="q_proj"))[0] is None
+    assert start(TrainConfig(warm_start_steps=40, target_modules="v_proj, q_proj"))[0] == v1
+    champion("tiny", "r2")  # a champion on this revision: a rerun finds it by its key
+    assert "on this revision already" in start()[1]
+    champion("other-model", "r1")
+    assert "not trained on tiny" in start()[1]

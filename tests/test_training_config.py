@@ -65,6 +65,13 @@ def test_settings_that_do_not_change_the_weights_keep_the_training_key() -> None
     assert training_key("m", "rev", "data", "sha", same) == key
     assert training_key("m", "rev", "data", "sha", TrainConfig(max_steps=301)) != key
     assert training_key("m", "rev", "data", "sha", TrainConfig(group_by_length=True)) != key
+    # A recipe that may warm-start keeps a cold run's key; a warm start names its parent.
+    warm = TrainConfig(warm_start_steps=40)
+    assert training_key("m", "rev", "data", "sha", warm) == key
+    parent = training_key("m", "rev", "data", "sha", warm, warm_start="v1")
+    assert parent != key and parent != training_key("m", "rev", "data", "sha", warm, "v2")
+    steps = TrainConfig(warm_start_steps=30)
+    assert training_key("m", "rev", "data", "sha", steps, warm_start="v1") != parent
 
 
 def test_a_setting_added_later_leaves_earlier_keys_as_they_were() -> None:
