@@ -405,7 +405,7 @@ class LocalStack:
             self._await_vllm(*vllm)
         return comps
 
-    def _start_vllm(self, comps: dict[str, Component]) -> tuple[list[Component], str]:
+    def _start_vllm(self, comps: dict[str, Component]) -> tuple[list[Component], str, float]:
         """Start the vLLM replicas not running (all at once: 55-85 s); return them and the
         revision they serve, for `_await_vllm`.
 
@@ -448,13 +448,13 @@ class LocalStack:
             comps[name] = comp
             self._save(comps)
             starting.append(comp)
-        return starting, revision.revision
+        return starting, revision.revision, time.time()
 
-    def _await_vllm(self, starting: list[Component], revision: str) -> None:
+    def _await_vllm(self, starting: list[Component], revision: str, started: float) -> None:
         """Wait for the replicas `_start_vllm` started, then write the serving config that
         promotion reads."""
         cfg = self.config
-        deadline, note = time.time() + 400, time.time()
+        deadline, note = started + 400, started
         for comp in starting:
             health = f"{comp.url}/health"
             self._wait(
@@ -545,22 +545,33 @@ class LocalStack:
                 continue
             if _is_ours(comp):
                 self.log(f"stopping {name} (pid {comp.pid})")
-                _stop_group(comp, sig, timeout)
+                # On SIGINT the worker stops taking runs and waits for the ones it started;
+                # those are killed with it after a short grace (a training run resumes from
+                # its stored checkpoint; Prefect marks the others crashed).
+                grace = min(timeout, WORKER_GRACE_S) if name == "worker" else timeout
+                if not _stop_group(comp, sig, grace):
+                    self.log(f"{name} did not stop in {grace:.0f}s: killed")
                 stopped.append(name)
             del comps[name]
             self._save(comps)
         return stopped
 
 
-def _stop_group(comp: Component, sig: signal.Signals, timeout: float) -> None:
-    """Signal the process group the component leads; escalate to SIGKILL after `timeout`."""
+# How long `down` lets the worker finish the flow runs it started before it is killed.
+WORKER_GRACE_S = 10.0
+
+
+def _stop_group(comp: Component, sig: signal.Signals, timeout: float) -> bool:
+    """Signal the process group the component leads; escalate to SIGKILL after `timeout`.
+    True if the leader stopped by itself."""
     try:
         os.killpg(comp.pid, sig)
     except ProcessLookupError:
-        return
-    deadline = time.time() + timeout
+        return True
+    deadline, stopped = time.time() + timeout, False
     while time.time() < deadline:
         if not _is_ours(comp) or _is_zombie(comp.pid):
+            stopped = True
             break
         time.sleep(0.2)
     else:
@@ -570,10 +581,11 @@ def _stop_group(comp: Component, sig: signal.Signals, timeout: float) -> None:
     try:
         os.killpg(comp.pid, 0)
     except ProcessLookupError:
-        return
+        return stopped
     time.sleep(1)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(comp.pid, signal.SIGKILL)
+    return stopped
 
 
 def _is_zombie(pid: int) -> bool:
