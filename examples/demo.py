@@ -539,11 +539,26 @@ def main() -> None:
 
     if not args.no_assess:
         head("5. prompt-only vs RAG vs fine-tuning on the edge cases (assess)")
-        params: dict[str, Any] = {"task": "examples/support-bot/assess.yaml"}
-        if args.quick_assess:
-            params["max_cases_per_suite"] = args.quick_assess
-        run_id = api.run("assess/manual", params)
-        api.follow(run_id, "assess", timeout=3600)
+        # Measured again only when what it measures changed: the champion, the index, the cases.
+        current = champion()
+        inputs = {
+            "champion": current.version if current else None,
+            "index": record["index_v2"]["version"],
+            "cases_per_suite": args.quick_assess or "all",
+        }
+        if record.get("assessed") == inputs:
+            say(
+                f"assessment of champion {inputs['champion']} with index {inputs['index']} "
+                "exists: reused (the assess/manual deployment measures it again)"
+            )
+        else:
+            params: dict[str, Any] = {"task": "examples/support-bot/assess.yaml"}
+            if args.quick_assess:
+                params["max_cases_per_suite"] = args.quick_assess
+            run_id = api.run("assess/manual", params)
+            api.follow(run_id, "assess", timeout=3600)
+            record["assessed"] = inputs
+            save()
         recommendation()
 
     head("6. summary")

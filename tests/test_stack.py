@@ -326,6 +326,7 @@ def test_the_demo_runs_the_whole_loop(
     assert "release -> serving:" in out
     # 4. the edited doc alone was re-embedded
     index = VersionedArtifact(store, "indexes", "support-docs")
+    v2_version = index.resolve("latest").version
     v2 = index.resolve("latest").metrics
     assert v2["docs_changed"] == 1 and v2["docs_unchanged"] == v2["documents"] - 1, v2
     assert 0 < v2["chunks_embedded"] < v2["chunks_reused"]
@@ -353,9 +354,11 @@ def test_the_demo_runs_the_whole_loop(
 
     # A second run reuses everything: no new adapter or index version, nothing trained.
     versions = (set(art.versions()), set(index.versions()))
-    again = demo("--no-assess")
+    again = demo("--quick-assess", "6")
     assert (set(art.versions()), set(index.versions())) == versions
     assert "reused" in again and "nothing changed" in again
+    assert f"assessment of champion {champion.version} with index {v2_version}" in again, again
+    assert "exists: reused" in again and "Recommendation:" in again
     assert "unchanged: not deployed again" in again  # the deployments are all still there
     assert again.count("retrieved: ") == 3
 
