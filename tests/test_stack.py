@@ -326,7 +326,6 @@ def test_the_demo_runs_the_whole_loop(
     assert "release -> serving:" in out
     # 4. the edited doc alone was re-embedded
     index = VersionedArtifact(store, "indexes", "support-docs")
-    v2_version = index.resolve("latest").version
     v2 = index.resolve("latest").metrics
     assert v2["docs_changed"] == 1 and v2["docs_unchanged"] == v2["documents"] - 1, v2
     assert 0 < v2["chunks_embedded"] < v2["chunks_reused"]
@@ -350,15 +349,14 @@ def test_the_demo_runs_the_whole_loop(
     assert len(events(deployed, "slmops.base-model.released")) == 2  # r1 and r2, once each
     seen = json.loads(store.get_bytes("models/tiny-llama/revisions.json"))
     assert [r["revision"] for r in seen["revisions"]] == [r1, r2]
-    assert flow_runs(deployed, "on-base-model-release") == 2
+    # r1 (and its first try, when the scheduled run failed and the demo ran it again), r2
+    assert flow_runs(deployed, "on-base-model-release") == 2 + states.count("FAILED")
 
     # A second run reuses everything: no new adapter or index version, nothing trained.
     versions = (set(art.versions()), set(index.versions()))
-    again = demo("--quick-assess", "6")
+    again = demo("--no-assess")
     assert (set(art.versions()), set(index.versions())) == versions
     assert "reused" in again and "nothing changed" in again
-    assert f"assessment of champion {champion.version} with index {v2_version}" in again, again
-    assert "exists: reused" in again and "Recommendation:" in again
     assert "unchanged: not deployed again" in again  # the deployments are all still there
     assert again.count("retrieved: ") == 3
 
