@@ -8,14 +8,15 @@ not fit. A run whose plan cannot fit fails here, naming the knob to turn, instea
 out of memory after minutes of loading.
 
 The estimate counts what a training step keeps in memory: the frozen base weights (bf16 on a
-GPU, fp32 on CPU; nf4 for QLoRA, whose embeddings, head and norms peft keeps in fp32), the
-LoRA weights with their gradients and Adam states (fp32, 16 bytes a parameter), the
+GPU, fp32 on CPU; nf4 linear layers for QLoRA, the embeddings, head and norms as for LoRA),
+the LoRA weights with their gradients and Adam states (fp32, 16 bytes a parameter), the
 activations saved for the backward pass (every layer's, or with checkpointing each layer's
-input plus one layer recomputed with its gradients) and the logits the loss needs (chunked
-away by liger's fused cross-entropy). The per-layer activation count is multiplied by a factor
-per method fitted to peaks measured on an H100 (8B Llama shape, rows of ~1,100 tokens; the
-figures are in tests/test_memory_plan.py): the estimate is meant to be slightly high, never
-low, so that a plan that fits does fit.
+input plus one layer recomputed with its gradients) and what the loss holds (trl's fused LM
+head, or liger's fused cross-entropy, never materializes the logits). The per-layer
+activation count is multiplied by a factor per method and liger setting fitted to peaks
+measured on an H200 (1B and 8B Llama shapes, rows of ~1,100 tokens; the figures are in
+tests/test_memory_plan.py): the estimate is meant to be slightly high, never low, so that a
+plan that fits does fit.
 """
 
 from __future__ import annotations
@@ -36,10 +37,19 @@ GB = 1e9
 USABLE = 0.9
 # On CPU the process itself (torch, transformers, the tokenizer) holds about this much.
 CPU_PROCESS_BYTES = 1.5 * GB
-# Saved activations per layer, relative to the count in `_layer_bytes_per_token`, fitted to
-# the measured peaks: QLoRA keeps more (peft runs the residual stream in fp32 and bitsandbytes
-# keeps bf16 copies of each projection's input).
-ACTIVATION_FACTOR = {"lora": 1.2, "qlora": 1.44}
+# Saved activations per layer, relative to the count in `_layer_bytes_per_token`, by (method,
+# liger kernels), fitted to the peaks measured without checkpointing (tests/test_memory_plan.py:
+# 0.99 and 0.80 for LoRA, 0.84 and 0.66 for QLoRA), rounded up. liger's RMSNorm and SwiGLU
+# keep less than the eager modules; QLoRA's frozen 4-bit projections keep no bf16 weight copy.
+ACTIVATION_FACTOR = {
+    ("lora", False): 1.02,
+    ("lora", True): 0.83,
+    ("qlora", False): 0.87,
+    ("qlora", True): 0.69,
+}
+# With checkpointing, the layer being recomputed holds its activations and their gradients:
+# this many layers' worth, fitted to the checkpointed peaks in tests/test_memory_plan.py.
+RECOMPUTED_LAYER = 1.35
 # Relative cost of a step with gradient checkpointing (one more forward pass): measured 1.36x
 # for QLoRA on the 8B shape, 1.1-1.34x for LoRA on CPU.
 CHECKPOINTING_COST = 0.35
@@ -98,12 +108,16 @@ class ModelShape(BaseModel):
 
     @classmethod
     def from_pretrained(cls, folder: Path) -> ModelShape:
-        """The shape of a save_pretrained folder (reads config.json only)."""
-        path = Path(folder) / "config.json"
+        """The shape of a save_pretrained folder (reads config.json only), or of a model's
+        config.json given as the file itself (any name)."""
+        path = Path(folder)
+        path = path if path.is_file() else path / "config.json"
         try:
             config = json.loads(path.read_text())
         except FileNotFoundError as exc:
-            raise ConfigError(f"{path} does not exist: is {folder} a model folder?") from exc
+            raise ConfigError(
+                f"{path} does not exist: give a model folder or its config.json"
+            ) from exc
         except ValueError as exc:
             raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
         return cls.from_config(config, str(path))
@@ -144,7 +158,7 @@ class Estimate(BaseModel):
     weights_gb: float = Field(description="Frozen base weights.")
     trainable_gb: float = Field(description="LoRA weights, their gradients and Adam states.")
     activations_gb: float = Field(description="Saved for backward, plus one layer's work.")
-    logits_gb: float = Field(description="Logits and the loss's copies (0 with liger).")
+    logits_gb: float = Field(description="What the loss holds (fused LM head: no logits).")
     total_gb: float
 
 
@@ -252,23 +266,27 @@ def estimate_peak(
     compute = 2 if device == "cuda" else 4  # bf16 on a GPU, fp32 on CPU
     weights: float
     if method == "qlora":
-        # nf4 with double-quantized block constants: ~4.13 bits a weight. peft's
-        # prepare_model_for_kbit_training casts the rest to fp32, and with it the residual.
-        weights = shape.linear_params * 0.516 + shape.other_params * 4
-        residual = 4
+        # nf4 with double-quantized block constants: ~4.13 bits a weight; the rest (embeddings,
+        # head, norms) stays in the compute dtype.
+        weights = shape.linear_params * 0.516 + shape.other_params * compute
     else:
         weights = shape.params * compute
-        residual = compute
+    residual = compute
     trainable = lora_params(shape, rank, target_modules) * 16
     tokens = micro_batch * seq_len
-    layer = ACTIVATION_FACTOR.get(method, 1.3) * _layer_bytes_per_token(shape, residual, compute)
+    layer = ACTIVATION_FACTOR.get((method, liger), 1.1) * _layer_bytes_per_token(
+        shape, residual, compute
+    )
     if gradient_checkpointing:  # each layer's input, one layer recomputed + its gradients
-        kept, working = float(tokens * shape.layers * shape.hidden * residual), 2 * tokens * layer
+        kept = float(tokens * shape.layers * shape.hidden * residual)
+        working = RECOMPUTED_LAYER * tokens * layer
     else:
         kept, working = tokens * shape.layers * layer, tokens * layer
-    # Logits (bf16 or fp32) and the fp32 copy the loss makes; liger's fused linear
-    # cross-entropy never materializes them, only the hidden states' gradient.
-    logits = tokens * shape.hidden * 4 if liger else tokens * shape.vocab * (compute + 4)
+    # The loss: trl's SFTTrainer (1.16, pinned) computes it with a fused LM head, and liger with
+    # its fused linear cross-entropy, in chunks; neither materializes the logits (a 1B-shape
+    # QLoRA step of 8 x 1,100 tokens peaked at 3.0 GB where the bf16 logits alone are 2.3 GB).
+    # What stays is the hidden states' gradient in fp32.
+    logits = tokens * shape.hidden * 4
     overhead = CPU_PROCESS_BYTES if device == "cpu" else 0.0
     # Logits live at the end of the forward pass, one layer's work during backward.
     total = weights + trainable + kept + max(logits, working) + overhead
@@ -363,8 +381,8 @@ def plan_training(
         use_liger = device == "cuda" and liger_available
         if device == "cuda" and not liger_available:
             reasons.append(
-                "liger kernels not installed (pip install 'slmops[gpu]'): logits are "
-                "materialized, which costs memory and speed"
+                "liger kernels not installed (pip install 'slmops[gpu]'): norms and MLP "
+                "activations keep about 20% more memory for the backward pass"
             )
     else:
         if liger and not liger_available:
@@ -517,7 +535,7 @@ def plan_markdown(plan: MemoryPlan, table: bool = True) -> list[str]:
         f"{plan.usable_gb:.2f} GB planned for",
         f"- estimated peak {est.total_gb:.2f} GB = weights {est.weights_gb:.2f} + LoRA with "
         f"gradients and optimizer {est.trainable_gb:.2f} + activations {est.activations_gb:.2f}"
-        f" or logits {est.logits_gb:.2f}, whichever is larger at the peak"
+        f" or the loss's {est.logits_gb:.2f}, whichever is larger at the peak"
         + (" + the process itself" if plan.device == "cpu" else ""),
     ]
     if plan.measured_peak_gb is not None:

@@ -125,7 +125,7 @@ def test_memory_plan_says_whether_a_run_fits_a_card_before_renting_it(
         "--method",
         "qlora",
         "--max-memory-gb",
-        "22",
+        "12",
         "--batch-size",
         "8",
     )
