@@ -99,6 +99,12 @@ def command(
         "--dtype",
         "float32",
         "--enable-prefix-caching",  # the stale-cache hazard of in-place reloads needs it on
+        # One worker runs inside the engine process instead of a third process of its own:
+        # one import of vLLM and torch less, ready in about 34 s instead of 54 on 2 cores.
+        # (vLLM's CPU platform allows it only with VLLM_ENABLE_V1_MULTIPROCESSING=0, which the
+        # OpenAI server ignores otherwise: its engine still runs in a process of its own.)
+        "--distributed-executor-backend",
+        "uni",
     ]
 
 
@@ -109,6 +115,7 @@ def environment() -> dict[str, str]:
         "VLLM_TARGET_DEVICE": "cpu",
         "VLLM_CPU_KVCACHE_SPACE": "1",
         "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # see "uni" in command()
         "VLLM_NO_USAGE_STATS": "1",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
