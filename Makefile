@@ -35,7 +35,8 @@ lint: setup
 	$(BIN)/mypy
 
 # The tests' and the demo's base model, pretrained once per machine (cached by content hash in
-# .slmops/cache/tiny-models/; minutes on 2 cores the first time, then instant).
+# ~/.cache/slmops/tiny-models/, shared by every clone; minutes on 2 cores the first time, then
+# instant).
 tiny-base: setup
 	$(BIN)/python -c "from infra.tiny_model import cached_build; print('tiny base model:', cached_build())"
 

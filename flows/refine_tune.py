@@ -142,9 +142,11 @@ def refine_tune(params: RefineTuneParams) -> Manifest:
             model=rev.model,
             revision=rev.revision,
             config=params.config,
+            weights=rev.weights,
         )
+    assert rev.weights is not None  # base_model checks the revision out
     key = training_key(
-        rev.model, rev.revision, params.dataset_name, rows_sha256(data), params.config, warm_start
+        rev.model, rev.weights, params.dataset_name, rows_sha256(data), params.config, warm_start
     )
     claim = None
     existing = find_trained(store_uri=store_uri, adapter=params.adapter, key=key)

@@ -138,6 +138,14 @@ def _bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
+def _served_folder(cmdline: list[str]) -> Path | None:
+    """The model folder a vLLM replica's command line serves (`--model DIR`), if it exists."""
+    if "--model" not in cmdline[:-1]:
+        return None
+    folder = Path(cmdline[cmdline.index("--model") + 1])
+    return folder if (folder / "config.json").is_file() else None
+
+
 def _pid_cmdline(pid: int) -> list[str] | None:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -405,17 +413,18 @@ class LocalStack:
             self._await_vllm(*vllm)
         return comps
 
-    def _start_vllm(self, comps: dict[str, Component]) -> tuple[list[Component], str, float]:
-        """Start the vLLM replicas not running (all at once: 55-85 s); return them and the
-        revision they serve, for `_await_vllm`.
+    def _start_vllm(self, comps: dict[str, Component]) -> tuple[list[Component], str, str, float]:
+        """Start the vLLM replicas not running (all at once: about 35 s); return them, the
+        revision they serve and its weights digest, for `_await_vllm`.
 
         Replicas serve a copy of the model folder per revision, so what a replica runs is
         what serving.yaml says even after the folder changes. A replica whose revision is
         older than the folder's (a base-model release) is restarted on the new one: adapters
         of the old revision do not work on it, so the stable name answers again once the
-        new revision's adapter is promoted."""
+        new revision's adapter is promoted. A release that changed only the model card
+        (same weights digest) restarts nothing: the replica serves the new revision as is."""
         from infra import vllm_server
-        from slmops.models import WatchedModel, current_revision, materialize
+        from slmops.models import WatchedModel, current_revision, materialize, weights_digest
 
         cfg = self.config
         model_dir = (cfg.project_dir / cfg.model_dir).absolute()
@@ -426,10 +435,18 @@ class LocalStack:
             build_tiny_model(model_dir)
         revision = current_revision(WatchedModel(name=cfg.served_model, source=str(model_dir)))
         snapshot = materialize(str(model_dir), revision.revision, self.state_dir / "models")
+        weights = weights_digest(snapshot)
         starting = []
         for i in range(cfg.vllm):
             name, port = f"vllm-{i}", cfg.vllm_port + i
             if name in comps and str(snapshot) in comps[name].cmdline:
+                continue
+            served = _served_folder(comps[name].cmdline) if name in comps else None
+            if served is not None and weights_digest(served) == weights:
+                self.log(
+                    f"vLLM replica {i} already serves the weights of {revision.revision[:12]} "
+                    "(the release changed only the model card): kept running"
+                )
                 continue
             if name in comps:
                 self.log(
@@ -448,9 +465,11 @@ class LocalStack:
             comps[name] = comp
             self._save(comps)
             starting.append(comp)
-        return starting, revision.revision, time.time()
+        return starting, revision.revision, weights, time.time()
 
-    def _await_vllm(self, starting: list[Component], revision: str, started: float) -> None:
+    def _await_vllm(
+        self, starting: list[Component], revision: str, weights: str, started: float
+    ) -> None:
         """Wait for the replicas `_start_vllm` started, then write the serving config that
         promotion reads."""
         cfg = self.config
@@ -462,7 +481,7 @@ class LocalStack:
                 lambda health=health: _http_ok(health) is not None,  # type: ignore[misc]
                 max(deadline - time.time(), 1),
                 on_wait=lambda: self.log(
-                    f"waiting for vLLM ({time.time() - note:.0f}s; usually 55-85 s)"
+                    f"waiting for vLLM ({time.time() - note:.0f}s; usually 30-60 s on 2 cores)"
                 ),
             )
         serving = {
@@ -471,6 +490,7 @@ class LocalStack:
                     "url": f"http://{HOST}:{cfg.vllm_port + i}",
                     "model": cfg.served_model,
                     "revision": revision,
+                    "weights": weights,
                     "max_lora_rank": 16,
                 }
                 for i in range(cfg.vllm)

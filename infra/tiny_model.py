@@ -12,9 +12,10 @@ The weights are not left random: the model is pretrained (every weight, next-tok
 bundled docs for a few hundred steps, as a real base model has read text like the one it will
 serve. A LoRA adapter on a random base learns the answer format but not the job (it declines
 everything or repeats one answer); on this base it learns both in about 100 steps. The
-pretrained weights are cached by the hash of everything that decides them
-(`.slmops/cache/tiny-models/<hash>`, or SLMOPS_TINY_MODEL_CACHE), so the cost (about 3 minutes
-on 2 cores) is paid once per machine.
+pretrained weights are cached by the hash of everything that decides them (this file's code,
+the corpus, the torch version) in the user's cache folder (`~/.cache/slmops/tiny-models/<hash>`,
+or under XDG_CACHE_HOME, or SLMOPS_TINY_MODEL_CACHE), so the cost (about 4-6 minutes on 2
+cores) is paid once per machine, not once per clone, and `make clean` keeps it.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ CHAT_OFF_ASKS = [
     "{x} -- tips",
 ]
 OUT_OF_SCOPE = "That is outside the Tidewell documentation."
-CACHE_VERSION = 1  # bump when the build itself changes
+CACHE_VERSION = 2  # the key also hashes this file's source: any change to the build rebuilds
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n"
@@ -211,7 +212,10 @@ def pretrain(model: Any, tokenizer: Any, steps: int, *, seed: int, log: bool = T
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("SLMOPS_TINY_MODEL_CACHE") or ROOT / ".slmops/cache/tiny-models")
+    if os.environ.get("SLMOPS_TINY_MODEL_CACHE"):
+        return Path(os.environ["SLMOPS_TINY_MODEL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "slmops" / "tiny-models"
 
 
 def _build_key(seed: int, layers: int, hidden: int, steps: int) -> str:
@@ -234,6 +238,7 @@ def _build_key(seed: int, layers: int, hidden: int, steps: int) -> str:
             sort_keys=True,
         ).encode()
     )
+    h.update(Path(__file__).read_bytes())  # the build's own code
     for text in _corpus() + _pretrain_texts():
         h.update(hashlib.sha256(text.encode()).digest())
     return h.hexdigest()[:20]

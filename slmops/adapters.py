@@ -24,19 +24,21 @@ from slmops.versions import ADAPTERS, VersionedArtifact
 
 def training_key(
     model: str,
-    revision: str,
+    weights: str,
     dataset: str,
     rows_sha256: str,
     config: TrainConfig,
     warm_start: str | None = None,
 ) -> str:
-    """What an adapter is a function of: base model and revision, the rows it trains on (by
-    content, so two runs that stored the same data as two dataset versions agree), the
-    config fields that change the weights (`TrainConfig.weight_fields`; not threads, prices),
-    and, for a warm start, the adapter version it starts from and its steps."""
+    """What an adapter is a function of: the base model's weights (`models.weights_digest`:
+    by content, so a release that changes only the model card finds the adapter trained
+    before it), the rows it trains on (by content, so two runs that stored the same data as
+    two dataset versions agree), the config fields that change the weights
+    (`TrainConfig.weight_fields`; not threads, prices), and, for a warm start, the adapter
+    version it starts from and its steps."""
     basis: dict[str, object] = {
         "model": model,
-        "revision": revision,
+        "weights": weights,
         "dataset": dataset,
         "rows_sha256": rows_sha256,
         "config": config.key_fields(),
@@ -47,13 +49,19 @@ def training_key(
 
 
 def warm_start_from(
-    store: ObjectStore, adapter: str, model: str, revision: str, config: TrainConfig
+    store: ObjectStore,
+    adapter: str,
+    model: str,
+    revision: str,
+    config: TrainConfig,
+    weights: str | None = None,
 ) -> tuple[Manifest | None, str]:
     """The champion version a run on `model@revision` starts from (None: from scratch), and
     why, in words for the run's log.
 
-    Only across a release: a champion on this same revision is what a run with unchanged
-    data and config finds by its key, and one with new data trains from scratch."""
+    Only across a release that changed the weights: a champion on this same revision, or on
+    a revision with the same `weights` digest (a model-card-only release), is what a run with
+    unchanged data and config finds by its key, and one with new data trains from scratch."""
     if config.warm_start_steps is None:
         return None, "from scratch (warm_start_steps is not set)"
     art = VersionedArtifact(store, ADAPTERS, adapter)
@@ -68,6 +76,12 @@ def warm_start_from(
         return None, f"from scratch: the champion {alias.version} is not trained on {model}"
     if base.version == revision:
         return None, f"from scratch: the champion {alias.version} is on this revision already"
+    if weights is not None and base.sha256 == weights:
+        return None, (
+            f"from scratch: the champion {alias.version} was trained on the same weights "
+            f"({model}@{(base.version or '')[:12]} differs from {revision[:12]} in its model "
+            "card or licence only), so its training key is this run's"
+        )
     # The shape the weights must have. Target modules are stored as peft resolved them:
     # compared here when the recipe names them; for "all-linear", loading the weights
     # checks that every one lands (and fails the run, naming the setting, if not).
@@ -215,6 +229,7 @@ def publish_adapter(
     base_model: str,
     base_revision: str,
     base_source: str,
+    base_weights: str | None = None,
     dataset: str,
     dataset_version: str,
     dataset_sha: str,
@@ -238,7 +253,13 @@ def publish_adapter(
         kind="adapter",
         name=adapter,
         inputs=[
-            InputRef(kind="base-model", name=base_model, version=base_revision, uri=base_source),
+            InputRef(
+                kind="base-model",
+                name=base_model,
+                version=base_revision,
+                sha256=base_weights,  # models.weights_digest: same weights, same adapter
+                uri=base_source,
+            ),
             InputRef(kind="dataset", name=dataset, version=dataset_version, sha256=dataset_sha),
             *([InputRef(kind="adapter", name=adapter, version=warm_start)] if warm_start else []),
         ],

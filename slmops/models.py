@@ -6,6 +6,11 @@ A source is one of:
   s3://bucket/prefix       a save_pretrained folder in S3; revision = hash of its object list
   /path/or/relative        a local save_pretrained folder; revision = hash of its files
 A revision is a stable id: the same files give the same revision on every machine.
+
+A revision's weights digest (`weights_digest`) hashes only what decides an adapter's weights
+and how it is served: weights, config, tokenizer and chat template, not the model card or the
+licence. Two revisions with one digest are the same model to train and to serve on: a
+README-only release trains nothing and moves no replica.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pydantic import BaseModel, Field
 
 from slmops.errors import ConfigError, ConflictError, ObjectNotFoundError
 from slmops.store import ObjectStore, open_store, parse_store_uri
-from slmops.store.hashing import folder_sha256
+from slmops.store.hashing import folder_sha256, sha256_file
 from slmops.versions import MODELS, check_name
 
 RELEASE_EVENT = "slmops.base-model.released"
@@ -40,6 +45,45 @@ class Revision(BaseModel):
     model: str
     revision: str
     source: str
+    weights: str | None = Field(
+        None, description="weights_digest of the revision's files (set once it is checked out)."
+    )
+
+
+# Files that describe a model and do not change what it computes.
+_DOC_PREFIXES = ("readme", "license", "licence", "notice", "changelog", "use_policy", "model_card")
+_DOC_SUFFIXES = (".md", ".png", ".jpg", ".jpeg", ".gif", ".svg", ".pdf")
+
+
+def _is_doc(relative: Path) -> bool:
+    name = relative.name.lower()
+    return (
+        name.startswith(_DOC_PREFIXES)
+        or relative.suffix.lower() in _DOC_SUFFIXES
+        or any(part.startswith(".") for part in relative.parts)
+    )
+
+
+def weights_digest(folder: Path) -> str:
+    """Hash of the files of a model folder that decide what it computes (everything but the
+    model card, licence, images and hidden files). A file the Hugging Face cache links to a
+    blob is taken by the blob's name, a hash of its content (sha256 for LFS files, git's
+    blob id for small ones): no 16 GB re-read. So two snapshots of one repo compare by
+    content; a plain copy of one may hash differently, and then counts as other weights
+    (it retrains: never the reverse)."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = file.relative_to(folder)
+        if _is_doc(relative):
+            continue
+        target = file.resolve()
+        content = (
+            target.name
+            if file.is_symlink() and target.parent.name == "blobs"
+            else sha256_file(file)
+        )
+        digest.update(f"{relative.as_posix()}\0{content}\n".encode())
+    return digest.hexdigest()[:40]
 
 
 def resource_id(model: str) -> str:
@@ -170,7 +214,8 @@ def checkout(
     rev = current_revision(WatchedModel(name=model, source=source))
     if revision:
         rev = rev.model_copy(update={"revision": revision})
-    return rev, materialize(source, rev.revision, cache_dir, superseded_ok=superseded_ok)
+    path = materialize(source, rev.revision, cache_dir, superseded_ok=superseded_ok)
+    return rev.model_copy(update={"weights": weights_digest(path)}), path
 
 
 class SeenRevisions(BaseModel):

@@ -197,8 +197,12 @@ def _base_of(manifest: Manifest) -> tuple[str, str]:
 def base_mismatch(config: ServingConfig, manifest: Manifest, what: str) -> str | None:
     """Why the replicas cannot serve this adapter version's base (None: they can)."""
     model, revision = _base_of(manifest)
+    base = next(i for i in manifest.inputs if i.kind == "base-model")
     for replica in config.replicas:
-        if replica.model != model or replica.revision != revision:
+        # Another revision with the same weights digest (a model-card-only release) serves
+        # the adapter as its own revision does.
+        same_weights = bool(base.sha256) and replica.weights == base.sha256
+        if replica.model != model or (replica.revision != revision and not same_weights):
             return (
                 f"{what} was trained on {model}@{revision[:12]}, but replica {replica.url} "
                 f"serves {replica.model}@{replica.revision[:12]}: an adapter only works on its "

@@ -45,6 +45,12 @@ class Replica(BaseModel):
         description="Base model revision the server runs: adapters trained on another "
         "revision are refused (they do not transfer)."
     )
+    weights: str | None = Field(
+        None,
+        description="The revision's weights digest (slmops.models.weights_digest), when known: "
+        "an adapter trained on another revision with the same digest (a release that changed "
+        "only the model card) is served as if trained on this one.",
+    )
     max_lora_rank: int = Field(16, ge=1, description="The server's --max-lora-rank.")
     api_key_env: str | None = Field(
         None,

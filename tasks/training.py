@@ -68,11 +68,16 @@ def find_trained(store_uri: str, adapter: str, key: str) -> Manifest | None:
 
 @task(name="warm-start", **RETRIES)
 def warm_start_from(
-    store_uri: str, adapter: str, model: str, revision: str, config: TrainConfig
+    store_uri: str,
+    adapter: str,
+    model: str,
+    revision: str,
+    config: TrainConfig,
+    weights: str | None = None,
 ) -> str | None:
     """The champion version this run starts from, if the recipe warm-starts and one fits."""
     store = open_store(store_uri)
-    champion, why = adapters.warm_start_from(store, adapter, model, revision, config)
+    champion, why = adapters.warm_start_from(store, adapter, model, revision, config, weights)
     get_run_logger().info("training %s: %s", adapter, why)
     return champion.version if champion else None
 
@@ -226,6 +231,7 @@ def publish(
         base_model=rev.model,
         base_revision=rev.revision,
         base_source=rev.source,
+        base_weights=rev.weights,
         dataset=dataset.name,
         dataset_version=dataset.version or "",
         dataset_sha=dataset_sha or "",

@@ -19,9 +19,10 @@ from slmops.models import (
     materialize,
     record_revision,
     seen_revisions,
+    weights_digest,
 )
 from slmops.store.base import ObjectStore
-from slmops.store.hashing import folder_sha256
+from slmops.store.hashing import folder_sha256, sha256_file
 from slmops.versions import DATASETS, VersionedArtifact
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "support-bot"
@@ -147,6 +148,43 @@ def test_a_folder_revision_is_its_content(tiny_base: Path, tmp_path: Path) -> No
     )
     with pytest.raises(ConfigError, match="not the requested"):
         materialize(str(copy), rev.revision, tmp_path / "cache")
+
+
+def test_the_weights_digest_ignores_the_model_card_and_nothing_else(
+    tiny_base: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_base, copy)
+    digest = weights_digest(copy)
+    assert digest == weights_digest(tiny_base)  # by content, wherever it lies
+    (copy / "README.md").write_text("# tiny-llama\nRelease 2: a typo fixed in the card.\n")
+    (copy / "LICENSE").write_text("Apache-2.0\n")
+    (copy / ".gitattributes").write_text("*.safetensors filter=lfs\n")
+    # A new revision for the watcher, the same model to train and to serve on.
+    assert current_revision(WatchedModel(name="t", source=str(copy))).revision != (
+        current_revision(WatchedModel(name="t", source=str(tiny_base))).revision
+    )
+    assert weights_digest(copy) == digest
+    for changed, text in [
+        ("tokenizer_config.json", None),  # the chat template lives here
+        ("generation_config.json", '{"temperature": 0.1}'),
+        ("config.json", None),
+    ]:
+        edited = tmp_path / changed
+        shutil.copytree(copy, edited)
+        path = edited / changed
+        path.write_text(text or path.read_text().replace("}", ', "edited": true}', 1))
+        assert weights_digest(edited) != digest, changed
+    # The Hugging Face cache links each file to a blob named by its hash: taken as is.
+    blobs, snap = tmp_path / "hub" / "blobs", tmp_path / "hub" / "snapshots" / "abc"
+    blobs.mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for file in sorted(copy.iterdir()):
+        if file.is_file():
+            blob = blobs / sha256_file(file)
+            shutil.copy(file, blob)
+            (snap / file.name).symlink_to(blob)
+    assert weights_digest(snap) == digest
 
 
 def test_a_folder_revision_stays_usable_after_the_folder_moves_on(

@@ -361,6 +361,39 @@ def test_the_demo_runs_the_whole_loop(
     assert again.count("retrieved: ") == 3
 
 
+def test_a_release_of_the_model_card_alone_keeps_the_replica_and_the_champion(
+    stack: LocalStack, home: Path
+) -> None:
+    """A new revision with the same weights digest: `stack up` moves serving.yaml onto it and
+    restarts nothing, and the champion (trained on the revision before) stays servable."""
+    from infra.tiny_model import publish_release
+    from slmops.models import weights_digest
+    from slmops.promotion import base_mismatch
+
+    model_dir = home / "models" / "tiny-llama"
+    before = load_serving_config(stack.config.serving_file).replicas[0]
+    pid = stack.health()["vllm-0"][1].pid  # type: ignore[union-attr]
+    publish_release(model_dir, 3, steps=0)  # the model card changes, the weights do not
+    r3 = current_revision(WatchedModel(name="tiny-llama", source=str(model_dir))).revision
+    assert r3 != before.revision
+    stack.up()
+    assert stack.health()["vllm-0"][1].pid == pid  # type: ignore[union-attr]
+    serving = load_serving_config(stack.config.serving_file)
+    replica = serving.replicas[0]
+    assert replica.revision == r3 and replica.weights == weights_digest(model_dir)
+    assert replica.weights == before.weights
+    assert "kept running" in (home / "stack.log").read_text()
+    champion = VersionedArtifact(stack_store(stack), "adapters", "support-bot").get_alias(
+        "champion"
+    )
+    with VLLMClient(replica) as client:
+        assert client.base_models() == ["tiny-llama"]  # answering, not restarting
+        if champion is not None:  # promoted by the demo test, when it ran first
+            art = VersionedArtifact(stack_store(stack), "adapters", "support-bot")
+            assert base_mismatch(serving, art.manifest(champion.version), "champion") is None
+            assert "support-bot" in client.adapters()  # the stable name never went away
+
+
 @pytest.mark.timeout(1800)  # two runs, each gated against the champion on 2 cores
 def test_two_deployments_training_one_key_at_once_train_it_once(
     deployed: LocalStack, tiny_base: Path, home: Path

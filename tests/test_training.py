@@ -109,6 +109,39 @@ def test_the_same_inputs_train_once(
     assert "micro-batch 8 x 1 accumulation = batch 8" in report and "(chosen)" in report
 
 
+def test_a_release_that_changes_only_the_model_card_trains_nothing(
+    trained: tuple[S3Store, Manifest, list[str]], tiny_base: Path, tmp_path: Path
+) -> None:
+    """A new revision whose weights, config and tokenizer are the adapter's base's (the model
+    card and licence changed) finds the adapter by its key: no training, no warm start."""
+    import shutil
+
+    from flows.refine_tune import RefineTuneParams, refine_tune
+    from slmops.models import WatchedModel, current_revision, weights_digest
+
+    store, manifest, _ = trained
+    release = tmp_path / "tiny-llama"
+    shutil.copytree(tiny_base, release)
+    (release / "README.md").write_text("# tiny-llama\n\nRelease 2: the model card, rewritten.\n")
+    (release / "LICENSE").write_text("Apache-2.0\n")
+    r2 = current_revision(WatchedModel(name="tiny-llama", source=str(release))).revision
+    base = next(i for i in manifest.inputs if i.kind == "base-model")
+    assert r2 != base.version and base.sha256 == weights_digest(release)
+    state = refine_tune(
+        RefineTuneParams(
+            model="tiny-llama",
+            source=str(release),
+            store=store.uri,
+            config=TrainConfig(**TEST_RECIPE),  # warm_start_steps set: still no warm start
+            gate=False,
+        ),
+        return_state=True,
+    )
+    assert state.result().version == manifest.version
+    tasks = task_runs(state.state_details.flow_run_id)
+    assert not any(name.startswith(("train-adapter", "claim-training")) for name in tasks), tasks
+
+
 def test_qlora_trains_on_cpu_with_bitsandbytes(tiny_base: Path, tmp_path: Path) -> None:
     result = train_adapter(
         tiny_base,
@@ -624,6 +657,14 @@ def test_a_release_warm_starts_from_the_champion_of_the_same_shape(tmp_path: Pat
     )
     assert start(TrainConfig(warm_start_steps=40, target_modules="q_proj"))[0] is None
     assert start(TrainConfig(warm_start_steps=40, target_modules="v_proj, q_proj"))[0] == v1
+    # A champion on another revision with the same weights (a model-card-only release): no
+    # warm start, so the run's key is the champion's and it finds that adapter.
+    same = art.manifest(v1).model_copy(deep=True)
+    same.inputs[0].sha256 = "w1"
+    art.set_alias("champion", art.publish(same, {"adapter_config.json": b"{}"}).version)
+    found, why = adapters.warm_start_from(store, "bot", "tiny", "r2", recipe, weights="w1")
+    assert found is None and "same weights" in why and "model card" in why
+    assert adapters.warm_start_from(store, "bot", "tiny", "r2", recipe, weights="w2")[0]
     champion("tiny", "r2")  # a champion on this revision: a rerun finds it by its key
     assert "on this revision already" in start()[1]
     champion("other-model", "r1")

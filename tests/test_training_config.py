@@ -83,7 +83,7 @@ def test_a_setting_added_later_leaves_earlier_keys_as_they_were() -> None:
     fields = set(TrainConfig.weight_fields()) - {"group_by_length"}
     basis = {
         "model": "m",
-        "revision": "rev",
+        "weights": "rev",
         "dataset": "data",
         "rows_sha256": "sha",
         "config": TrainConfig().model_dump(include=fields),

@@ -546,3 +546,27 @@ def test_bad_input_is_refused_before_any_server_changes(served: Served) -> None:
             "replicas: [{url: localhost:8000, model: m, revision: r}]\nadapter_dir: /x\n"
         )
         load_serving_config(bad)
+
+
+def test_replicas_serve_an_adapter_of_another_revision_only_with_the_same_weights() -> None:
+    from slmops.manifest import InputRef
+    from slmops.promotion import base_mismatch
+
+    adapter = Manifest(
+        kind="adapter",
+        name="bot",
+        version="v1",
+        inputs=[InputRef(kind="base-model", name="tiny", version="r1", sha256="w1")],
+    )
+
+    def serving(revision: str, weights: str | None) -> ServingConfig:
+        replica = Replica(url="http://127.0.0.1:1", model="tiny", revision=revision)
+        replica.weights = weights
+        return ServingConfig(replicas=[replica], adapter_dir="/tmp/adapters")
+
+    assert base_mismatch(serving("r1", None), adapter, "bot@v1") is None
+    # r2 changed only the model card: same weights digest, the adapter is served as is.
+    assert base_mismatch(serving("r2", "w1"), adapter, "bot@v1") is None
+    for other in (serving("r2", "w2"), serving("r2", None)):
+        why = base_mismatch(other, adapter, "bot@v1")
+        assert why is not None and "trained on tiny@r1" in why and "serves tiny@r2" in why
