@@ -51,6 +51,10 @@ from slmops.versions import ADAPTERS, VersionedArtifact
 CHAMPION = "champion"
 SERVED_FILES = ("adapter_config.json", "adapter_model.safetensors")
 CLAIM_TTL = 600.0
+# How long a promotion, rollback or sync waits for another one of the same adapter (each
+# takes seconds, plus the drain before unloading), and how often it looks.
+SERVING_WAIT_S = 300.0
+SERVING_POLL_S = 2.0
 Log = Callable[[str], None]
 
 
@@ -244,16 +248,34 @@ def _connect(config: ServingConfig, model: str) -> _Clients:
 
 
 @contextmanager
-def _serving_claim(store: ObjectStore, adapter: str, work: str) -> Iterator[Claim]:
-    """One promotion, rollback or sync of an adapter at a time, across machines."""
+def _serving_claim(
+    store: ObjectStore,
+    adapter: str,
+    work: str,
+    log: Log = lambda _: None,
+    wait_s: float | None = None,
+) -> Iterator[Claim]:
+    """One promotion, rollback or sync of an adapter at a time, across machines. One that
+    finds another running waits for it (a scheduled sync and a manual promotion can start in
+    the same second), up to `wait_s` (SERVING_WAIT_S), and then fails having changed nothing."""
     key = f"{ADAPTERS}/{adapter}/claims/serving.json"
-    try:
-        claim = try_claim(store, key, f"{work} of {adapter}", ttl=CLAIM_TTL)
-    except ClaimHeldError as exc:
-        raise PromotionError(
-            f"another promotion, rollback or sync of {adapter} is running: {exc}. Nothing was "
-            "changed; try again when it has finished"
-        ) from None
+    wait_s = SERVING_WAIT_S if wait_s is None else wait_s
+    deadline, said = time.monotonic() + wait_s, False
+    while True:
+        try:
+            claim = try_claim(store, key, f"{work} of {adapter}", ttl=CLAIM_TTL)
+            break
+        except ClaimHeldError as exc:
+            if time.monotonic() >= deadline:
+                raise PromotionError(
+                    f"another promotion, rollback or sync of {adapter} is running: {exc}; "
+                    f"waited {wait_s:.0f}s for it. Nothing was changed; try again when it "
+                    "has finished"
+                ) from None
+            if not said:
+                log(f"waiting for another serving operation of {adapter} to finish: {exc}")
+                said = True
+            time.sleep(SERVING_POLL_S)
     with holding(claim) as held:
         yield held
 
@@ -340,7 +362,7 @@ def promote(
     tick = time.perf_counter()
     with ExitStack() as stack:
         try:
-            stack.enter_context(_serving_claim(store, adapter, "promotion"))
+            stack.enter_context(_serving_claim(store, adapter, "promotion", log))
             staged, champion, clients = preflight(store, adapter, version, config)
         except (PromotionError, StoreError, ConfigError) as exc:
             _audit(
@@ -607,7 +629,7 @@ def rollback(
     versioned name is normally still loaded, so this is one in-place load per replica)."""
     art = VersionedArtifact(store, ADAPTERS, adapter)
     tick = time.perf_counter()
-    with _serving_claim(store, adapter, "rollback"):
+    with _serving_claim(store, adapter, "rollback", log):
         current = art.get_alias(CHAMPION)
         if current is None or not current.history:
             raise PromotionError(
@@ -674,7 +696,7 @@ def sync(
     if alias is None:
         log(f"{adapter} has no champion: nothing to serve")
         return report
-    with _serving_claim(store, adapter, "sync"):
+    with _serving_claim(store, adapter, "sync", log):
         champ = stage(store, adapter, alias.version, config.adapter_dir)
         _check_replicas(config, champ.manifest, champ.rank, f"{adapter}@{alias.version}")
         prev = (

@@ -659,8 +659,12 @@ def test_a_release_warm_starts_from_the_champion_of_the_same_shape(tmp_path: Pat
     assert start(TrainConfig(warm_start_steps=40, target_modules="v_proj, q_proj"))[0] == v1
     # A champion on another revision with the same weights (a model-card-only release): no
     # warm start, so the run's key is the champion's and it finds that adapter.
-    same = art.manifest(v1).model_copy(deep=True)
-    same.inputs[0].sha256 = "w1"
+    same = Manifest(
+        kind="adapter",
+        name="bot",
+        inputs=[InputRef(kind="base-model", name="tiny", version="r1", sha256="w1")],
+        config={"rank": 16, "alpha": 32, "target_modules": ["q_proj", "v_proj"]},
+    )
     art.set_alias("champion", art.publish(same, {"adapter_config.json": b"{}"}).version)
     found, why = adapters.warm_start_from(store, "bot", "tiny", "r2", recipe, weights="w1")
     assert found is None and "same weights" in why and "model card" in why

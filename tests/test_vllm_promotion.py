@@ -408,7 +408,9 @@ def test_a_replica_that_refuses_the_load_leaves_every_replica_and_the_alias_as_t
 def test_two_promotions_racing_one_wins_and_the_loser_leaves_nothing_loaded(
     served: Served,
 ) -> None:
-    """From: v1 champion. Two candidates with passing verdicts are promoted at once."""
+    """From: v1 champion. Two candidates with passing verdicts are promoted at once: one
+    takes the serving claim, the other waits for it, then finds that its verdict is against
+    a champion that is no longer the champion, and changes nothing."""
     art = VersionedArtifact(served.store, ADAPTERS, ADAPTER)
     v1 = art.resolve("champion")
     v2 = art.resolve("challenger")
@@ -438,7 +440,7 @@ def test_two_promotions_racing_one_wins_and_the_loser_leaves_nothing_loaded(
     winners = [v for v, o in outcomes.items() if not isinstance(o, Exception)]
     losers = [v for v, o in outcomes.items() if isinstance(o, Exception)]
     assert len(winners) == 1 and len(losers) == 1, outcomes
-    assert "another promotion, rollback or sync" in str(outcomes[losers[0]])
+    assert f"no gate verdict against champion {winners[0]}" in str(outcomes[losers[0]])
     assert art.resolve("champion").version == winners[0]
     for listed in snapshot(served)[0]:
         assert candidates[losers[0]] not in listed
@@ -570,3 +572,31 @@ def test_replicas_serve_an_adapter_of_another_revision_only_with_the_same_weight
     for other in (serving("r2", "w2"), serving("r2", None)):
         why = base_mismatch(other, adapter, "bot@v1")
         assert why is not None and "trained on tiny@r1" in why and "serves tiny@r2" in why
+
+
+def test_a_promotion_waits_for_the_serving_operation_that_holds_the_claim(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scheduled sync and a manual promotion can start in the same second: the promotion
+    waits for the sync instead of failing, and one held past the wait fails, naming it."""
+    import slmops.promotion as promotion
+    from slmops.claims import try_claim
+    from slmops.store.local import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    key = f"{ADAPTERS}/bot/claims/serving.json"
+    monkeypatch.setattr(promotion, "SERVING_POLL_S", 0.05)
+    sync = try_claim(store, key, "sync of bot", ttl=60, holder="scheduled-sync")
+    release = threading.Timer(0.5, sync.release)
+    release.start()
+    said: list[str] = []
+    with promotion._serving_claim(store, "bot", "promotion", said.append, wait_s=30):
+        assert not release.is_alive()  # it got the claim once the sync had let go
+    assert len(said) == 1 and "scheduled-sync" in said[0] and "waiting for" in said[0]
+    stuck = try_claim(store, key, "sync of bot", ttl=60, holder="stuck-sync")
+    with (
+        pytest.raises(PromotionError, match=r"stuck-sync[\s\S]*waited 0s"),
+        promotion._serving_claim(store, "bot", "promotion", wait_s=0.2),
+    ):
+        pytest.fail("entered while another operation held the claim")
+    stuck.release()
