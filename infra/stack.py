@@ -424,7 +424,7 @@ class LocalStack:
         new revision's adapter is promoted. A release that changed only the model card
         (same weights digest) restarts nothing: the replica serves the new revision as is."""
         from infra import vllm_server
-        from slmops.models import WatchedModel, current_revision, materialize, weights_digest
+        from slmops.models import WatchedModel, current_revision, materialize, snapshot_weights
 
         cfg = self.config
         model_dir = (cfg.project_dir / cfg.model_dir).absolute()
@@ -435,14 +435,14 @@ class LocalStack:
             build_tiny_model(model_dir)
         revision = current_revision(WatchedModel(name=cfg.served_model, source=str(model_dir)))
         snapshot = materialize(str(model_dir), revision.revision, self.state_dir / "models")
-        weights = weights_digest(snapshot)
+        weights = snapshot_weights(snapshot)
         starting = []
         for i in range(cfg.vllm):
             name, port = f"vllm-{i}", cfg.vllm_port + i
             if name in comps and str(snapshot) in comps[name].cmdline:
                 continue
             served = _served_folder(comps[name].cmdline) if name in comps else None
-            if served is not None and weights_digest(served) == weights:
+            if served is not None and snapshot_weights(served) == weights:
                 self.log(
                     f"vLLM replica {i} already serves the weights of {revision.revision[:12]} "
                     "(the release changed only the model card): kept running"

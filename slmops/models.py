@@ -194,6 +194,7 @@ def materialize(source: str, revision: str, cache_dir: Path, *, superseded_ok: b
             raise ConfigError(f"model folder {source!r} changed while it was being copied")
     else:
         open_store(source).get_dir("", partial)
+    (partial / WEIGHTS_SIDECAR).write_text(weights_digest(partial))
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         partial.rename(target)
@@ -215,7 +216,19 @@ def checkout(
     if revision:
         rev = rev.model_copy(update={"revision": revision})
     path = materialize(source, rev.revision, cache_dir, superseded_ok=superseded_ok)
-    return rev.model_copy(update={"weights": weights_digest(path)}), path
+    return rev.model_copy(update={"weights": snapshot_weights(path)}), path
+
+
+WEIGHTS_SIDECAR = ".slmops-weights-sha256"  # hidden: no hash of the folder counts it
+
+
+def snapshot_weights(path: Path) -> str:
+    """weights_digest of a folder `materialize` returned: read from the note it keeps beside a
+    cached copy (written once: a revision's files never change), else computed."""
+    note = path / WEIGHTS_SIDECAR
+    if note.is_file():
+        return note.read_text().strip()
+    return weights_digest(path)
 
 
 class SeenRevisions(BaseModel):

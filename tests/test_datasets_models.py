@@ -12,8 +12,10 @@ import pytest
 from slmops.datasets import DatasetConfig, DatasetError, publish_dataset, read_rows
 from slmops.errors import ConfigError
 from slmops.models import (
+    WEIGHTS_SIDECAR,
     Revision,
     WatchedModel,
+    checkout,
     current_revision,
     event_id,
     materialize,
@@ -165,6 +167,11 @@ def test_the_weights_digest_ignores_the_model_card_and_nothing_else(
         current_revision(WatchedModel(name="t", source=str(tiny_base))).revision
     )
     assert weights_digest(copy) == digest
+    # A cached copy keeps its digest beside it (hidden): read, not recomputed.
+    rev, snapshot = checkout("t", str(copy), None, tmp_path / "cache")
+    assert rev.weights == digest and snapshot != copy
+    (snapshot / WEIGHTS_SIDECAR).write_text("noted")
+    assert checkout("t", str(copy), None, tmp_path / "cache")[0].weights == "noted"
     for changed, text in [
         ("tokenizer_config.json", None),  # the chat template lives here
         ("generation_config.json", '{"temperature": 0.1}'),
