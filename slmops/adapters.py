@@ -2,8 +2,9 @@
 
 An adapter version is the folder vLLM and peft load (adapter_config.json,
 adapter_model.safetensors) plus `training/` (loss curve PNG, log) and the manifest. Its
-identity for idempotency is a key over base model + revision, dataset version + hash, and the
-training config: the same key twice trains once.
+identity for idempotency is a key over the base model and its weights digest (not its revision
+id: a model-card-only release is the same base), the rows' content, and the training config's
+weight-changing fields: the same key twice trains once.
 """
 
 from __future__ import annotations
