@@ -238,13 +238,13 @@ def lora_params(shape: ModelShape, rank: int, target_modules: str) -> int:
     return shape.layers * per_layer
 
 
-def _layer_bytes_per_token(shape: ModelShape, residual: int, compute: int) -> float:
+def _layer_bytes_per_token(shape: ModelShape, compute: int) -> float:
     """Bytes one decoder layer saves for backward per token: norms keep their input, an fp32
     copy and their output; attention its input cast, q/k/v, their post-RoPE copies and its
     output; the MLP its input cast, gate, up, the activation and the product."""
     h, i = shape.hidden, shape.intermediate
     q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-    norms = 2 * (2 * residual * h + 4 * h)
+    norms = 2 * (2 * compute * h + 4 * h)
     attention = compute * (h + 2 * (q + 2 * kv) + q)
     mlp = compute * (h + 4 * i)
     return float(norms + attention + mlp)
@@ -271,14 +271,11 @@ def estimate_peak(
         weights = shape.linear_params * 0.516 + shape.other_params * compute
     else:
         weights = shape.params * compute
-    residual = compute
     trainable = lora_params(shape, rank, target_modules) * 16
     tokens = micro_batch * seq_len
-    layer = ACTIVATION_FACTOR.get((method, liger), 1.1) * _layer_bytes_per_token(
-        shape, residual, compute
-    )
+    layer = ACTIVATION_FACTOR.get((method, liger), 1.1) * _layer_bytes_per_token(shape, compute)
     if gradient_checkpointing:  # each layer's input, one layer recomputed + its gradients
-        kept = float(tokens * shape.layers * shape.hidden * residual)
+        kept = float(tokens * shape.layers * shape.hidden * compute)
         working = RECOMPUTED_LAYER * tokens * layer
     else:
         kept, working = tokens * shape.layers * layer, tokens * layer
