@@ -23,7 +23,14 @@ from pydantic import BaseModel, Field
 
 from slmops.evaluation.policy import GatePolicy
 from slmops.evaluation.scorers import Scorer, canned_answer_key, parse_answer
-from slmops.evaluation.stats import holm, mean_interval, paired_bootstrap, resample_indices
+from slmops.evaluation.stats import (
+    EXACT_BELOW,
+    exact_paired_p,
+    holm,
+    mean_interval,
+    paired_bootstrap,
+    resample_indices,
+)
 from slmops.evaluation.suites import Case, Suites
 from slmops.generation import Generator, Prompt
 
@@ -54,6 +61,11 @@ class MetricResult(BaseModel):
         None,
         description="The smallest difference this comparison can resolve at the policy's "
         "confidence and power, given the discordant cases measured.",
+    )
+    test: str | None = Field(
+        None,
+        description="How the comparison was tested: 'exact' (pass/fail scores with few "
+        "discordant cases) or 'bootstrap' (paired bootstrap).",
     )
     checks: list[RuleCheck] = Field(default_factory=list)
 
@@ -288,12 +300,15 @@ def judge(
         result.diff, result.diff_ci = paired.diff, (paired.ci_low, paired.ci_high)
         result.discordant = int(np.sum(cand != champ))
         result.detectable = policy.detectable(len(rows), result.discordant / len(rows))
-        if metric in policy.non_inferiority:
-            margin = policy.non_inferiority[metric]
-            tests[f"{metric}|non_inferiority"] = (metric, paired.p_value(-margin))
-        if metric in policy.improvement:
-            gain = policy.improvement[metric]
-            tests[f"{metric}|improvement"] = (metric, paired.p_value(gain))
+        pass_fail = bool(np.isin(cand, (0.0, 1.0)).all() and np.isin(champ, (0.0, 1.0)).all())
+        exact = pass_fail and result.discordant < EXACT_BELOW
+        result.test = "exact" if exact else "bootstrap"
+        bounds = {"non_inferiority": policy.non_inferiority, "improvement": policy.improvement}
+        for rule, per_metric in bounds.items():
+            if metric in per_metric:
+                bound = -per_metric[metric] if rule == "non_inferiority" else per_metric[metric]
+                p = exact_paired_p(cand, champ, bound) if exact else paired.p_value(bound)
+                tests[f"{metric}|{rule}"] = (metric, p)
 
     if tests:
         p_values = {test: p for test, (_, p) in tests.items()}
@@ -319,7 +334,8 @@ def judge(
             )
             detail = (
                 f"difference {result.diff:+.3f} (interval {result.diff_ci[0]:+.3f}.."
-                f"{result.diff_ci[1]:+.3f}); {claim} {abs(bound)}: p={p:.4f}, "
+                f"{result.diff_ci[1]:+.3f}); {claim} {abs(bound)}: p={p:.4f} "
+                f"({'exact test' if result.test == 'exact' else 'paired bootstrap'}), "
                 f"adjusted {adjusted[test]:.4f} vs {alpha:.3g}; {result.discordant} of "
                 f"{result.n} cases differ, smallest detectable difference "
                 f"{result.detectable:.3f}"

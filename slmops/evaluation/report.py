@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from slmops.evaluation.gate import Verdict
+from slmops.evaluation.stats import EXACT_BELOW
 
 
 def _num(value: float | None) -> str:
@@ -42,7 +43,8 @@ def markdown(verdict: Verdict, chart: str | None = None) -> str:
         "",
         f"- against: {against}",
         f"- cases: {verdict.cases}; confidence {policy['confidence']:.0%}, "
-        f"{policy['bootstrap']} paired bootstrap resamples (seed {policy['seed']}), "
+        f"{policy['bootstrap']} paired bootstrap resamples (seed {policy['seed']}; an exact "
+        f"test for a pass/fail metric with under {EXACT_BELOW} discordant cases), "
         f"correction: {policy['correction']}; decoding: greedy",
     ]
     reuse = answers_reused(verdict)
