@@ -125,6 +125,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=None, help="default: TrainConfig's")
     parser.add_argument("--rank", type=int, default=None, help="default: TrainConfig's")
     parser.add_argument("--base", type=Path, help="base model folder (default: the tiny one)")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=3,
+        help="print this many knowledge answers of the last checkpoint (with what was retrieved)",
+    )
     args = parser.parse_args(argv)
 
     from infra.tiny_model import build_tiny_model
@@ -199,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
         passed_at: tuple[int, float] | None = None
         for step, seconds, adapter in [(0, 0.0, None), *checkpoints]:
             generator = LocalGenerator(base, adapter)
-            verdict, _ = run_gate(
+            verdict, cases = run_gate(
                 suites,
                 policy,
                 generator,
@@ -226,6 +232,16 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"        {len(verdict.reasons)} failed: {verdict.reasons[0][:90]}")
             if verdict.passed and passed_at is None and adapter is not None:
                 passed_at = (step, seconds)
+        knowledge = [c for c in cases if c.suite == "knowledge"][: args.samples]
+        if knowledge:
+            print(
+                f"knowledge answers of step {checkpoints[-1][0]} (retrieved: what the prompt held):"
+            )
+        for case in knowledge:
+            question = next(c.messages[-1]["content"] for c in suites.cases if c.id == case.id)
+            print(
+                f"  {case.id} {question}\n    retrieved {case.retrieved}\n    -> {case.candidate}"
+            )
         if passed_at:
             print(f"first passes the gate at step {passed_at[0]}, after {passed_at[1]:.0f}s")
         else:
