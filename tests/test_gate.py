@@ -114,7 +114,7 @@ def test_worse_than_the_champion_beyond_the_margin_fails_despite_clearing_the_fl
 def test_identical_to_the_champion_is_not_inferior_and_not_an_improvement() -> None:
     same = (np.arange(100) % 10 != 0).astype(float)
     # 100 identical cases resolve a margin of 0.06 (not 0.02: a candidate 0.02 worse would
-    # show no difference on 100 cases with chance 0.13; see the exact-test tests below)
+    # show no difference on 100 cases with chance 0.98^100 = 0.13; see the exact test below)
     rules = policy(non_inferiority={"m": 0.06}, improvement={"m": 0.0})
     metrics, reasons = judge_scores(rules, same, same.copy())
     checks = {c.rule: c.passed for c in metrics[0].checks}
@@ -254,41 +254,47 @@ def test_the_verdict_reports_discordant_cases_and_the_detectable_difference() ->
     assert "4 of 100 cases differ, smallest detectable difference 0.050" in check.detail
 
 
-def test_no_discordant_case_in_40_does_not_prove_a_margin_of_a_tenth() -> None:
-    # If the candidate were 0.10 worse, 40 cases would show no difference with chance >= 0.015:
-    # the bootstrap (every resample identical) read p=0.0005 and passed; the exact test fails it
-    # and still passes a margin that 40 identical cases do resolve.
+def test_identical_answers_prove_only_the_margin_their_number_can() -> None:
+    # 40 cases on which the two models agree. A candidate 0.10 worse would show no
+    # difference with chance 0.9^40 = 0.015: shown at 95%. One 0.05 worse: 0.95^40 = 0.13: not
+    # shown. The bootstrap (every resample identical) read p=0.0005 for both and passed both.
     same = (np.arange(40) % 4 != 0).astype(float)
     metrics, reasons = judge_scores(policy(non_inferiority={"m": 0.1}), same, same.copy())
-    assert metrics[0].test == "exact" and reasons, metrics[0].checks
-    assert "(exact test)" in metrics[0].checks[0].detail
-    metrics, reasons = judge_scores(policy(non_inferiority={"m": 0.25}), same, same.copy())
     assert metrics[0].test == "exact" and not reasons, reasons
+    assert "p=0.0148 (exact test)" in metrics[0].checks[0].detail, metrics[0].checks
+    metrics, reasons = judge_scores(policy(non_inferiority={"m": 0.05}), same, same.copy())
+    assert metrics[0].test == "exact" and reasons, metrics[0].checks
+    assert "p=0.1285 (exact test)" in metrics[0].checks[0].detail
 
 
-def test_the_exact_test_holds_its_level_where_the_bootstrap_does_not() -> None:
-    # A candidate exactly 0.10 worse on 40 cases (it fails 10% of the cases the champion passes,
-    # never the other way round): the null hypothesis of non-inferiority at margin 0.10 is true
-    # at its boundary, so a test at alpha=0.05 may reject it at most 5% of the time. Enumerate
-    # every outcome (c discordant cases, binomial) instead of sampling.
-    from scipy.stats import binom
+@pytest.mark.parametrize("discordance", [0.1, 0.3, 0.5])
+def test_the_exact_test_holds_its_level_where_the_bootstrap_does_not(discordance: float) -> None:
+    # A candidate exactly 0.10 worse on 40 cases: the null hypothesis of non-inferiority at
+    # margin 0.10 is true at its boundary, so a test at alpha=0.05 may reject it at most 5% of
+    # the time. Enumerate every outcome (b, c discordant cases, trinomial) instead of sampling.
+    from scipy.stats import multinomial
 
     from slmops.evaluation.stats import exact_paired_p
 
     n, margin, alpha = 40, 0.10, 0.05
-    champion = np.ones(n)
+    p_b, p_c = (discordance - margin) / 2, (discordance + margin) / 2
     indices = resample_indices(n, 2000, 0)
     exact_rate = bootstrap_rate = 0.0
-    for c in range(n + 1):
-        candidate = np.array([0.0] * c + [1.0] * (n - c))
-        chance = binom.pmf(c, n, margin)
-        if exact_paired_p(candidate, champion, -margin) <= alpha:
-            exact_rate += chance
-        boot = paired_bootstrap(candidate, champion, confidence=0.95, indices=indices)
-        if boot.p_value(-margin) <= alpha:
-            bootstrap_rate += chance
+    for b in range(n + 1):
+        for c in range(n + 1 - b):
+            chance = multinomial.pmf([b, c, n - b - c], n, [p_b, p_c, 1 - discordance])
+            if chance < 1e-9:
+                continue
+            candidate = np.array([1.0] * b + [0.0] * c + [1.0] * (n - b - c))
+            champion = np.array([0.0] * b + [1.0] * c + [1.0] * (n - b - c))
+            if exact_paired_p(candidate, champion, -margin) <= alpha:
+                exact_rate += chance
+            if discordance == 0.1:
+                boot = paired_bootstrap(candidate, champion, confidence=0.95, indices=indices)
+                bootstrap_rate += chance * (boot.p_value(-margin) <= alpha)
     assert exact_rate <= alpha, exact_rate
-    assert bootstrap_rate > alpha, bootstrap_rate  # why the gate does not use it here
+    if discordance == 0.1:  # few discordant cases: why the gate does not bootstrap them
+        assert bootstrap_rate > alpha, bootstrap_rate
 
 
 def test_many_discordant_cases_keep_the_paired_bootstrap() -> None:

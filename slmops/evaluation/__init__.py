@@ -56,7 +56,7 @@ class GateRecord(BaseModel):
 
 
 def _base_of(manifest: Manifest) -> InputRef:
-    base = next((i for i in manifest.inputs if i.kind == "base-model"), None)
+    base = manifest.base_model()
     if base is None or not base.version:
         raise ConfigError(
             f"adapter {manifest.name} version {manifest.version} records no base model and "
