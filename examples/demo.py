@@ -341,7 +341,7 @@ def gate_verdict(champion_version: str) -> Any:
 
 
 def base_revision(manifest: Any) -> str:
-    return str(next(i.version for i in manifest.inputs if i.kind == "base-model"))
+    return str(manifest.base_model().version)
 
 
 def ask(questions: list[str]) -> None:
@@ -510,7 +510,7 @@ def main() -> None:
         else:
             say("gate passed; the replica runs r1: rolling it onto r2 (adapters do not transfer)")
             t0 = time.time()
-            stack.up()
+            stack.up(roll=True)
             roll_s = time.time() - t0
             promote_id = api.run("promote-adapter/manual", {"adapter": ADAPTER})
             promoted = api.follow(promote_id, "promote-adapter")

@@ -18,12 +18,10 @@ from pydantic import BaseModel, Field
 
 from slmops.config import get_settings
 from slmops.evaluation import GateRecord
+from slmops.refine_tune import EXAMPLE_POLICY, EXAMPLE_SUITES
 from slmops.versions import check_name
 from tasks.context import current_trigger
 from tasks.gate import report_gate, run_gate
-
-EXAMPLE_SUITES = "examples/support-bot/evals"
-EXAMPLE_POLICY = "examples/support-bot/evals/policy.yaml"
 
 
 class EvalGateParams(BaseModel):

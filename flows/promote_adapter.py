@@ -21,11 +21,10 @@ from pydantic import BaseModel, Field
 
 from slmops.config import get_settings
 from slmops.promotion import PromotionResult
+from slmops.refine_tune import EXAMPLE_SUITES
 from slmops.versions import check_name
 from tasks.context import current_trigger
 from tasks.promotion import promote_adapter as promote_task
-
-EXAMPLE_SUITES = "examples/support-bot/evals"
 
 
 class PromoteParams(BaseModel):

@@ -486,6 +486,99 @@ def gate(
         raise typer.Exit(1)
 
 
+@app.command("refine-tune")
+def refine_tune(
+    model: Annotated[str, typer.Argument(help="Base model id as served, e.g. tiny-llama.")],
+    source: Annotated[
+        str, typer.Argument(help="Where it lives: hf://org/name, s3://bucket/prefix or a folder.")
+    ],
+    revision: Annotated[
+        str | None, typer.Option(help="Base revision (default: the source's current one).")
+    ] = None,
+    adapter: Annotated[str, typer.Option(help="Adapter name in the store.")] = "support-bot",
+    dataset: Annotated[
+        Path, typer.Option(help="Training data, JSONL: chat messages or prompt/completion rows.")
+    ] = Path("examples/support-bot/train.jsonl"),
+    dataset_name: Annotated[str, typer.Option(help="Dataset name in the store.")] = "support-bot",
+    recipe: Annotated[
+        Path | None,
+        typer.Option(help="Training recipe, YAML or JSON: TrainConfig's fields (max_steps, ...)."),
+    ] = None,
+    gate: Annotated[
+        bool, typer.Option("--gate/--no-gate", help="Gate the adapter against the champion.")
+    ] = True,
+    suites: Annotated[Path, typer.Option(help="Eval suites folder for the gate.")] = Path(
+        "examples/support-bot/evals"
+    ),
+    policy: Annotated[Path | None, typer.Option(help="Gate policy YAML.")] = None,
+    serving: ServingOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Train (or find) the adapter for a base revision, gate it, promote it if the policy
+    says auto_promote and a serving config is set: the refine-tune flow's pipeline, run
+    here without Prefect. Exit status: 0 done, 1 the gate failed, 2 bad input or an error."""
+    import dataclasses
+    import logging
+
+    from slmops import refine_tune as pipeline
+
+    params = pipeline.RefineTuneParams(
+        model=model,
+        source=source,
+        revision=revision,
+        adapter=adapter,
+        dataset=str(dataset),
+        dataset_name=dataset_name,
+        config=pipeline.load_recipe(recipe) if recipe else pipeline.TrainConfig(),
+        store=store,
+        gate=gate,
+        suites=str(suites),
+        policy=str(policy or suites / "policy.yaml"),
+        serving=str(serving) if serving else None,
+    )
+    records: list[Any] = []
+    summary: list[str] = []
+
+    def gate_stage(*args: Any) -> Any:
+        records.append(pipeline.gate(*args))
+        return records[-1]
+
+    def report_stage(**kw: Any) -> str:
+        summary.append(pipeline.report_training(**kw))
+        return summary[-1]
+
+    class Say(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            console.print(escape(record.getMessage()), highlight=False)
+
+    log = logging.getLogger("slmops.refine_tune.cli")
+    log.propagate = False
+    log.handlers = [Say()]
+    log.setLevel(logging.INFO)
+    stages = dataclasses.replace(
+        pipeline.RefineTuneStages(),
+        gate=gate_stage,
+        report=report_stage,
+        warm_start=lambda **kw: pipeline.warm_start_from(**kw, log=log),
+        claim=lambda **kw: pipeline.claim_training(**kw, log=log),
+        train=lambda **kw: pipeline.train(**kw, log=log),
+    )
+    manifest = pipeline.run_refine_tune(params, trigger=Trigger.from_cli(), stages=stages, log=log)
+    console.print(
+        summary[-1] if summary else f"adapter {adapter}@{manifest.version}", highlight=False
+    )
+    if records:
+        verdict = records[-1].verdict
+        mark = "[green]gate passed[/green]" if verdict.passed else "[red]gate failed[/red]"
+        console.print(
+            f"{mark} against {verdict.champion or 'floors only'}: {records[-1].report_uri}"
+        )
+        for reason in verdict.reasons:
+            console.print(f"  - {escape(reason)}", highlight=False)
+        if not verdict.passed:
+            raise typer.Exit(1)
+
+
 @app.command()
 def assess(
     task_file: Annotated[
@@ -865,11 +958,20 @@ def stack_up(
             show_default=False,
         ),
     ] = None,
+    roll: Annotated[
+        bool,
+        typer.Option(
+            "--roll",
+            help="Move the vLLM replicas onto the model folder's newest revision (after a "
+            "release, once its adapter passed the gate). Without it they keep the revision "
+            "serving.yaml names, which production's adapters were trained on.",
+        ),
+    ] = False,
 ) -> None:
     """Start the Prefect server, the process worker, the S3 server and any vLLM replicas
     (what isn't running)."""
     stack = _stack(state_dir, prefect_port, s3_port, vllm)
-    stack.up()
+    stack.up(roll=roll)
     _print_health(stack)
     console.print('use it from a shell: [bold]eval "$(slmops stack env)"[/bold]')
 

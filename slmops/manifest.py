@@ -178,6 +178,10 @@ class Manifest(BaseModel):
         result: dict[str, Any] = redact(value)
         return result
 
+    def base_model(self) -> InputRef | None:
+        """The base model (name, revision, weights digest) an adapter was trained on."""
+        return next((i for i in self.inputs if i.kind == "base-model"), None)
+
     def file(self, path: str) -> FileEntry:
         for entry in self.files:
             if entry.path == path:

@@ -189,7 +189,7 @@ def _rank(config: dict[str, Any], what: str) -> int:
 
 
 def _base_of(manifest: Manifest) -> tuple[str, str]:
-    base = next((i for i in manifest.inputs if i.kind == "base-model"), None)
+    base = manifest.base_model()
     if base is None or not base.version:
         raise PromotionError(
             f"adapter {manifest.name} version {manifest.version} records no base model and "

@@ -15,8 +15,9 @@ from prefect.artifacts import (
 from prefect.cache_policies import NONE
 from prefect.events import emit_event
 
+from slmops import refine_tune
 from slmops.config import get_settings
-from slmops.evaluation import GateRecord, champion_label, evaluate_adapter, find_verdict
+from slmops.evaluation import GateRecord, evaluate_adapter
 from slmops.evaluation.report import markdown
 from slmops.manifest import Trigger
 from slmops.store import open_store
@@ -66,9 +67,7 @@ def run_gate(
 @task(name="has-verdict", **RETRIES)
 def has_verdict(store_uri: str, adapter: str, version: str) -> bool:
     """Has `adapter@version` been judged against the current champion already?"""
-    store = open_store(store_uri)
-    label = champion_label(store, adapter, "auto")
-    return find_verdict(store, adapter, version, label) is not None
+    return refine_tune.has_verdict(store_uri, adapter, version)
 
 
 @task(name="report-gate")

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from slmops import adapters
 from slmops.claims import ClaimRecord
@@ -140,6 +141,36 @@ def test_a_release_that_changes_only_the_model_card_trains_nothing(
     assert state.result().version == manifest.version
     tasks = task_runs(state.state_details.flow_run_id)
     assert not any(name.startswith(("train-adapter", "claim-training")) for name in tasks), tasks
+
+
+def test_the_pipeline_runs_without_prefect_from_the_cli(
+    trained: tuple[S3Store, Manifest, list[str]], tiny_base: Path, tmp_path: Path
+) -> None:
+    """`slmops refine-tune`: the flow's pipeline in-process. On a model-card-only release of
+    the session's base with the session's recipe it finds the session's adapter by its key."""
+    import shutil
+
+    store, manifest, _ = trained
+    release = tmp_path / "tiny-llama"
+    shutil.copytree(tiny_base, release)
+    (release / "README.md").write_text("# tiny-llama\n\nRelease 3: the model card only.\n")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(TEST_RECIPE))
+    code, out = invoke(
+        "refine-tune", "tiny-llama", str(release), "--recipe", str(recipe), "--no-gate",
+        "--store", store.uri,
+    )  # fmt: skip
+    assert code == 0, out
+    assert f"adapter support-bot version {manifest.version} was already trained" in out, out
+    assert f"adapter support-bot version {manifest.version}: already trained" in out, out
+    recipe.write_text("max_steps: 10\nlearning_rte: 0.1\n")
+    with pytest.raises(ConfigError, match=r"recipe.yaml: unknown setting\(s\) \['learning_rte'\]"):
+        invoke("refine-tune", "tiny-llama", str(release), "--recipe", str(recipe))
+    recipe.write_text("max_steps: many\n")
+    with pytest.raises(
+        ConfigError, match=r"recipe\.yaml: max_steps: Input should be a valid integer"
+    ):
+        invoke("refine-tune", "tiny-llama", str(release), "--recipe", str(recipe))
 
 
 def test_qlora_trains_on_cpu_with_bitsandbytes(tiny_base: Path, tmp_path: Path) -> None:
