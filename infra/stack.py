@@ -28,6 +28,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from slmops.errors import SlmopsError
 
@@ -337,8 +338,11 @@ class LocalStack:
         return result
 
     # -- up / down --------------------------------------------------------------------------
-    def up(self, timeout: float = 180) -> dict[str, Component]:
-        """Start whatever is not running; leave running components alone."""
+    def up(self, timeout: float = 180, *, roll: bool = False) -> dict[str, Component]:
+        """Start whatever is not running; leave running components alone. The vLLM replicas
+        keep serving the base revision serving.yaml names (production's adapters were
+        trained on it) after the model folder moved on to a new release; `roll` moves them
+        onto the folder's revision (once its adapter passed the gate)."""
         require_stack_extra()
         comps = {n: c for n, c in self._load().items() if _is_ours(c)}
         env = self._env()
@@ -392,7 +396,7 @@ class LocalStack:
             self._save(comps)
         # The replicas do not need Prefect: they start while it does (both spend most of a
         # minute importing, one core each).
-        vllm = self._start_vllm(comps) if cfg.vllm else None
+        vllm = self._start_vllm(comps, roll) if cfg.vllm else None
         if not self._prefect_ready():
             self._wait(comps["prefect"], self._prefect_ready, timeout)
 
@@ -413,16 +417,20 @@ class LocalStack:
             self._await_vllm(*vllm)
         return comps
 
-    def _start_vllm(self, comps: dict[str, Component]) -> tuple[list[Component], str, str, float]:
+    def _start_vllm(
+        self, comps: dict[str, Component], roll: bool = False
+    ) -> tuple[list[Component], str, str, float]:
         """Start the vLLM replicas not running (all at once: about 35 s); return them, the
         revision they serve and its weights digest, for `_await_vllm`.
 
         Replicas serve a copy of the model folder per revision, so what a replica runs is
-        what serving.yaml says even after the folder changes. A replica whose revision is
-        older than the folder's (a base-model release) is restarted on the new one: adapters
-        of the old revision do not work on it, so the stable name answers again once the
-        new revision's adapter is promoted. A release that changed only the model card
-        (same weights digest) restarts nothing: the replica serves the new revision as is."""
+        what serving.yaml says even after the folder changes. After a base-model release the
+        replicas keep the revision they serve: the champion's adapter was trained on it and
+        would not load on the new one, so moving them before the new revision's adapter has
+        passed the gate would take the stable name down. `roll` moves them onto the folder's
+        revision (the demo does it once the gate passed; `slmops stack up --roll`). A release
+        that changed only the model card (same weights digest) restarts nothing either way:
+        the replica serves the new revision as is."""
         from infra import vllm_server
         from slmops.models import WatchedModel, current_revision, materialize, snapshot_weights
 
@@ -433,9 +441,20 @@ class LocalStack:
 
             self.log(f"building the tiny base model in {model_dir}")
             build_tiny_model(model_dir)
-        revision = current_revision(WatchedModel(name=cfg.served_model, source=str(model_dir)))
-        snapshot = materialize(str(model_dir), revision.revision, self.state_dir / "models")
+        newest = current_revision(WatchedModel(name=cfg.served_model, source=str(model_dir)))
+        revision = newest.revision
+        snapshot = materialize(str(model_dir), revision, self.state_dir / "models")
         weights = snapshot_weights(snapshot)
+        kept = None if roll else self._served_snapshot(model_dir)
+        if kept is not None and kept[0] != revision and snapshot_weights(kept[1]) != weights:
+            self.log(
+                f"the model folder is at revision {revision[:12]}; the vLLM replicas keep "
+                f"serving {kept[0][:12]}, which the champion's adapter was trained on "
+                "(`slmops stack up --roll` moves them once the new revision's adapter passed "
+                "the gate)"
+            )
+            revision, snapshot = kept
+            weights = snapshot_weights(snapshot)
         starting = []
         for i in range(cfg.vllm):
             name, port = f"vllm-{i}", cfg.vllm_port + i
@@ -444,14 +463,14 @@ class LocalStack:
             served = _served_folder(comps[name].cmdline) if name in comps else None
             if served is not None and snapshot_weights(served) == weights:
                 self.log(
-                    f"vLLM replica {i} already serves the weights of {revision.revision[:12]} "
+                    f"vLLM replica {i} already serves the weights of {revision[:12]} "
                     "(the release changed only the model card): kept running"
                 )
                 continue
             if name in comps:
                 self.log(
-                    f"vLLM replica {i} serves an older revision of {cfg.served_model}: "
-                    f"restarting it on {revision.revision[:12]}"
+                    f"vLLM replica {i} serves another revision of {cfg.served_model}: "
+                    f"restarting it on {revision[:12]}"
                 )
                 _stop_group(comps.pop(name), signal.SIGTERM, 60)
                 self._save(comps)
@@ -465,7 +484,42 @@ class LocalStack:
             comps[name] = comp
             self._save(comps)
             starting.append(comp)
-        return starting, revision.revision, weights, time.time()
+        return starting, revision, weights, time.time()
+
+    def _served_snapshot(self, model_dir: Path) -> tuple[str, Path] | None:
+        """The base revision production runs on, and its cached copy: the revision the
+        champions of this model's adapters in the stack's store were trained on (when they
+        agree), else the one serving.yaml names. None: neither, or its copy is gone."""
+        from slmops.errors import ConfigError, SlmopsError
+        from slmops.models import materialize
+        from slmops.serving import load_serving_config
+        from slmops.store.s3 import S3Store
+        from slmops.versions import ADAPTERS, artifacts
+
+        revision = None
+        try:
+            store = S3Store(self.config.bucket, client=self._s3_client())
+            bases = set()
+            for art in artifacts(store, ADAPTERS):
+                champion = art.get_alias("champion")
+                base = art.manifest(champion.version).base_model() if champion else None
+                if base is not None and base.name == self.config.served_model and base.version:
+                    bases.add(base.version)
+            revision = bases.pop() if len(bases) == 1 else None
+        except SlmopsError:
+            pass
+        if revision is None and self.config.serving_file.is_file():
+            try:
+                replicas = load_serving_config(self.config.serving_file).replicas
+                revision = replicas[0].revision if replicas else None
+            except ConfigError:
+                pass
+        if not revision:
+            return None
+        try:
+            return revision, materialize(str(model_dir), revision, self.state_dir / "models")
+        except ConfigError:
+            return None
 
     def _await_vllm(
         self, starting: list[Component], revision: str, weights: str, started: float
@@ -513,17 +567,21 @@ class LocalStack:
                 f"by a process this stack did not start. Stop it or pass {option}"
             )
 
-    def _ensure_bucket(self) -> None:
+    def _s3_client(self) -> Any:
         import boto3
-        from botocore.exceptions import ClientError
 
-        client = boto3.client(
+        return boto3.client(
             "s3",
             endpoint_url=self.config.s3_url,
             region_name=LOCAL_AWS_ENV["AWS_DEFAULT_REGION"],
             aws_access_key_id=LOCAL_AWS_ENV["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=LOCAL_AWS_ENV["AWS_SECRET_ACCESS_KEY"],
         )
+
+    def _ensure_bucket(self) -> None:
+        from botocore.exceptions import ClientError
+
+        client = self._s3_client()
         try:
             client.create_bucket(Bucket=self.config.bucket)
         except ClientError as exc:

@@ -394,6 +394,39 @@ def test_a_release_of_the_model_card_alone_keeps_the_replica_and_the_champion(
             assert "support-bot" in client.adapters()  # the stable name never went away
 
 
+def test_a_release_with_new_weights_moves_no_replica_until_rolled(
+    stack: LocalStack, home: Path, tmp_path: Path
+) -> None:
+    """New weights in the model folder: `stack up` keeps the replicas on the revision
+    serving.yaml names (the champion's adapter would not load on the new one), however often
+    it runs; only `roll` moves them. (A second `make demo` after a release whose gate failed
+    took the stable name down before: it restarted the replica onto the new revision.)"""
+    import shutil
+
+    from infra.tiny_model import publish_release
+
+    model_dir = home / "models" / "tiny-llama"
+    before = load_serving_config(stack.config.serving_file).replicas[0]
+    pid = stack.health()["vllm-0"][1].pid  # type: ignore[union-attr]
+    shutil.copytree(model_dir, tmp_path / "kept")
+    try:
+        publish_release(model_dir, 4, steps=2)  # new weights
+        r4 = current_revision(WatchedModel(name="tiny-llama", source=str(model_dir))).revision
+        stack.up()
+        assert stack.health()["vllm-0"][1].pid == pid  # type: ignore[union-attr]
+        replica = load_serving_config(stack.config.serving_file).replicas[0]
+        assert (replica.revision, replica.weights) == (before.revision, before.weights)
+        assert (
+            f"the model folder is at revision {r4[:12]}; the vLLM replicas keep serving "
+            in (home / "stack.log").read_text()
+        )
+        with VLLMClient(replica) as client:
+            assert client.base_models() == ["tiny-llama"]
+    finally:  # the module's later tests expect the folder at the revision served
+        shutil.rmtree(model_dir)
+        shutil.copytree(tmp_path / "kept", model_dir)
+
+
 @pytest.mark.timeout(1800)  # two runs, each gated against the champion on 2 cores
 def test_two_deployments_training_one_key_at_once_train_it_once(
     deployed: LocalStack, tiny_base: Path, home: Path
