@@ -489,37 +489,46 @@ class LocalStack:
     def _served_snapshot(self, model_dir: Path) -> tuple[str, Path] | None:
         """The base revision production runs on, and its cached copy: the revision the
         champions of this model's adapters in the stack's store were trained on (when they
-        agree), else the one serving.yaml names. None: neither, or its copy is gone."""
+        agree), or serving.yaml's when it has the same weights (a model-card release moved the
+        replicas onto it) or there is no champion. None: neither, or its copy is gone."""
         from slmops.errors import ConfigError, SlmopsError
-        from slmops.models import materialize
+        from slmops.models import materialize, snapshot_weights
         from slmops.serving import load_serving_config
         from slmops.store.s3 import S3Store
         from slmops.versions import ADAPTERS, artifacts
 
-        revision = None
+        def cached(revision: str | None) -> tuple[str, Path] | None:
+            if not revision:
+                return None
+            try:
+                return revision, materialize(str(model_dir), revision, self.state_dir / "models")
+            except ConfigError:
+                return None
+
+        champion = None
         try:
             store = S3Store(self.config.bucket, client=self._s3_client())
             bases = set()
             for art in artifacts(store, ADAPTERS):
-                champion = art.get_alias("champion")
-                base = art.manifest(champion.version).base_model() if champion else None
+                alias = art.get_alias("champion")
+                base = art.manifest(alias.version).base_model() if alias else None
                 if base is not None and base.name == self.config.served_model and base.version:
                     bases.add(base.version)
-            revision = bases.pop() if len(bases) == 1 else None
+            champion = cached(bases.pop()) if len(bases) == 1 else None
         except SlmopsError:
             pass
-        if revision is None and self.config.serving_file.is_file():
+        serving = None
+        if self.config.serving_file.is_file():
             try:
                 replicas = load_serving_config(self.config.serving_file).replicas
-                revision = replicas[0].revision if replicas else None
+                serving = cached(replicas[0].revision if replicas else None)
             except ConfigError:
                 pass
-        if not revision:
-            return None
-        try:
-            return revision, materialize(str(model_dir), revision, self.state_dir / "models")
-        except ConfigError:
-            return None
+        if champion is None or (
+            serving is not None and snapshot_weights(serving[1]) == snapshot_weights(champion[1])
+        ):
+            return serving or champion
+        return champion
 
     def _await_vllm(
         self, starting: list[Component], revision: str, weights: str, started: float
