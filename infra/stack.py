@@ -515,15 +515,18 @@ class LocalStack:
                 if base is not None and base.name == self.config.served_model and base.version:
                     bases.add(base.version)
             champion = cached(bases.pop()) if len(bases) == 1 else None
-        except SlmopsError:
-            pass
+        except SlmopsError as exc:
+            self.log(
+                f"could not read the champions from the stack's store ({exc}): "
+                "the replicas follow serving.yaml"
+            )
         serving = None
         if self.config.serving_file.is_file():
             try:
                 replicas = load_serving_config(self.config.serving_file).replicas
                 serving = cached(replicas[0].revision if replicas else None)
-            except ConfigError:
-                pass
+            except ConfigError as exc:
+                self.log(f"ignoring the unreadable serving config: {exc}")
         if champion is None or (
             serving is not None and snapshot_weights(serving[1]) == snapshot_weights(champion[1])
         ):

@@ -8,6 +8,8 @@ for a lost race, does harm.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SlmopsError(Exception):
     """Base class for every error slmops raises on purpose."""
@@ -19,6 +21,12 @@ class TransientError(SlmopsError):
 
 class ConfigError(SlmopsError):
     """A setting or URI is malformed or points at something that does not exist."""
+
+
+def validation_problems(exc: Exception) -> str:
+    """A pydantic ValidationError as one line: `field.path: message; ...`."""
+    errors: list[dict[str, Any]] = getattr(exc, "errors", list)()
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in errors)
 
 
 class StoreError(SlmopsError):

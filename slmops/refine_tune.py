@@ -103,7 +103,7 @@ def load_recipe(path: str | Path) -> TrainConfig:
     import yaml
     from pydantic import ValidationError
 
-    from slmops.errors import ConfigError
+    from slmops.errors import ConfigError, validation_problems
 
     path = Path(path)
     try:
@@ -123,10 +123,7 @@ def load_recipe(path: str | Path) -> TrainConfig:
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"training recipe {path}: {problems}") from None
+        raise ConfigError(f"training recipe {path}: {validation_problems(exc)}") from None
 
 
 # --- the stages -------------------------------------------------------------------------------

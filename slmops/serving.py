@@ -24,7 +24,7 @@ import httpx
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from slmops.errors import ConfigError, SlmopsError, TransientError
+from slmops.errors import ConfigError, SlmopsError, TransientError, validation_problems
 from slmops.generation import Prompt
 
 
@@ -116,10 +116,7 @@ def load_serving_config(path: str | Path) -> ServingConfig:
     try:
         return ServingConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"serving config {path}: {problems}") from None
+        raise ConfigError(f"serving config {path}: {validation_problems(exc)}") from None
 
 
 class VLLMClient:
