@@ -395,30 +395,32 @@ class LocalStack:
             comps["prefect"] = comp
             self._save(comps)
         # The replicas do not need Prefect: they start while it does (both spend most of a
-        # minute importing, one core each).
-        vllm = self._start_vllm(comps, roll) if cfg.vllm else None
-        if not self._prefect_ready():
-            self._wait(comps["prefect"], self._prefect_ready, timeout)
+        # minute importing, one core each). A replica restarted on another base revision is
+        # restarted holding the serving claims (`_hold_serving`) until serving.yaml says so.
+        with contextlib.ExitStack() as rolling:
+            vllm = self._start_vllm(comps, roll, rolling) if cfg.vllm else None
+            if not self._prefect_ready():
+                self._wait(comps["prefect"], self._prefect_ready, timeout)
 
-        if "worker" not in comps:
-            self._ensure_pool(env)
-            self.log(f"starting a process worker on pool {cfg.pool!r}")
-            worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "2"}
-            comp = self._spawn(
-                "worker",
-                [_bin("prefect"), "worker", "start", "--pool", cfg.pool, "--type", "process"],
-                None,
-                worker_env,
-            )
-            comps["worker"] = comp
-            self._save(comps)
-            self._wait(comp, self._worker_ready, timeout)
-        if vllm is not None:
-            self._await_vllm(*vllm)
+            if "worker" not in comps:
+                self._ensure_pool(env)
+                self.log(f"starting a process worker on pool {cfg.pool!r}")
+                worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "2"}
+                comp = self._spawn(
+                    "worker",
+                    [_bin("prefect"), "worker", "start", "--pool", cfg.pool, "--type", "process"],
+                    None,
+                    worker_env,
+                )
+                comps["worker"] = comp
+                self._save(comps)
+                self._wait(comp, self._worker_ready, timeout)
+            if vllm is not None:
+                self._await_vllm(*vllm)
         return comps
 
     def _start_vllm(
-        self, comps: dict[str, Component], roll: bool = False
+        self, comps: dict[str, Component], roll: bool, rolling: contextlib.ExitStack
     ) -> tuple[list[Component], str, str, float]:
         """Start the vLLM replicas not running (all at once: about 35 s); return them, the
         revision they serve and its weights digest, for `_await_vllm`.
@@ -455,7 +457,7 @@ class LocalStack:
             )
             revision, snapshot = kept
             weights = snapshot_weights(snapshot)
-        starting = []
+        starting, held = [], False
         for i in range(cfg.vllm):
             name, port = f"vllm-{i}", cfg.vllm_port + i
             if name in comps and str(snapshot) in comps[name].cmdline:
@@ -468,6 +470,9 @@ class LocalStack:
                 )
                 continue
             if name in comps:
+                if not held:  # no sync or promotion may act on serving.yaml's old revision
+                    self._hold_serving(rolling)
+                    held = True
                 self.log(
                     f"vLLM replica {i} serves another revision of {cfg.served_model}: "
                     f"restarting it on {revision[:12]}"
@@ -485,6 +490,29 @@ class LocalStack:
             self._save(comps)
             starting.append(comp)
         return starting, revision, weights, time.time()
+
+    def _hold_serving(self, rolling: contextlib.ExitStack) -> None:
+        """Hold the serving claim of every adapter in the stack's store (waiting for a
+        promotion, rollback or sync in progress) until `rolling` closes: one that starts while
+        a replica restarts on a new revision waits, then reads the serving.yaml written for
+        it, instead of loading the old revision's champion onto the new process."""
+        from slmops.errors import SlmopsError
+        from slmops.promotion import serving_claim
+        from slmops.store.s3 import S3Store
+        from slmops.versions import ADAPTERS, artifacts
+
+        store = S3Store(self.config.bucket, client=self._s3_client())
+        try:
+            names = [art.name for art in artifacts(store, ADAPTERS)]
+            for name in names:
+                rolling.enter_context(serving_claim(store, name, "replica roll", self.log))
+        except SlmopsError as exc:
+            raise StackError(f"cannot restart the vLLM replicas: {exc}") from exc
+        if names:
+            self.log(
+                f"holding the serving claim of {', '.join(names)} while the replicas restart "
+                "(a sync or promotion meanwhile waits for the new serving.yaml)"
+            )
 
     def _served_snapshot(self, model_dir: Path) -> tuple[str, Path] | None:
         """The base revision production runs on, and its cached copy: the revision the

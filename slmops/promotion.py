@@ -248,7 +248,7 @@ def _connect(config: ServingConfig, model: str) -> _Clients:
 
 
 @contextmanager
-def _serving_claim(
+def serving_claim(
     store: ObjectStore,
     adapter: str,
     work: str,
@@ -257,7 +257,9 @@ def _serving_claim(
 ) -> Iterator[Claim]:
     """One promotion, rollback or sync of an adapter at a time, across machines. One that
     finds another running waits for it (a scheduled sync and a manual promotion can start in
-    the same second), up to `wait_s` (SERVING_WAIT_S), and then fails having changed nothing."""
+    the same second), up to `wait_s` (SERVING_WAIT_S), and then fails having changed nothing.
+    The local stack holds it too while it restarts replicas on another base revision: an
+    operation re-reads the serving config's replicas once it holds it."""
     key = f"{ADAPTERS}/{adapter}/claims/serving.json"
     wait_s = SERVING_WAIT_S if wait_s is None else wait_s
     deadline, said = time.monotonic() + wait_s, False
@@ -362,7 +364,8 @@ def promote(
     tick = time.perf_counter()
     with ExitStack() as stack:
         try:
-            stack.enter_context(_serving_claim(store, adapter, "promotion", log))
+            stack.enter_context(serving_claim(store, adapter, "promotion", log))
+            config = config.current()
             staged, champion, clients = preflight(store, adapter, version, config)
         except (PromotionError, StoreError, ConfigError) as exc:
             _audit(
@@ -629,7 +632,8 @@ def rollback(
     versioned name is normally still loaded, so this is one in-place load per replica)."""
     art = VersionedArtifact(store, ADAPTERS, adapter)
     tick = time.perf_counter()
-    with _serving_claim(store, adapter, "rollback", log):
+    with serving_claim(store, adapter, "rollback", log):
+        config = config.current()
         current = art.get_alias(CHAMPION)
         if current is None or not current.history:
             raise PromotionError(
@@ -696,7 +700,8 @@ def sync(
     if alias is None:
         log(f"{adapter} has no champion: nothing to serve")
         return report
-    with _serving_claim(store, adapter, "sync", log):
+    with serving_claim(store, adapter, "sync", log):
+        config = config.current()
         champ = stage(store, adapter, alias.version, config.adapter_dir)
         _check_replicas(config, champ.manifest, champ.rank, f"{adapter}@{alias.version}")
         prev = (

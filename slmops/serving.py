@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator
 
 from slmops.errors import ConfigError, SlmopsError, TransientError, validation_problems
 from slmops.generation import Prompt
@@ -97,6 +97,17 @@ class ServingConfig(BaseModel):
         "the previous champion (requests naming them may still be in flight).",
     )
     max_new_tokens: int = Field(96, ge=1, description="Tokens per smoke-test answer.")
+    _source: Path | None = PrivateAttr(None)
+
+    def current(self) -> ServingConfig:
+        """This config with its replicas as its file says now. A serving operation calls it
+        once it holds the adapter's serving claim: the stack rolls replicas onto a new base
+        revision holding the same claim, and rewrites the file before letting go, so what an
+        operation read before it waited is not what it acts on. (Read from no file: itself.)"""
+        if self._source is None:
+            return self
+        fresh = load_serving_config(self._source)
+        return self.model_copy(update={"replicas": fresh.replicas})
 
 
 def load_serving_config(path: str | Path) -> ServingConfig:
@@ -114,9 +125,11 @@ def load_serving_config(path: str | Path) -> ServingConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"serving config {path}: expected a mapping with 'replicas'")
     try:
-        return ServingConfig.model_validate(raw)
+        config = ServingConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"serving config {path}: {validation_problems(exc)}") from None
+    config._source = path
+    return config
 
 
 class VLLMClient:

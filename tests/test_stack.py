@@ -319,6 +319,9 @@ def test_the_demo_runs_the_whole_loop(
     assert verdict is not None and verdict.passed, verdict and verdict.reasons
     replica = load_serving_config(deployed.config.serving_file).replicas[0]
     assert replica.revision == r2
+    # the roll held the serving claim: a scheduled sync meanwhile waited for the new
+    # serving.yaml instead of loading r1's champion onto the r2 process
+    assert "holding the serving claim of support-bot while the replicas restart" in out, out
     with VLLMClient(replica) as client:
         served = client.adapters()
         assert served["support-bot"] == served[serving_name("support-bot", champion)]

@@ -590,13 +590,85 @@ def test_a_promotion_waits_for_the_serving_operation_that_holds_the_claim(
     release = threading.Timer(0.5, sync.release)
     release.start()
     said: list[str] = []
-    with promotion._serving_claim(store, "bot", "promotion", said.append, wait_s=30):
+    with promotion.serving_claim(store, "bot", "promotion", said.append, wait_s=30):
         assert not release.is_alive()  # it got the claim once the sync had let go
     assert len(said) == 1 and "scheduled-sync" in said[0] and "waiting for" in said[0]
     stuck = try_claim(store, key, "sync of bot", ttl=60, holder="stuck-sync")
     with (
         pytest.raises(PromotionError, match=r"stuck-sync[\s\S]*waited 0s"),
-        promotion._serving_claim(store, "bot", "promotion", wait_s=0.2),
+        promotion.serving_claim(store, "bot", "promotion", wait_s=0.2),
     ):
         pytest.fail("entered while another operation held the claim")
     stuck.release()
+
+
+def test_a_serving_operation_acts_on_the_replicas_the_serving_file_names_once_it_may_act(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stack rolls its replicas onto a new base revision holding the serving claim and
+    rewrites serving.yaml before letting go. A sync that read the file before it waited must
+    act on what the file says then: it refuses to load the old revision's champion onto the
+    new replica process instead of loading it there (vLLM would accept it: same shapes)."""
+    import torch
+    from safetensors.torch import save_file
+
+    import slmops.promotion as promotion
+    from slmops.claims import holding, try_claim
+    from slmops.manifest import InputRef
+    from slmops.store.local import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    weights = tmp_path / "adapter_model.safetensors"
+    save_file({"base_model.model.layers.0.q_proj.lora_A.weight": torch.zeros(4, 8)}, weights)
+    art = VersionedArtifact(store, ADAPTERS, "bot")
+    version = art.publish(
+        Manifest(
+            kind="adapter",
+            name="bot",
+            inputs=[InputRef(kind="base-model", name="tiny", version="r1", sha256="w1")],
+        ),
+        {
+            "adapter_config.json": json.dumps({"r": 4}).encode(),
+            "adapter_model.safetensors": weights.read_bytes(),
+        },
+    ).version
+    art.set_alias("champion", version)
+    serving = tmp_path / "serving.yaml"
+
+    def write(revision: str, weights: str) -> None:
+        replica = {"url": "http://127.0.0.1:9", "model": "tiny", "revision": revision}
+        serving.write_text(
+            yaml.safe_dump(
+                {
+                    "replicas": [{**replica, "weights": weights}],
+                    "adapter_dir": str(tmp_path / "adapters"),
+                }
+            )
+        )
+
+    write("r1", "w1")
+    config = load_serving_config(serving)  # read while the replica still ran r1
+    assert config.current().replicas == config.replicas
+    monkeypatch.setattr(promotion, "SERVING_POLL_S", 0.05)
+    synced: list[BaseException] = []
+
+    def run_sync() -> None:
+        try:
+            promotion.sync(store, "bot", config)
+        except BaseException as exc:
+            synced.append(exc)
+
+    roll = try_claim(store, f"{ADAPTERS}/bot/claims/serving.json", "replica roll of bot", ttl=60)
+    waiting = threading.Thread(target=run_sync)
+    with holding(roll):
+        waiting.start()
+        time.sleep(0.3)
+        assert waiting.is_alive() and not synced  # it waits for the roll
+        write("r2", "w2")  # the roll is done: the replica serves r2
+    waiting.join(30)
+    (error,) = synced
+    assert isinstance(error, PromotionError)
+    assert "trained on tiny@r1" in str(error) and "serves tiny@r2" in str(error), error
+    # An operation given a config built in code (no file) acts on it as given.
+    built = ServingConfig(replicas=config.replicas, adapter_dir=config.adapter_dir)
+    assert built.current() is built
