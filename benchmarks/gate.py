@@ -27,7 +27,7 @@ EXAMPLE = ROOT / "examples" / "support-bot"
 
 def _tiny(work: Path, steps: int) -> tuple[Path, Path]:
     from infra.tiny_model import build_tiny_model
-    from slmops.training import TrainConfig, train_adapter
+    from slmops.training.trainer import TrainConfig, train_adapter
 
     base = build_tiny_model(work / "tiny", seed=1)
     rows = [json.loads(line)["messages"] for line in (EXAMPLE / "train.jsonl").open()]
@@ -104,12 +104,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _whole_gate(work: Path, base: Path, adapter: Path) -> float:
+    from slmops.base_models import WatchedModel, current_revision
     from slmops.evaluation import evaluate_adapter
-    from slmops.ingest import run_ingest
-    from slmops.manifest import InputRef, Manifest
-    from slmops.models import WatchedModel, current_revision
+    from slmops.rag.ingest import run_ingest
     from slmops.store.local import LocalStore
-    from slmops.versions import ADAPTERS, VersionedArtifact
+    from slmops.store.manifest import InputRef, Manifest
+    from slmops.store.versions import ADAPTERS, VersionedArtifact
 
     store = LocalStore(work / "store")
     run_ingest(

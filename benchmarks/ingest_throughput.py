@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from slmops.embedder import get_embedder
-from slmops.ingest import IngestConfig, prepare, run_ingest
+from slmops.rag.embedder import get_embedder
+from slmops.rag.ingest import IngestConfig, prepare, run_ingest
 from slmops.store.local import LocalStore
 
 EXAMPLE_DOCS = Path(__file__).resolve().parent.parent / "examples" / "support-bot" / "docs"

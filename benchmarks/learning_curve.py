@@ -137,9 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     from slmops.evaluation import _retriever, load_policy, load_suites
     from slmops.evaluation.gate import known_metrics, run_gate
     from slmops.generation import LocalGenerator
-    from slmops.ingest import run_ingest
+    from slmops.rag.ingest import run_ingest
     from slmops.store.local import LocalStore
-    from slmops.training import TrainConfig, train_adapter
+    from slmops.training.trainer import TrainConfig, train_adapter
 
     work = Path(tempfile.mkdtemp(prefix="slmops-bench-curve-"))
     try:

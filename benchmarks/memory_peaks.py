@@ -47,7 +47,7 @@ def _parse(point: str) -> tuple[str, int, bool, bool]:
 def _measure(
     base: str, out: str, rows: list, point: tuple[str, int, bool, bool], steps: int, length: int
 ) -> dict[str, Any]:
-    from slmops.training import TrainConfig, train_adapter
+    from slmops.training.trainer import TrainConfig, train_adapter
 
     method, micro, ckpt, liger = point
     result = train_adapter(

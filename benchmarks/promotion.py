@@ -116,13 +116,13 @@ def main(argv: list[str] | None = None) -> None:
 
     from benchmarks.gate import _tiny
     from infra.vllm_server import start, wait_ready
+    from slmops.base_models import WatchedModel, current_revision
     from slmops.evaluation import evaluate_adapter
-    from slmops.manifest import InputRef, Manifest
-    from slmops.models import WatchedModel, current_revision
-    from slmops.promotion import promote, rollback, sync
-    from slmops.serving import Replica, ServingConfig, VLLMClient
+    from slmops.serving.client import Replica, ServingConfig, VLLMClient
+    from slmops.serving.promotion import promote, rollback, sync
     from slmops.store.local import LocalStore
-    from slmops.versions import ADAPTERS, VersionedArtifact
+    from slmops.store.manifest import InputRef, Manifest
+    from slmops.store.versions import ADAPTERS, VersionedArtifact
 
     work = Path(tempfile.mkdtemp(prefix="slmops-bench-promotion-"))
     servers = []

@@ -40,7 +40,7 @@ KEYS = ("answer", "sources", "confidence")
 
 
 def _rows() -> tuple[list, list]:
-    from slmops.datasets import split
+    from slmops.training.datasets import split
 
     rows = [json.loads(line)["messages"] for line in EXAMPLE.read_text().splitlines()]
     return split(rows, 0.1)
@@ -53,7 +53,7 @@ def _run_trl(base: str, out: str, steps: int, batch: int, expert: bool) -> dict[
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from slmops.training import to_trl_rows
+    from slmops.training.trainer import to_trl_rows
 
     train, _ = _rows()
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -112,7 +112,7 @@ def _timed_train(trainer: Any) -> tuple[int, float]:
 
 def _run_slmops(base: str, out: str, steps: int, batch: int) -> dict[str, Any]:
     from slmops.generation import generate, json_valid_rate
-    from slmops.training import TrainConfig, train_adapter
+    from slmops.training.trainer import TrainConfig, train_adapter
 
     train, held_out = _rows()
     marks: dict[int, float] = {}
@@ -152,7 +152,7 @@ def _run_slmops_threads(
     base: str, out: str, steps: int, batch: int, threads: int
 ) -> dict[str, Any]:
     """slmops' training alone on `threads` torch threads: seconds a step and tokens/s."""
-    from slmops.training import TrainConfig, train_adapter
+    from slmops.training.trainer import TrainConfig, train_adapter
 
     train, _ = _rows()
     result = train_adapter(
@@ -286,7 +286,7 @@ def _run_shape(
     method = name.rsplit("-", 1)[1]
     plan = None
     if name.startswith("slmops"):
-        from slmops.training import TrainConfig, train_adapter
+        from slmops.training.trainer import TrainConfig, train_adapter
 
         result = train_adapter(
             Path(base),
@@ -338,8 +338,8 @@ def _train_trl(
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
     from trl import SFTConfig, SFTTrainer
 
-    from slmops.memory_plan import liger_installed
-    from slmops.training import to_trl_rows
+    from slmops.training.memory_plan import liger_installed
+    from slmops.training.trainer import to_trl_rows
 
     cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -412,8 +412,8 @@ def shape_benchmark(argv: list[str] | None = None) -> None:
             f"--shape {args.shape} needs a CUDA GPU (torch.cuda.is_available() is False here); "
             "--shape tiny runs the same comparison on CPU"
         )
-    from slmops.datasets import chat_token_counter
-    from slmops.memory_plan import ModelShape, params_label
+    from slmops.training.datasets import chat_token_counter
+    from slmops.training.memory_plan import ModelShape, params_label
 
     work = Path(tempfile.mkdtemp(prefix="slmops-shape-bench-"))
     try:

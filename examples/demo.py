@@ -244,7 +244,7 @@ def deploy(api: Prefect, prefect_file: Path, record: dict[str, Any]) -> None:
 
 def ingest(api: Prefect, why: str) -> dict[str, Any]:
     from slmops.store import open_store
-    from slmops.versions import INDEXES, VersionedArtifact
+    from slmops.store.versions import INDEXES, VersionedArtifact
 
     art = VersionedArtifact(open_store(), INDEXES, INDEX)
     before = art.get_alias("latest")
@@ -275,7 +275,7 @@ def release(api: Prefect, label: str) -> dict[str, Any]:
     """The refine-tune run for the model folder's revision, done: found by its release event
     (whoever announced it: the scheduled watcher may have been first), awaited if in flight,
     reused if finished, run again if it failed; announced by the watcher if nobody has."""
-    from slmops.models import WatchedModel, current_revision
+    from slmops.base_models import WatchedModel, current_revision
 
     revision = current_revision(WatchedModel(name=MODEL, source=str(MODEL_DIR))).revision
     say(f"base model {MODEL} is at revision {revision[:12]} ({label})")
@@ -322,7 +322,7 @@ def release_params(api: Prefect, revision: str) -> dict[str, Any]:
 
 def champion() -> Any:
     from slmops.store import open_store
-    from slmops.versions import ADAPTERS, VersionedArtifact
+    from slmops.store.versions import ADAPTERS, VersionedArtifact
 
     art = VersionedArtifact(open_store(), ADAPTERS, ADAPTER)
     alias = art.get_alias("champion")
@@ -333,7 +333,7 @@ def gate_verdict(champion_version: str) -> Any:
     """The verdict of the adapter's newest version against `champion_version`."""
     from slmops.evaluation import find_verdict
     from slmops.store import open_store
-    from slmops.versions import ADAPTERS, VersionedArtifact
+    from slmops.store.versions import ADAPTERS, VersionedArtifact
 
     store = open_store()
     latest = VersionedArtifact(store, ADAPTERS, ADAPTER).resolve("latest").version
@@ -352,8 +352,8 @@ def ask(questions: list[str]) -> None:
     from slmops.evaluation import load_suites
     from slmops.evaluation.gate import with_context
     from slmops.evaluation.scorers import Scorer, parse_answer
-    from slmops.retrieval import retrieve
-    from slmops.serving import VLLMClient, load_serving_config
+    from slmops.rag.retrieval import retrieve
+    from slmops.serving.client import VLLMClient, load_serving_config
 
     suites = load_suites(SUITES)
     scorer = Scorer(suites.config, suites.schema_doc)
@@ -431,7 +431,7 @@ def gate_results() -> None:
     """Every stored verdict of the adapter: against what, and the guarded metrics."""
     from slmops.evaluation import GateRecord
     from slmops.store import open_store
-    from slmops.versions import EVALS, VersionedArtifact
+    from slmops.store.versions import EVALS, VersionedArtifact
 
     store = open_store()
     evals = VersionedArtifact(store, EVALS, ADAPTER)
@@ -518,7 +518,7 @@ def main() -> None:
 
     head("3. base revision r2 released -> retrain -> gate vs the r1 champion -> promote")
     from infra.tiny_model import publish_release
-    from slmops.models import WatchedModel, current_revision
+    from slmops.base_models import WatchedModel, current_revision
 
     now = current_revision(WatchedModel(name=MODEL, source=str(MODEL_DIR))).revision
     published = None
@@ -608,7 +608,7 @@ def recommendation() -> None:
     import textwrap
 
     from slmops.store import open_store
-    from slmops.versions import EVALS, VersionedArtifact
+    from slmops.store.versions import EVALS, VersionedArtifact
 
     reports = VersionedArtifact(open_store(), EVALS, "assess-support-bot")
     latest = reports.resolve("latest")

@@ -18,8 +18,8 @@ from pydantic import BaseModel, Field
 
 from slmops.config import get_settings
 from slmops.evaluation import GateRecord
-from slmops.refine_tune import EXAMPLE_POLICY, EXAMPLE_SUITES
-from slmops.versions import check_name
+from slmops.store.versions import check_name
+from slmops.training.refine_tune import EXAMPLE_POLICY, EXAMPLE_SUITES
 from tasks.context import current_trigger
 from tasks.gate import report_gate, run_gate
 

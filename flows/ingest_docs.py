@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
 from slmops.config import get_settings
-from slmops.ingest import IngestConfig, IngestPlan, IngestReport, run_ingest
+from slmops.rag.ingest import IngestConfig, IngestPlan, IngestReport, run_ingest
 from tasks.context import current_trigger
 from tasks.ingest import TASK_STAGES, report_ingest
 

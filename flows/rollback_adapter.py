@@ -16,8 +16,8 @@ from prefect import flow
 from pydantic import BaseModel, Field
 
 from slmops.config import get_settings
-from slmops.promotion import PromotionResult
-from slmops.versions import check_name
+from slmops.serving.promotion import PromotionResult
+from slmops.store.versions import check_name
 from tasks.context import current_trigger
 from tasks.promotion import rollback_adapter as rollback_task
 

@@ -19,8 +19,8 @@ from pydantic import BaseModel, Field
 
 from slmops.config import get_settings
 from slmops.errors import SlmopsError
-from slmops.promotion import SyncReport
-from slmops.versions import check_name
+from slmops.serving.promotion import SyncReport
+from slmops.store.versions import check_name
 from tasks.context import current_trigger
 from tasks.promotion import sync_replicas
 

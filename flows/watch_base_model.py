@@ -11,8 +11,8 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
+from slmops.base_models import Revision, WatchedModel
 from slmops.config import get_settings
-from slmops.models import Revision, WatchedModel
 from tasks.models import announce_if_new, current_revision
 
 

@@ -434,7 +434,7 @@ class LocalStack:
         that changed only the model card (same weights digest) restarts nothing either way:
         the replica serves the new revision as is."""
         from infra import vllm_server
-        from slmops.models import WatchedModel, current_revision, materialize, snapshot_weights
+        from slmops.base_models import WatchedModel, current_revision, materialize, snapshot_weights
 
         cfg = self.config
         model_dir = (cfg.project_dir / cfg.model_dir).absolute()
@@ -497,9 +497,9 @@ class LocalStack:
         a replica restarts on a new revision waits, then reads the serving.yaml written for
         it, instead of loading the old revision's champion onto the new process."""
         from slmops.errors import SlmopsError
-        from slmops.promotion import serving_claim
+        from slmops.serving.promotion import serving_claim
         from slmops.store.s3 import S3Store
-        from slmops.versions import ADAPTERS, artifacts
+        from slmops.store.versions import ADAPTERS, artifacts
 
         store = S3Store(self.config.bucket, client=self._s3_client())
         try:
@@ -519,11 +519,11 @@ class LocalStack:
         champions of this model's adapters in the stack's store were trained on (when they
         agree), or serving.yaml's when it has the same weights (a model-card release moved the
         replicas onto it) or there is no champion. None: neither, or its copy is gone."""
+        from slmops.base_models import materialize, snapshot_weights
         from slmops.errors import ConfigError, SlmopsError
-        from slmops.models import materialize, snapshot_weights
-        from slmops.serving import load_serving_config
+        from slmops.serving.client import load_serving_config
         from slmops.store.s3 import S3Store
-        from slmops.versions import ADAPTERS, artifacts
+        from slmops.store.versions import ADAPTERS, artifacts
 
         def cached(revision: str | None) -> tuple[str, Path] | None:
             if not revision:

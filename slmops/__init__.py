@@ -9,7 +9,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from slmops.retrieval import Retrieved
+    from slmops.rag.retrieval import Retrieved
 
 __version__ = "0.1.0"
 
@@ -23,6 +23,6 @@ def retrieve(index: str, query: str, k: int = 5, **kwargs: Any) -> list[Retrieve
 
     `store=` (URI or ObjectStore) and `version=` pick another store or version.
     """
-    from slmops.retrieval import retrieve as _retrieve
+    from slmops.rag.retrieval import retrieve as _retrieve
 
     return _retrieve(index, query, k, **kwargs)

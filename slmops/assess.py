@@ -31,16 +31,16 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from slmops.audit import AuditLog
 from slmops.errors import ConfigError
 from slmops.evaluation.gate import with_context
 from slmops.evaluation.scorers import Scorer, parse_answer
 from slmops.evaluation.stats import mean_interval, paired_bootstrap, resample_indices
 from slmops.evaluation.suites import Case, Suites, load_suites
 from slmops.generation import Generator, Prompt
-from slmops.manifest import InputRef, Manifest, Trigger
+from slmops.store.audit import AuditLog
 from slmops.store.base import ObjectStore
-from slmops.versions import ADAPTERS, EVALS, INDEXES, VersionedArtifact
+from slmops.store.manifest import InputRef, Manifest, Trigger
+from slmops.store.versions import ADAPTERS, EVALS, INDEXES, VersionedArtifact
 
 ARMS = ("prompt", "prompt+examples", "rag", "fine-tuned", "fine-tuned+rag")
 BASELINE = "prompt"
@@ -379,7 +379,7 @@ def history(
     store: ObjectStore, model: str | None, dataset: str | None, index: str | None
 ) -> dict[str, Any]:
     """How often the store saw new base revisions, dataset versions and index versions."""
-    from slmops.models import seen_revisions
+    from slmops.base_models import seen_revisions
 
     moments: dict[str, list[datetime]] = {"base": [], "dataset": [], "index": []}
     if model:
@@ -699,10 +699,10 @@ def run_assessment(
     """Answer every case with every arm, score, compare, price and decide."""
     import tempfile
 
+    from slmops.base_models import checkout
     from slmops.evaluation import _base_of
     from slmops.generation import LocalGenerator
-    from slmops.models import checkout
-    from slmops.retrieval import load_index
+    from slmops.rag.retrieval import load_index
 
     t0 = time.perf_counter()
     suites = load_suites(task.path(task.suites))

@@ -14,14 +14,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from slmops.errors import ConfigError, SlmopsError, StoreError
-from slmops.manifest import Trigger
 from slmops.progress import Tenths
 from slmops.store import open_store
-from slmops.versions import COLLECTIONS, EVALS, VersionedArtifact, summarize
+from slmops.store.manifest import Trigger
+from slmops.store.versions import COLLECTIONS, EVALS, VersionedArtifact, summarize
 
 if TYPE_CHECKING:
     from infra.stack import LocalStack
-    from slmops.serving import ServingConfig
+    from slmops.serving.client import ServingConfig
 
 app = typer.Typer(
     help="Keep a self-hosted, fine-tuned, RAG-backed language model current in production.",
@@ -235,7 +235,7 @@ def store_verify(
         art, at = _artifact(target, store)
         pairs = [(art, v) for v in ([_pick_version(art, at)] if at else art.versions())]
     else:
-        from slmops.versions import artifacts
+        from slmops.store.versions import artifacts
 
         obj = open_store(store)
         pairs = [(a, v) for c in COLLECTIONS for a in artifacts(obj, c) for v in a.versions()]
@@ -295,7 +295,7 @@ def audit(
     store: StoreOpt = None,
 ) -> None:
     """The audit log: promotions, rollbacks, alias moves, gate decisions."""
-    from slmops.audit import AuditLog
+    from slmops.store.audit import AuditLog
 
     events = list(AuditLog(open_store(store)).events(resource=resource))[-limit:]
     table = _table("at (UTC)", "event", "resource", "trigger", "details")
@@ -328,7 +328,7 @@ def ingest(
     """Ingest documentation into a new index version (the ingest-docs flow, without Prefect)."""
     import tempfile
 
-    from slmops.ingest import IngestConfig, run_ingest
+    from slmops.rag.ingest import IngestConfig, run_ingest
 
     config = IngestConfig(
         chunk_size=chunk_size, chunk_overlap=chunk_overlap, embed_model=embed_model
@@ -369,7 +369,7 @@ def query(
     store: StoreOpt = None,
 ) -> None:
     """Retrieve the chunks of an index closest to a question, with source and score."""
-    from slmops.retrieval import load_index
+    from slmops.rag.retrieval import load_index
 
     loaded = load_index(index, store=store, version=version)
     console.print(f"[dim]index {index} version {loaded.version}[/dim]")
@@ -520,7 +520,7 @@ def refine_tune(
     import dataclasses
     import logging
 
-    from slmops import refine_tune as pipeline
+    from slmops.training import refine_tune as pipeline
 
     params = pipeline.RefineTuneParams(
         model=model,
@@ -551,7 +551,7 @@ def refine_tune(
         def emit(self, record: logging.LogRecord) -> None:
             console.print(escape(record.getMessage()), highlight=False)
 
-    log = logging.getLogger("slmops.refine_tune.cli")
+    log = logging.getLogger("slmops.training.refine_tune.cli")
     log.propagate = False
     log.handlers = [Say()]
     log.setLevel(logging.INFO)
@@ -677,7 +677,7 @@ def memory_plan(
 
     Exit status: 0 it fits (the plan is printed), 1 nothing fits (the knobs to turn are
     printed), 2 bad input."""
-    from slmops.memory_plan import (
+    from slmops.training.memory_plan import (
         GB,
         ModelShape,
         PlanError,
@@ -700,7 +700,7 @@ def memory_plan(
         shape = ModelShape.from_pretrained(model)
     longest = max_length
     if data is not None:
-        from slmops.datasets import DatasetConfig, chat_token_counter, validate_rows
+        from slmops.training.datasets import DatasetConfig, chat_token_counter, validate_rows
 
         folder = model.parent if model.name == "config.json" else model
         try:
@@ -774,7 +774,7 @@ def memory_plan(
 
 def _serving(path: Path | None) -> ServingConfig:
     from slmops.config import get_settings
-    from slmops.serving import load_serving_config
+    from slmops.serving.client import load_serving_config
 
     chosen = path or get_settings().serving
     if not chosen:
@@ -806,7 +806,7 @@ def promote(
 ) -> None:
     """Promote an adapter version to every vLLM replica, all or none (needs a passing gate
     verdict against the current champion). Exit 0 promoted, 2 refused (nothing changed)."""
-    from slmops.promotion import promote as run_promotion
+    from slmops.serving.promotion import promote as run_promotion
 
     adapter, _, version = target.partition("@")
     config = _serving(serving)
@@ -837,7 +837,7 @@ def rollback(
     store: StoreOpt = None,
 ) -> None:
     """Put the previous champion back on every replica, in one step."""
-    from slmops.promotion import rollback as run_rollback
+    from slmops.serving.promotion import rollback as run_rollback
 
     result = run_rollback(
         open_store(store), adapter, _serving(serving), trigger=Trigger.from_cli(), log=_say
@@ -857,7 +857,7 @@ def serve_sync(
 ) -> None:
     """Make every replica serve what the store says (after a restart, for a new replica).
     Exit 0 when every replica matches, 1 if some drift could not be fixed."""
-    from slmops.promotion import sync
+    from slmops.serving.promotion import sync
 
     report = sync(
         open_store(store), adapter, _serving(serving), trigger=Trigger.from_cli(), log=_say
@@ -883,8 +883,8 @@ def serve_status(
     store: StoreOpt = None,
 ) -> None:
     """What each replica serves for ADAPTER, against the store's champion."""
-    from slmops.promotion import CHAMPION, serving_name
-    from slmops.serving import VLLMClient
+    from slmops.serving.client import VLLMClient
+    from slmops.serving.promotion import CHAMPION, serving_name
 
     config = _serving(serving)
     art = VersionedArtifact(open_store(store), "adapters", adapter)

@@ -18,10 +18,10 @@ from prefect.cache_policies import NONE
 from slmops.assess import ARMS, CHART, AssessRun, load_task, run_assessment, store_assessment
 from slmops.assess_report import markdown
 from slmops.config import get_settings
-from slmops.manifest import Trigger
 from slmops.progress import Tenths
 from slmops.store import open_store
-from slmops.versions import EVALS, VersionedArtifact
+from slmops.store.manifest import Trigger
+from slmops.store.versions import EVALS, VersionedArtifact
 from tasks.context import RETRIES
 from tasks.report import png_uri
 

@@ -9,7 +9,7 @@ from uuid import UUID
 from prefect.runtime import flow_run
 
 from slmops.errors import is_transient
-from slmops.manifest import Trigger
+from slmops.store.manifest import Trigger
 
 
 def current_trigger() -> Trigger:

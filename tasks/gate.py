@@ -15,13 +15,13 @@ from prefect.artifacts import (
 from prefect.cache_policies import NONE
 from prefect.events import emit_event
 
-from slmops import refine_tune
 from slmops.config import get_settings
 from slmops.evaluation import GateRecord, evaluate_adapter
 from slmops.evaluation.report import markdown
-from slmops.manifest import Trigger
 from slmops.store import open_store
-from slmops.versions import EVALS, VersionedArtifact
+from slmops.store.manifest import Trigger
+from slmops.store.versions import EVALS, VersionedArtifact
+from slmops.training import refine_tune
 from tasks.context import RETRIES
 from tasks.report import png_uri
 

@@ -14,11 +14,11 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NONE
 
-from slmops import ingest
-from slmops.ingest import EmbedStats, IngestConfig, IngestReport, IngestStages
 from slmops.progress import Tenths
+from slmops.rag import ingest
+from slmops.rag.ingest import EmbedStats, IngestConfig, IngestReport, IngestStages
 from slmops.store import open_store
-from slmops.versions import INDEXES, VersionedArtifact
+from slmops.store.versions import INDEXES, VersionedArtifact
 from tasks.context import RETRIES
 
 prepare_docs = task(name="plan-and-split", **RETRIES)(ingest.prepare)
@@ -59,7 +59,7 @@ def embed_chunks(
     return ingest.embed(store, name, config, workdir, on_progress=progress)
 
 
-# The ingest pipeline (slmops.ingest.run_ingest) with each stage as a Prefect task.
+# The ingest pipeline (slmops.rag.ingest.run_ingest) with each stage as a Prefect task.
 TASK_STAGES = IngestStages(
     prepare=prepare_docs,
     embed=embed_chunks,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import task
 from prefect.events import emit_event
 
-from slmops import models
-from slmops.models import RELEASE_EVENT, Revision, WatchedModel
+from slmops import base_models as models
+from slmops.base_models import RELEASE_EVENT, Revision, WatchedModel
 from slmops.store import open_store
 from tasks.context import RETRIES
 

@@ -18,10 +18,10 @@ from prefect.events import emit_event
 
 from slmops.config import get_settings
 from slmops.errors import ConfigError, SlmopsError
-from slmops.manifest import Trigger
-from slmops.promotion import PromotionResult, SyncReport, promote, rollback, sync
-from slmops.serving import ServingConfig, load_serving_config
+from slmops.serving.client import ServingConfig, load_serving_config
+from slmops.serving.promotion import PromotionResult, SyncReport, promote, rollback, sync
 from slmops.store import open_store
+from slmops.store.manifest import Trigger
 
 PROMOTED = "slmops.adapter.promoted"
 PROMOTION_FAILED = "slmops.adapter.promotion-failed"

@@ -11,10 +11,10 @@ import json
 from typing import Any
 
 from slmops.errors import StoreError
-from slmops.manifest import Manifest
-from slmops.memory_plan import MemoryPlan, plan_markdown
 from slmops.store.base import ObjectStore
-from slmops.versions import ADAPTERS, VersionedArtifact
+from slmops.store.manifest import Manifest
+from slmops.store.versions import ADAPTERS, VersionedArtifact
+from slmops.training.memory_plan import MemoryPlan, plan_markdown
 
 LOSS_PNG = "training/loss.png"
 LOSS_ROWS = 10  # rows of the loss table below the chart (the last step always included)

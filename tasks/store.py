@@ -7,7 +7,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel
 
 from slmops.store import open_store
-from slmops.versions import COLLECTIONS, VersionedArtifact, artifacts
+from slmops.store.versions import COLLECTIONS, VersionedArtifact, artifacts
 from tasks.context import RETRIES
 
 

@@ -1,4 +1,4 @@
-"""The refine-tune stages (slmops.refine_tune) as Prefect tasks: retries, task names in the
+"""The refine-tune stages (slmops.training.refine_tune) as Prefect tasks: retries, task names in the
 UI, a progress bar while training, the run's report as a markdown artifact."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NONE
 
-from slmops import refine_tune
-from slmops.claims import Claim
-from slmops.manifest import Manifest
 from slmops.store import open_store
-from slmops.training import TrainConfig, TrainResult
+from slmops.store.claims import Claim
+from slmops.store.manifest import Manifest
+from slmops.training import refine_tune
+from slmops.training.trainer import TrainConfig, TrainResult
 from tasks.context import RETRIES
 from tasks.report import adapter_report
 
@@ -75,7 +75,7 @@ def train(
     workdir: Path,
     warm_start: str | None = None,
 ) -> tuple[TrainResult, Path]:
-    """Train with checkpoints in the store (see slmops.refine_tune.train), with a progress
+    """Train with checkpoints in the store (see slmops.training.refine_tune.train), with a progress
     bar on the run's page."""
     steps = config.warm_start_steps if warm_start and config.warm_start_steps else config.max_steps
     progress = create_progress_artifact(

@@ -39,7 +39,7 @@ from slmops.store.s3 import S3Store  # noqa: E402
 from tests.helpers import free_port, make_bucket, wait_for_port  # noqa: E402
 
 if TYPE_CHECKING:
-    from slmops.manifest import Manifest
+    from slmops.store.manifest import Manifest
 
 
 # What makes a test slow is what it needs: the session's trained adapter (minutes of
@@ -191,8 +191,8 @@ def trained(
     adapter (the suite's recipe, tests.helpers.TEST_RECIPE) the training, gate, promotion,
     assess and stack tests look at."""
     from flows.refine_tune import RefineTuneParams, refine_tune
-    from slmops.ingest import run_ingest
-    from slmops.training import TrainConfig
+    from slmops.rag.ingest import run_ingest
+    from slmops.training.trainer import TrainConfig
     from tests.helpers import EXAMPLE, TEST_RECIPE, task_runs
 
     store = S3Store(make_bucket(s3_endpoint), "prod", endpoint_url=s3_endpoint)

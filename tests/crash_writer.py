@@ -3,9 +3,9 @@
 import sys
 import time
 
-from slmops.manifest import Manifest
 from slmops.store import open_store
-from slmops.versions import VersionedArtifact
+from slmops.store.manifest import Manifest
+from slmops.store.versions import VersionedArtifact
 
 store_uri, endpoint, version = sys.argv[1:4]
 art = VersionedArtifact(open_store(store_uri, endpoint_url=endpoint or None), "indexes", "docs")

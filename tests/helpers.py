@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from slmops.manifest import Manifest
     from slmops.store.base import ObjectStore
+    from slmops.store.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "support-bot"
@@ -144,8 +144,8 @@ def share_session_adapter(
     with its training-key lookup, so refine-tune with the same inputs finds it instead of
     training; and with the answers its gate stored (`answers/`), so a gate on the same cases
     reuses them as it would in the store it was trained in."""
-    from slmops.adapters import TRAINING_KEY
-    from slmops.versions import ADAPTERS, VersionedArtifact
+    from slmops.store.versions import ADAPTERS, VersionedArtifact
+    from slmops.training.adapters import TRAINING_KEY
 
     VersionedArtifact(source, ADAPTERS, adapter.name).download(adapter.version, work)
     stored = VersionedArtifact(dest, ADAPTERS, adapter.name).publish(

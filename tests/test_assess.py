@@ -23,9 +23,9 @@ from slmops.assess import (
 )
 from slmops.errors import ConfigError
 from slmops.evaluation import load_suites
-from slmops.manifest import Manifest
+from slmops.store.manifest import Manifest
 from slmops.store.s3 import S3Store
-from slmops.versions import ADAPTERS, EVALS, VersionedArtifact
+from slmops.store.versions import ADAPTERS, EVALS, VersionedArtifact
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "support-bot"
 

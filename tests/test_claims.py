@@ -8,12 +8,12 @@ import time
 
 import pytest
 
-from slmops import adapters
-from slmops.claims import holding, read_claim, try_claim
 from slmops.errors import ClaimHeldError
-from slmops.manifest import Manifest
 from slmops.store.base import ObjectStore
-from slmops.versions import ADAPTERS, VersionedArtifact
+from slmops.store.claims import holding, read_claim, try_claim
+from slmops.store.manifest import Manifest
+from slmops.store.versions import ADAPTERS, VersionedArtifact
+from slmops.training import adapters
 
 KEY = "claims/train-abc.json"
 

@@ -10,9 +10,9 @@ import pytest
 
 from benchmarks.training_throughput import SHAPES
 from slmops.errors import ConfigError
-from slmops.manifest import InputRef, Manifest
 from slmops.store.base import ObjectStore
-from slmops.versions import VersionedArtifact
+from slmops.store.manifest import InputRef, Manifest
+from slmops.store.versions import VersionedArtifact
 from tests.helpers import corrupt, invoke
 
 EXAMPLE_TRAIN = Path(__file__).resolve().parent.parent / "examples/support-bot/train.jsonl"

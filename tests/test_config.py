@@ -8,9 +8,9 @@ import pytest
 
 from slmops.config import Settings, get_settings
 from slmops.errors import ConfigError, StoreError
-from slmops.manifest import REDACTED, Manifest, redact
 from slmops.store import open_store, parse_store_uri
 from slmops.store.local import LocalStore
+from slmops.store.manifest import REDACTED, Manifest, redact
 from slmops.store.s3 import S3Store
 
 

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from slmops.datasets import DatasetConfig, DatasetError, publish_dataset, read_rows
-from slmops.errors import ConfigError
-from slmops.models import (
+from slmops.base_models import (
     WEIGHTS_SIDECAR,
     Revision,
     WatchedModel,
@@ -23,9 +21,11 @@ from slmops.models import (
     seen_revisions,
     weights_digest,
 )
+from slmops.errors import ConfigError
 from slmops.store.base import ObjectStore
 from slmops.store.hashing import folder_sha256, sha256_file
-from slmops.versions import DATASETS, VersionedArtifact
+from slmops.store.versions import DATASETS, VersionedArtifact
+from slmops.training.datasets import DatasetConfig, DatasetError, publish_dataset, read_rows
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "support-bot"
 
@@ -294,7 +294,7 @@ def test_each_revision_is_recorded_once_even_by_racing_watchers(store: ObjectSto
 
 
 def test_rows_are_measured_in_tokens_of_the_chat_template(tiny_base: Path) -> None:
-    from slmops.datasets import chat_token_counter
+    from slmops.training.datasets import chat_token_counter
 
     count = chat_token_counter(tiny_base)
     short = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]

@@ -10,9 +10,9 @@ import pytest
 
 from flows.verify_store import VerifyStoreParams, verify_store
 from slmops.errors import ConfigError, IntegrityError
-from slmops.manifest import Manifest
 from slmops.store.base import ObjectStore
-from slmops.versions import VersionedArtifact
+from slmops.store.manifest import Manifest
+from slmops.store.versions import VersionedArtifact
 from tests.helpers import EXAMPLE, corrupt, latest_artifact, read_task_runs
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -56,7 +56,7 @@ def test_ingest_docs_flow_publishes_a_version_and_reports_it(
     store: ObjectStore, store_uri_env: str, tmp_path: Path
 ) -> None:
     from flows.ingest_docs import IngestDocsParams, ingest_docs
-    from slmops.ingest import IngestConfig
+    from slmops.rag.ingest import IngestConfig
 
     docs = tmp_path / "docs"
     for rel in ("crew/deckhands.md", "api/error-codes.md", "html/keyboard-shortcuts.html"):

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from slmops.docs import DocLimits, DocSource
-from slmops.embedder import get_embedder
 from slmops.errors import ConfigError
-from slmops.ingest import EMBEDDINGS, NODES, IngestConfig, IngestReport, run_ingest
+from slmops.rag.docs import DocLimits, DocSource
+from slmops.rag.embedder import get_embedder
+from slmops.rag.ingest import EMBEDDINGS, NODES, IngestConfig, IngestReport, run_ingest
 from slmops.store.base import ObjectStore
-from slmops.versions import INDEXES, VersionedArtifact
+from slmops.store.versions import INDEXES, VersionedArtifact
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "support-bot"
 # A small slice of the example docs keeps each run to a second of embedding.

@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks.training_throughput import SHAPES
 from slmops.errors import ConfigError
-from slmops.memory_plan import (
+from slmops.training.memory_plan import (
     GB,
     USABLE,
     MemoryPlan,

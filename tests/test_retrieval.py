@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 import slmops
 from slmops.cli import app
 from slmops.errors import ConfigError
-from slmops.ingest import IngestReport, run_ingest
-from slmops.retrieval_eval import load_questions
+from slmops.rag.evals import load_questions
+from slmops.rag.ingest import IngestReport, run_ingest
 from slmops.store.local import LocalStore
-from slmops.versions import INDEXES, VersionedArtifact
+from slmops.store.versions import INDEXES, VersionedArtifact
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "support-bot"
 

@@ -14,9 +14,9 @@ import boto3
 import pytest
 
 from slmops.errors import ConflictError, ObjectExistsError
-from slmops.manifest import Manifest
+from slmops.store.manifest import Manifest
 from slmops.store.s3 import S3Store
-from slmops.versions import VersionedArtifact
+from slmops.store.versions import VersionedArtifact
 from tests.helpers import free_port, wait_for_port
 
 pytestmark = pytest.mark.s3

@@ -28,13 +28,13 @@ from infra.stack import (
     _port_open,
     prefect_api,
 )
+from slmops.base_models import WatchedModel, current_revision
 from slmops.evaluation import find_verdict
-from slmops.manifest import Manifest
-from slmops.models import WatchedModel, current_revision
-from slmops.promotion import serving_name
-from slmops.serving import VLLMClient, load_serving_config
+from slmops.serving.client import VLLMClient, load_serving_config
+from slmops.serving.promotion import serving_name
+from slmops.store.manifest import Manifest
 from slmops.store.s3 import S3Store
-from slmops.versions import VersionedArtifact
+from slmops.store.versions import VersionedArtifact
 from tests.helpers import ROOT, TEST_RECIPE, free_port, share_session_adapter, subset_suites
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -375,8 +375,8 @@ def test_a_release_of_the_model_card_alone_keeps_the_replica_and_the_champion(
     """A new revision with the same weights digest: `stack up` moves serving.yaml onto it and
     restarts nothing, and the champion (trained on the revision before) stays servable."""
     from infra.tiny_model import publish_release
-    from slmops.models import weights_digest
-    from slmops.promotion import base_mismatch
+    from slmops.base_models import weights_digest
+    from slmops.serving.promotion import base_mismatch
 
     model_dir = home / "models" / "tiny-llama"
     before = load_serving_config(stack.config.serving_file).replicas[0]

@@ -11,20 +11,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slmops import adapters
-from slmops.claims import ClaimRecord
-from slmops.datasets import chat_token_counter
+from slmops.base_models import WatchedModel, current_revision
 from slmops.errors import ConfigError
 from slmops.evaluation import stored_answers
 from slmops.generation import Generator, Prompt
-from slmops.manifest import Manifest
-from slmops.memory_plan import USABLE, MemoryPlan, ModelShape, PlanError, estimate_peak
-from slmops.models import WatchedModel, current_revision
 from slmops.store.base import ObjectStore
+from slmops.store.claims import ClaimRecord
 from slmops.store.local import LocalStore
+from slmops.store.manifest import Manifest
 from slmops.store.s3 import S3Store
-from slmops.training import TrainConfig, TrainingError, finalize_adapter, train_adapter
-from slmops.versions import ADAPTERS, VersionedArtifact
+from slmops.store.versions import ADAPTERS, VersionedArtifact
+from slmops.training import adapters
+from slmops.training.datasets import chat_token_counter
+from slmops.training.memory_plan import USABLE, MemoryPlan, ModelShape, PlanError, estimate_peak
+from slmops.training.trainer import TrainConfig, TrainingError, finalize_adapter, train_adapter
 from tests.helpers import EVALS, EXAMPLE, TEST_RECIPE, invoke, latest_artifact, task_runs
 
 # The session's adapter (the suite's recipe + its gate, a few minutes on 2 cores) is trained
@@ -118,7 +118,7 @@ def test_a_release_that_changes_only_the_model_card_trains_nothing(
     import shutil
 
     from flows.refine_tune import RefineTuneParams, refine_tune
-    from slmops.models import WatchedModel, current_revision, weights_digest
+    from slmops.base_models import WatchedModel, current_revision, weights_digest
 
     store, manifest, _ = trained
     release = tmp_path / "tiny-llama"
@@ -366,7 +366,7 @@ def test_an_adapter_is_never_retrained_on_another_base_model(
 
     store = LocalStore(tmp_path / "store")
     art = VersionedArtifact(store, ADAPTERS, "support-bot")
-    from slmops.manifest import InputRef
+    from slmops.store.manifest import InputRef
 
     trained_on_other = art.publish(
         Manifest(
@@ -418,8 +418,8 @@ def gate(store: ObjectStore, adapter: str, version: str = "latest", **kw: object
 
 
 def test_refine_tune_gates_the_new_adapter(trained: tuple[S3Store, Manifest, list[str]]) -> None:
-    from slmops.audit import AuditLog
     from slmops.evaluation import find_verdict
+    from slmops.store.audit import AuditLog
 
     store, manifest, _ = trained
     verdict = find_verdict(store, "support-bot", manifest.version, None)  # no champion yet
@@ -577,7 +577,7 @@ def test_a_candidate_on_another_base_model_is_refused(
 
     from slmops.cli import main
     from slmops.evaluation import find_verdict
-    from slmops.manifest import InputRef
+    from slmops.store.manifest import InputRef
 
     store, good, _ = trained
     source = VersionedArtifact(store, ADAPTERS, "support-bot")
@@ -655,7 +655,7 @@ def test_a_warm_start_begins_from_the_parent_and_refuses_another_shape(
 
 
 def test_a_release_warm_starts_from_the_champion_of_the_same_shape(tmp_path: Path) -> None:
-    from slmops.manifest import InputRef
+    from slmops.store.manifest import InputRef
 
     store = LocalStore(tmp_path / "store")
     art = VersionedArtifact(store, ADAPTERS, "bot")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from slmops.adapters import training_key
 from slmops.errors import ConfigError
-from slmops.training import TrainConfig, _cgroup_cpu_quota, cpu_threads
+from slmops.training.adapters import training_key
+from slmops.training.trainer import TrainConfig, _cgroup_cpu_quota, cpu_threads
 
 
 def test_threads_come_from_the_config_then_the_worker_then_the_cores_it_may_use(

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from slmops.audit import AuditLog
 from slmops.errors import (
     ConflictError,
     IntegrityError,
@@ -20,10 +19,11 @@ from slmops.errors import (
     ObjectNotFoundError,
     StoreError,
 )
-from slmops.manifest import InputRef, Manifest, Trigger
+from slmops.store.audit import AuditLog
 from slmops.store.base import ObjectStore
+from slmops.store.manifest import InputRef, Manifest, Trigger
 from slmops.store.s3 import S3Store
-from slmops.versions import VersionedArtifact, summarize
+from slmops.store.versions import VersionedArtifact, summarize
 from tests.helpers import corrupt
 
 

@@ -19,15 +19,21 @@ from typing import Any
 import pytest
 import yaml
 
+from slmops.base_models import WatchedModel, current_revision
 from slmops.errors import ConfigError
 from slmops.generation import LocalGenerator, Prompt
-from slmops.manifest import Manifest
-from slmops.models import WatchedModel, current_revision
-from slmops.promotion import PromotionError, promote, serving_name
-from slmops.serving import Replica, ServingConfig, ServingError, VLLMClient, load_serving_config
+from slmops.serving.client import (
+    Replica,
+    ServingConfig,
+    ServingError,
+    VLLMClient,
+    load_serving_config,
+)
+from slmops.serving.promotion import PromotionError, promote, serving_name
+from slmops.store.manifest import Manifest
 from slmops.store.s3 import S3Store
-from slmops.training import TrainConfig
-from slmops.versions import ADAPTERS, VersionedArtifact
+from slmops.store.versions import ADAPTERS, VersionedArtifact
+from slmops.training.trainer import TrainConfig
 from tests.helpers import (
     EVALS,
     TEST_RECIPE,
@@ -189,7 +195,7 @@ def served_answers(
 
 
 def audit(s: Served, event: str) -> list[Any]:
-    from slmops.audit import AuditLog
+    from slmops.store.audit import AuditLog
 
     return list(AuditLog(s.store).events(event=event))
 
@@ -339,7 +345,7 @@ def publish_variant(s: Served, source: Manifest, make: str, adapter: str = ADAPT
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM
 
-        from slmops.training import finalize_adapter
+        from slmops.training.trainer import finalize_adapter
 
         model = get_peft_model(
             AutoModelForCausalLM.from_pretrained(s.base),
@@ -551,8 +557,8 @@ def test_bad_input_is_refused_before_any_server_changes(served: Served) -> None:
 
 
 def test_replicas_serve_an_adapter_of_another_revision_only_with_the_same_weights() -> None:
-    from slmops.manifest import InputRef
-    from slmops.promotion import base_mismatch
+    from slmops.serving.promotion import base_mismatch
+    from slmops.store.manifest import InputRef
 
     adapter = Manifest(
         kind="adapter",
@@ -579,8 +585,8 @@ def test_a_promotion_waits_for_the_serving_operation_that_holds_the_claim(
 ) -> None:
     """A scheduled sync and a manual promotion can start in the same second: the promotion
     waits for the sync instead of failing, and one held past the wait fails, naming it."""
-    import slmops.promotion as promotion
-    from slmops.claims import try_claim
+    import slmops.serving.promotion as promotion
+    from slmops.store.claims import try_claim
     from slmops.store.local import LocalStore
 
     store = LocalStore(tmp_path / "store")
@@ -612,10 +618,10 @@ def test_a_serving_operation_acts_on_the_replicas_the_serving_file_names_once_it
     import torch
     from safetensors.torch import save_file
 
-    import slmops.promotion as promotion
-    from slmops.claims import holding, try_claim
-    from slmops.manifest import InputRef
+    import slmops.serving.promotion as promotion
+    from slmops.store.claims import holding, try_claim
     from slmops.store.local import LocalStore
+    from slmops.store.manifest import InputRef
 
     store = LocalStore(tmp_path / "store")
     weights = tmp_path / "adapter_model.safetensors"

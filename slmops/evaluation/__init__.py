@@ -21,7 +21,6 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from slmops.audit import AuditLog
 from slmops.errors import ConfigError
 from slmops.evaluation.answers import StoredAnswers, fingerprint
 from slmops.evaluation.gate import CaseResult, Progress, Verdict, known_metrics, run_gate
@@ -29,9 +28,10 @@ from slmops.evaluation.policy import GatePolicy, load_policy
 from slmops.evaluation.report import chart, markdown
 from slmops.evaluation.suites import Suites, load_suites
 from slmops.generation import Generator, LocalGenerator
-from slmops.manifest import InputRef, Manifest, Trigger
+from slmops.store.audit import AuditLog
 from slmops.store.base import ObjectStore
-from slmops.versions import ADAPTERS, EVALS, VersionedArtifact
+from slmops.store.manifest import InputRef, Manifest, Trigger
+from slmops.store.versions import ADAPTERS, EVALS, VersionedArtifact
 
 __all__ = [
     "GateRecord",
@@ -111,7 +111,7 @@ def evaluate_adapter(
     answers/, see slmops.evaluation.answers) are not generated again; False answers everything
     afresh. A `make_generator` of the caller's own is never cached.
     """
-    from slmops.models import checkout
+    from slmops.base_models import checkout
 
     loaded = load_suites(suites)
     gate_policy = load_policy(policy, known_metrics(loaded))
@@ -224,7 +224,7 @@ def _retriever(
     indexes = {s.index for s in suites.config.suites.values() if s.kind == "knowledge" and s.index}
     if not indexes:
         return None, {}
-    from slmops.retrieval import load_index
+    from slmops.rag.retrieval import load_index
 
     loaded = {name: load_index(name, store=store) for name in sorted(indexes)}
     info = {"name": ", ".join(loaded), "version": ", ".join(i.version for i in loaded.values())}

@@ -118,9 +118,10 @@ class CodeVersion(BaseModel):
 @lru_cache(maxsize=1)
 def code_version() -> CodeVersion:
     """The installed slmops version and, when run from a git checkout, its commit."""
+    import slmops
     from slmops import __version__
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(slmops.__file__).resolve().parent.parent  # the checkout, if it is one
     commit, dirty = None, None
     if (root / ".git").exists():
         try:

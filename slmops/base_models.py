@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 from slmops.errors import ConfigError, ConflictError, ObjectNotFoundError
 from slmops.store import ObjectStore, open_store, parse_store_uri
 from slmops.store.hashing import folder_sha256, sha256_file
-from slmops.versions import MODELS, check_name
+from slmops.store.versions import MODELS, check_name
 
 RELEASE_EVENT = "slmops.base-model.released"
 _WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".gguf")

@@ -21,7 +21,6 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
-from slmops.audit import AuditLog
 from slmops.errors import (
     ConflictError,
     IntegrityError,
@@ -29,9 +28,10 @@ from slmops.errors import (
     ObjectNotFoundError,
     StoreError,
 )
-from slmops.manifest import FileEntry, Manifest, Trigger
+from slmops.store.audit import AuditLog
 from slmops.store.base import ObjectStore, join_key
 from slmops.store.hashing import sha256_bytes
+from slmops.store.manifest import FileEntry, Manifest, Trigger
 
 INDEXES, DATASETS, ADAPTERS, MODELS = "indexes", "datasets", "adapters", "models"
 EVALS = "evals"

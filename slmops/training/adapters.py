@@ -14,13 +14,13 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from slmops.claims import Claim, ClaimRecord, wait_for_claim
 from slmops.errors import ConfigError
-from slmops.manifest import InputRef, Manifest, Trigger
 from slmops.store.base import ObjectStore
+from slmops.store.claims import Claim, ClaimRecord, wait_for_claim
 from slmops.store.hashing import sha256_bytes
-from slmops.training import TrainConfig, TrainResult
-from slmops.versions import ADAPTERS, VersionedArtifact
+from slmops.store.manifest import InputRef, Manifest, Trigger
+from slmops.store.versions import ADAPTERS, VersionedArtifact
+from slmops.training.trainer import TrainConfig, TrainResult
 
 
 def training_key(
@@ -66,7 +66,7 @@ def warm_start_from(
     if config.warm_start_steps is None:
         return None, "from scratch (warm_start_steps is not set)"
     art = VersionedArtifact(store, ADAPTERS, adapter)
-    from slmops.promotion import CHAMPION
+    from slmops.serving.promotion import CHAMPION
 
     alias = art.get_alias(CHAMPION)
     if alias is None:

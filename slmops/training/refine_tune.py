@@ -8,7 +8,7 @@ and a serving config is set).
 
 The pipeline is written once, here; the flow (flows/refine_tune.py) passes the same stage
 functions wrapped as Prefect tasks (retries, progress artifacts, the run's log) and the gate
-and promotion as subflows, the way `slmops.ingest.IngestStages` serves the ingest flow.
+and promotion as subflows, the way `slmops.rag.ingest.IngestStages` serves the ingest flow.
 
 Idempotent: the same base weights, dataset and weight-changing config train once, even when
 two runs start together (the one that claims the training key trains, holding the claim
@@ -29,15 +29,15 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from slmops.datasets import DatasetConfig
-from slmops.manifest import Manifest, Trigger
-from slmops.training import TrainConfig, TrainResult
+from slmops.store.manifest import Manifest, Trigger
+from slmops.training.datasets import DatasetConfig
+from slmops.training.trainer import TrainConfig, TrainResult
 
 EXAMPLE_DATA = "examples/support-bot/train.jsonl"
 EXAMPLE_SUITES = "examples/support-bot/evals"
 EXAMPLE_POLICY = "examples/support-bot/evals/policy.yaml"
 
-LOG = logging.getLogger("slmops.refine_tune")
+LOG = logging.getLogger("slmops.training.refine_tune")
 Log = logging.Logger | logging.LoggerAdapter
 
 
@@ -133,8 +133,8 @@ def load_recipe(path: str | Path) -> TrainConfig:
 def checkout_base(model: str, source: str, revision: str | None) -> tuple[Any, str]:
     """The base model at `revision` (default: the source's current one) as a local folder;
     a revision a newer release superseded is refused (its own event trains the new one).
-    Returns the `slmops.models.Revision` and the folder."""
-    from slmops import models
+    Returns the `slmops.base_models.Revision` and the folder."""
+    from slmops import base_models as models
     from slmops.config import get_settings
 
     cache = Path(get_settings().cache_dir).expanduser()
@@ -146,8 +146,8 @@ def dataset_version(
     store_uri: str, name: str, path: str, config: DatasetConfig, base_path: str, trigger: Trigger
 ) -> Manifest:
     """Validate the training data (every bad row by line) and store it as a version."""
-    from slmops import datasets
     from slmops.store import open_store
+    from slmops.training import datasets
 
     return datasets.publish_dataset(
         open_store(store_uri),
@@ -161,8 +161,8 @@ def dataset_version(
 
 def find_trained(store_uri: str, adapter: str, key: str) -> Manifest | None:
     """The adapter version already trained for this training key, if any."""
-    from slmops import adapters
     from slmops.store import open_store
+    from slmops.training import adapters
 
     return adapters.find_trained(open_store(store_uri), adapter, key)
 
@@ -178,8 +178,8 @@ def warm_start_from(
     log: Log = LOG,
 ) -> str | None:
     """The champion version this run starts from, if the recipe warm-starts and one fits."""
-    from slmops import adapters
     from slmops.store import open_store
+    from slmops.training import adapters
 
     store = open_store(store_uri)
     champion, why = adapters.warm_start_from(store, adapter, model, revision, config, weights)
@@ -191,10 +191,10 @@ def claim_training(
     store_uri: str, adapter: str, key: str, *, log: Log = LOG
 ) -> tuple[Any, Manifest | None]:
     """Claim the training key (one run trains it), or wait for the run that holds it.
-    Returns (the `slmops.claims.Claim` or None, the adapter another run trained or None)."""
-    from slmops import adapters
-    from slmops.claims import ClaimRecord
+    Returns (the `slmops.store.claims.Claim` or None, the adapter another run trained or None)."""
     from slmops.store import open_store
+    from slmops.store.claims import ClaimRecord
+    from slmops.training import adapters
 
     def waiting(holder: ClaimRecord) -> None:
         log.info(
@@ -235,12 +235,12 @@ def train(
     `on_step(step, of)` hears every logged step.
 
     Returns the result and the adapter folder (peft files + training/)."""
-    from slmops import adapters, datasets
-    from slmops.memory_plan import plan_markdown
     from slmops.progress import Tenths
     from slmops.store import open_store
-    from slmops.training import train_adapter
-    from slmops.versions import ADAPTERS, VersionedArtifact
+    from slmops.store.versions import ADAPTERS, VersionedArtifact
+    from slmops.training import adapters, datasets
+    from slmops.training.memory_plan import plan_markdown
+    from slmops.training.trainer import train_adapter
 
     store = open_store(store_uri)
     init_from = None
@@ -307,10 +307,10 @@ def format_check(
     """Share of valid JSON answers on held-out prompts: base model alone vs with the adapter.
 
     The keys an answer must hold are the `required` ones of the eval suites' answer schema."""
-    from slmops import datasets
     from slmops.evaluation.suites import load_suites
     from slmops.generation import json_format_scores
     from slmops.store import open_store
+    from slmops.training import datasets
 
     keys = tuple(load_suites(suites).schema_doc.get("required", ()))
     rows = datasets.read_rows(open_store(store_uri), dataset, version, datasets.EVAL)
@@ -335,8 +335,8 @@ def publish(
     """Store the adapter version with its lineage (base model revision `rev`, the dataset
     version, the warm-start parent) and move `latest` to it. Not to be retried: a version
     half-written by a failed attempt must not be written again."""
-    from slmops import adapters
     from slmops.store import open_store
+    from slmops.training import adapters
 
     dataset_sha = next((i.sha256 for i in dataset.inputs if i.kind == "file"), None)
     return adapters.publish_adapter(
@@ -403,8 +403,8 @@ def gate(params: RefineTuneParams, store_uri: str, version: str, trigger: Trigge
 def promote(params: RefineTuneParams, store_uri: str, version: str, trigger: Trigger) -> None:
     """Promotion of `version` to every replica of the serving config."""
     from slmops.config import get_settings
-    from slmops.promotion import promote as run_promotion
-    from slmops.serving import load_serving_config
+    from slmops.serving.client import load_serving_config
+    from slmops.serving.promotion import promote as run_promotion
     from slmops.store import open_store
 
     config = load_serving_config(params.serving or get_settings().serving or "")
@@ -422,10 +422,10 @@ def promote(params: RefineTuneParams, store_uri: str, version: str, trigger: Tri
 def serving_mismatch(params: RefineTuneParams, store_uri: str, version: str) -> str | None:
     """Why the replicas cannot serve this version's base revision (None: they can)."""
     from slmops.config import get_settings
-    from slmops.promotion import base_mismatch
-    from slmops.serving import load_serving_config
+    from slmops.serving.client import load_serving_config
+    from slmops.serving.promotion import base_mismatch
     from slmops.store import open_store
-    from slmops.versions import ADAPTERS, VersionedArtifact
+    from slmops.store.versions import ADAPTERS, VersionedArtifact
 
     config = load_serving_config(params.serving or get_settings().serving or "")
     manifest = VersionedArtifact(open_store(store_uri), ADAPTERS, params.adapter).manifest(version)
@@ -461,11 +461,11 @@ def run_refine_tune(
 ) -> Manifest:
     """Train (or find) the adapter for this base revision, data and recipe; gate it and,
     when the policy allows, promote it. Returns the adapter version."""
-    from slmops.adapters import check_adapter_base, rows_sha256, training_key
-    from slmops.claims import holding
     from slmops.config import get_settings
     from slmops.store import open_store
-    from slmops.versions import check_name
+    from slmops.store.claims import holding
+    from slmops.store.versions import check_name
+    from slmops.training.adapters import check_adapter_base, rows_sha256, training_key
 
     check_name(params.adapter, "adapter name")
     store_uri = params.store or get_settings().store

@@ -29,14 +29,14 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from slmops.docs import DocLimits, DocRejected, DocSource, ParsedDoc, SkippedDoc, parse_document
 from slmops.errors import ConfigError
-from slmops.index_files import DOCS, EMBEDDINGS, EVAL_REPORT, LATEST, NODES, disable_llm
-from slmops.manifest import InputRef, Manifest, Trigger
+from slmops.rag.docs import DocLimits, DocRejected, DocSource, ParsedDoc, SkippedDoc, parse_document
+from slmops.rag.index_files import DOCS, EMBEDDINGS, EVAL_REPORT, LATEST, NODES, disable_llm
 from slmops.store import open_store
 from slmops.store.base import ObjectStore
 from slmops.store.hashing import sha256_bytes
-from slmops.versions import INDEXES, VersionedArtifact, new_version_id
+from slmops.store.manifest import InputRef, Manifest, Trigger
+from slmops.store.versions import INDEXES, VersionedArtifact, new_version_id
 
 Progress = Callable[[int, int], None]
 StageCallback = Callable[[str, int, int], None]  # (stage, done, of)
@@ -113,7 +113,7 @@ def fingerprint(config: IngestConfig) -> str:
     """What the chunks and vectors depend on: chunking settings and the model's content.
 
     Computed without loading the model, so a run with nothing to do stays cheap."""
-    from slmops.embedder import model_id, resolve_model_path
+    from slmops.rag.embedder import model_id, resolve_model_path
 
     model = model_id(resolve_model_path(config.embed_model))
     basis = f"{config.chunk_size}/{config.chunk_overlap}/{model}"
@@ -282,7 +282,7 @@ def prepare(
     workdir.mkdir(parents=True, exist_ok=True)
     chunks, records = [], []
     if parsed:
-        from slmops.embedder import get_embedder
+        from slmops.rag.embedder import get_embedder
 
         embedder = get_embedder(config.embed_model)
         splitter = make_splitter(config, embedder.count_tokens, embedder.max_tokens)
@@ -380,7 +380,7 @@ def embed(
     if not chunks:
         np.save(workdir / "new_embeddings.npy", np.zeros((0, 0), dtype=np.float32))
         return stats
-    from slmops.embedder import get_embedder
+    from slmops.rag.embedder import get_embedder
 
     t0 = time.perf_counter()
     embedder = get_embedder(config.embed_model)
@@ -543,9 +543,9 @@ def evaluate_candidate(
     index_dir: Path, name: str, config: IngestConfig, *, questions: str | Path | None, k: int
 ) -> dict[str, float]:
     """Retrieval metrics of the assembled (not yet published) version; saved beside it."""
-    from slmops.embedder import get_embedder
-    from slmops.retrieval import LoadedIndex
-    from slmops.retrieval_eval import evaluate, generate_questions, load_questions, write_report
+    from slmops.rag.embedder import get_embedder
+    from slmops.rag.evals import evaluate, generate_questions, load_questions, write_report
+    from slmops.rag.retrieval import LoadedIndex
 
     loaded = LoadedIndex(name, "candidate", index_dir, get_embedder(config.embed_model))
     results = []
@@ -590,9 +590,9 @@ def run_ingest(
 ) -> IngestReport:
     """Bring index `name` up to date with `source_uri`: plan, embed what changed, assemble,
     evaluate, publish and move `latest`. Nothing changed: no new version."""
-    from slmops.embedder import get_embedder
-    from slmops.retrieval_eval import load_questions
-    from slmops.versions import check_name
+    from slmops.rag.embedder import get_embedder
+    from slmops.rag.evals import load_questions
+    from slmops.store.versions import check_name
 
     config = config or IngestConfig()
     check_name(name, "index name")

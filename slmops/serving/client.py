@@ -1,7 +1,7 @@
 """Talking to vLLM replicas: the serving config, an HTTP client for vLLM's OpenAI-compatible
 server with dynamic LoRA loading, and a `Generator` that answers through a served name.
 
-    from slmops.serving import load_serving_config, VLLMClient
+    from slmops.serving.client import load_serving_config, VLLMClient
     config = load_serving_config(".slmops/stack/serving.yaml")
     client = VLLMClient(config.replicas[0])
     client.adapters()                      # served name -> folder it was loaded from
@@ -47,9 +47,9 @@ class Replica(BaseModel):
     )
     weights: str | None = Field(
         None,
-        description="The revision's weights digest (slmops.models.weights_digest), when known: "
-        "an adapter trained on another revision with the same digest (a release that changed "
-        "only the model card) is served as if trained on this one.",
+        description="The revision's weights digest (slmops.base_models.weights_digest), when "
+        "known: an adapter trained on another revision with the same digest (a release that "
+        "changed only the model card) is served as if trained on this one.",
     )
     max_lora_rank: int = Field(16, ge=1, description="The server's --max-lora-rank.")
     api_key_env: str | None = Field(

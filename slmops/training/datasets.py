@@ -19,10 +19,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from slmops.errors import ConfigError, SlmopsError
-from slmops.manifest import InputRef, Manifest, Trigger
 from slmops.store.base import ObjectStore
 from slmops.store.hashing import sha256_bytes
-from slmops.versions import DATASETS, VersionedArtifact
+from slmops.store.manifest import InputRef, Manifest, Trigger
+from slmops.store.versions import DATASETS, VersionedArtifact
 
 ROLES = ("system", "user", "assistant")
 TRAIN, EVAL, REPORT = "train.jsonl", "eval.jsonl", "validation.json"

@@ -9,8 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from slmops.manifest import Trigger, redact
 from slmops.store.base import ObjectStore
+from slmops.store.manifest import Trigger, redact
 
 AUDIT_PREFIX = "audit"
 

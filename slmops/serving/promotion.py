@@ -18,7 +18,7 @@ Promotion, two phases, all replicas or none:
      versions older than that.
 One promotion, rollback or sync per adapter at a time: each holds a claim in the store.
 
-    from slmops.promotion import promote
+    from slmops.serving.promotion import promote
     result = promote(store, "support-bot", "challenger", config,
                      suites="examples/support-bot/evals")
 """
@@ -37,16 +37,16 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from slmops.audit import AuditLog
-from slmops.claims import Claim, holding, try_claim
 from slmops.errors import ClaimHeldError, ConfigError, ConflictError, SlmopsError, StoreError
 from slmops.evaluation import champion_label, find_verdict
 from slmops.evaluation.suites import load_suites
-from slmops.manifest import Manifest, Trigger
-from slmops.serving import ServingConfig, ServingError, VLLMClient, VLLMGenerator
+from slmops.serving.client import ServingConfig, ServingError, VLLMClient, VLLMGenerator
+from slmops.store.audit import AuditLog
 from slmops.store.base import ObjectStore
+from slmops.store.claims import Claim, holding, try_claim
 from slmops.store.hashing import sha256_bytes, sha256_file
-from slmops.versions import ADAPTERS, VersionedArtifact
+from slmops.store.manifest import Manifest, Trigger
+from slmops.store.versions import ADAPTERS, VersionedArtifact
 
 CHAMPION = "champion"
 SERVED_FILES = ("adapter_config.json", "adapter_model.safetensors")

@@ -2,7 +2,7 @@
 
 The defaults are chosen for small models (see the notes on each field): trl's own defaults
 (gradient checkpointing on, learning rate 2e-5) are slow and barely move a LoRA adapter on a
-small model. Before any weights load, a memory plan (slmops.memory_plan) decides gradient
+small model. Before any weights load, a memory plan (slmops.training.memory_plan) decides gradient
 checkpointing, micro-batch x accumulation and liger kernels for the budget, and refuses a run
 that cannot fit. Loss is on the assistant's answer only. Checkpoints are handed to a callback
 (the flow stores them), and a run resumes from one instead of restarting.
@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from slmops.errors import ConfigError, SlmopsError
-from slmops.memory_plan import (
+from slmops.training.memory_plan import (
     GB,
     MemoryPlan,
     ModelShape,
@@ -293,8 +293,9 @@ def plan_memory(
     device: str,
     tokenizer: Any,
 ) -> MemoryPlan:
-    """The run's memory plan (see slmops.memory_plan), from the base model's config.json and
-    the longest training row; raises PlanError, before any weights load, if nothing fits."""
+    """The run's memory plan (see slmops.training.memory_plan), from the base model's
+    config.json and the longest training row; raises PlanError, before any weights load, if
+    nothing fits."""
     longest = 0
     for messages in rows:
         text = tokenizer.apply_chat_template(messages, tokenize=False)

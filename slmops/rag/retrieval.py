@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from slmops.embedder import Embedder, as_llama_index, get_embedder
 from slmops.errors import StoreError
-from slmops.index_files import EMBEDDINGS, LATEST, NODES, disable_llm
+from slmops.rag.embedder import Embedder, as_llama_index, get_embedder
+from slmops.rag.index_files import EMBEDDINGS, LATEST, NODES, disable_llm
 from slmops.store import ObjectStore, open_store
-from slmops.versions import INDEXES, VersionedArtifact
+from slmops.store.versions import INDEXES, VersionedArtifact
 
 _LOADED: dict[tuple[str, str, str], LoadedIndex] = {}
 _LOCK = threading.Lock()
