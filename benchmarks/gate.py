@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=32, help="the gate's batch size")
     args = parser.parse_args(argv)
 
-    from slmops.evaluation import load_suites
     from slmops.evaluation.gate import build_prompts
+    from slmops.evaluation.suites import load_suites
     from slmops.generation import LocalGenerator
 
     work = Path(tempfile.mkdtemp(prefix="slmops-bench-gate-"))
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _whole_gate(work: Path, base: Path, adapter: Path) -> float:
     from slmops.base_models import WatchedModel, current_revision
-    from slmops.evaluation import evaluate_adapter
+    from slmops.evaluation.verdicts import evaluate_adapter
     from slmops.rag.ingest import run_ingest
     from slmops.store.local import LocalStore
     from slmops.store.manifest import InputRef, Manifest

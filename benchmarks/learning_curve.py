@@ -134,8 +134,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from infra.tiny_model import build_tiny_model
-    from slmops.evaluation import _retriever, load_policy, load_suites
     from slmops.evaluation.gate import known_metrics, run_gate
+    from slmops.evaluation.policy import load_policy
+    from slmops.evaluation.suites import load_suites
+    from slmops.evaluation.verdicts import index_retriever
     from slmops.generation import LocalGenerator
     from slmops.rag.ingest import run_ingest
     from slmops.store.local import LocalStore
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         run_ingest(
             str(EXAMPLE / "docs"), store, "support-docs", workdir=work / "ingest", evaluate=False
         )
-        retrieve, _ = _retriever(store, suites)
+        retrieve, _ = index_retriever(store, suites)
 
         overrides: dict[str, Any] = {"max_steps": args.steps, "save_steps": args.every}
         if args.lr is not None:

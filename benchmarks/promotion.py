@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     from benchmarks.gate import _tiny
     from infra.vllm_server import start, wait_ready
     from slmops.base_models import WatchedModel, current_revision
-    from slmops.evaluation import evaluate_adapter
+    from slmops.evaluation.verdicts import evaluate_adapter
     from slmops.serving.client import Replica, ServingConfig, VLLMClient
     from slmops.serving.promotion import promote, rollback, sync
     from slmops.store.local import LocalStore

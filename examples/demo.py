@@ -331,7 +331,7 @@ def champion() -> Any:
 
 def gate_verdict(champion_version: str) -> Any:
     """The verdict of the adapter's newest version against `champion_version`."""
-    from slmops.evaluation import find_verdict
+    from slmops.evaluation.verdicts import find_verdict
     from slmops.store import open_store
     from slmops.store.versions import ADAPTERS, VersionedArtifact
 
@@ -349,9 +349,9 @@ def ask(questions: list[str]) -> None:
     checked as the gate checks it (format, answered or declined, sources retrieval found),
     so what the demo shows is graded, not just printed."""
     from slmops.config import get_settings
-    from slmops.evaluation import load_suites
     from slmops.evaluation.gate import with_context
     from slmops.evaluation.scorers import Scorer, parse_answer
+    from slmops.evaluation.suites import load_suites
     from slmops.rag.retrieval import retrieve
     from slmops.serving.client import VLLMClient, load_serving_config
 
@@ -429,7 +429,7 @@ def latency(
 
 def gate_results() -> None:
     """Every stored verdict of the adapter: against what, and the guarded metrics."""
-    from slmops.evaluation import GateRecord
+    from slmops.evaluation.verdicts import GateRecord
     from slmops.store import open_store
     from slmops.store.versions import EVALS, VersionedArtifact
 

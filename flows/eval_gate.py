@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
 from slmops.config import get_settings
-from slmops.evaluation import GateRecord
+from slmops.evaluation.verdicts import GateRecord
 from slmops.store.versions import check_name
 from slmops.training.refine_tune import EXAMPLE_POLICY, EXAMPLE_SUITES
 from tasks.context import current_trigger

@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger
 
 from flows.eval_gate import EvalGateParams, eval_gate
 from flows.promote_adapter import PromoteParams, promote_adapter
-from slmops.evaluation import GateRecord
+from slmops.evaluation.verdicts import GateRecord
 from slmops.store.manifest import Manifest, Trigger
 from slmops.training.refine_tune import RefineTuneParams, RefineTuneStages, run_refine_tune
 from tasks import training

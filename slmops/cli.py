@@ -418,8 +418,8 @@ def gate(
     Exit status: 0 passed, 1 failed (the reasons are printed), 2 bad input or an error.
     The verdict, report and chart are stored under evals/ADAPTER/ in the store."""
     from slmops.config import get_settings
-    from slmops.evaluation import evaluate_adapter
     from slmops.evaluation.report import answers_reused
+    from slmops.evaluation.verdicts import evaluate_adapter
 
     adapter, _, version = target.partition("@")
     obj = open_store(store)
@@ -592,7 +592,8 @@ def assess(
     The report (markdown, chart, JSON, every answer) is stored under evals/assess-NAME/."""
     import tempfile
 
-    from slmops.assess import BEHAVIOUR, KNOWLEDGE, load_task, run_assessment, store_assessment
+    from slmops.assess.run import run_assessment, store_assessment
+    from slmops.assess.task import BEHAVIOUR, KNOWLEDGE, load_task
     from slmops.config import get_settings
 
     task = load_task(task_file)

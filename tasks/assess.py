@@ -15,8 +15,9 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NONE
 
-from slmops.assess import ARMS, CHART, AssessRun, load_task, run_assessment, store_assessment
-from slmops.assess_report import markdown
+from slmops.assess.report import markdown
+from slmops.assess.run import AssessRun, run_assessment, store_assessment
+from slmops.assess.task import ARMS, CHART, load_task
 from slmops.config import get_settings
 from slmops.progress import Tenths
 from slmops.store import open_store

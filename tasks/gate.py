@@ -16,8 +16,8 @@ from prefect.cache_policies import NONE
 from prefect.events import emit_event
 
 from slmops.config import get_settings
-from slmops.evaluation import GateRecord, evaluate_adapter
 from slmops.evaluation.report import markdown
+from slmops.evaluation.verdicts import GateRecord, evaluate_adapter
 from slmops.store import open_store
 from slmops.store.manifest import Trigger
 from slmops.store.versions import EVALS, VersionedArtifact

@@ -58,8 +58,7 @@ def sampled_curve(curve: list[tuple[int, float]], rows: int = LOSS_ROWS) -> list
 def adapter_report(store: ObjectStore, manifest: Manifest, reused: bool) -> tuple[str, str]:
     """Markdown for an adapter version's training run, and a one-line JSON summary."""
     m, r = manifest.metrics, manifest.resources
-    base = manifest.base_model()
-    assert base is not None, "an adapter records its base model"
+    base = manifest.trained_on()
     data = next(i for i in manifest.inputs if i.kind == "dataset")
     head = f"Adapter `{manifest.name}` version `{manifest.version}`" + (
         " (already trained for these inputs: nothing trained)" if reused else ""

@@ -9,20 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slmops.assess import (
-    BEHAVIOUR,
-    KNOWLEDGE,
-    ArmResult,
-    AssessTask,
-    Comparison,
-    Costs,
-    Economy,
-    Interval,
-    decide,
-    load_task,
-)
+from slmops.assess.decision import decide
+from slmops.assess.results import ArmResult, Comparison, CostEstimate, Costs, Interval
+from slmops.assess.task import BEHAVIOUR, KNOWLEDGE, AssessTask, load_task
 from slmops.errors import ConfigError
-from slmops.evaluation import load_suites
+from slmops.evaluation.suites import load_suites
 from slmops.store.manifest import Manifest
 from slmops.store.s3 import S3Store
 from slmops.store.versions import ADAPTERS, EVALS, VersionedArtifact
@@ -84,7 +75,7 @@ def _arm(arm: str, behaviour: float, knowledge: float, tokens: float) -> ArmResu
     )
 
 
-def _economy(arms: dict[str, ArmResult], training_per_month: float) -> Economy:
+def _economy(arms: dict[str, ArmResult], training_per_month: float) -> CostEstimate:
     costs = []
     for arm, result in arms.items():
         per_request = (result.prompt_tokens * 0.1 + result.answer_tokens * 0.4) / 1e6
@@ -98,7 +89,7 @@ def _economy(arms: dict[str, ArmResult], training_per_month: float) -> Economy:
                 total_usd_per_month=per_request * 1e6 + training,
             )
         )
-    return Economy(
+    return CostEstimate(
         costs=costs,
         training_usd_per_run=1.0,
         training_cost_source="test",

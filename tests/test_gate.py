@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 
 from slmops.errors import ConfigError
-from slmops.evaluation import load_policy, load_suites
 from slmops.evaluation.gate import MetricResult, judge, known_metrics, run_gate
-from slmops.evaluation.policy import GatePolicy
+from slmops.evaluation.policy import GatePolicy, load_policy
 from slmops.evaluation.stats import holm, paired_bootstrap, resample_indices
-from slmops.evaluation.suites import Suites
+from slmops.evaluation.suites import Suites, load_suites
 
 EVALS = Path(__file__).resolve().parent.parent / "examples" / "support-bot" / "evals"
 

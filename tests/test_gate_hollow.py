@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 import pytest
 
-from slmops.evaluation import load_policy, load_suites
 from slmops.evaluation.gate import Verdict, known_metrics, run_gate
-from slmops.evaluation.suites import Case, Suites
+from slmops.evaluation.policy import load_policy
+from slmops.evaluation.suites import Case, Suites, load_suites
 from tests.helpers import EVALS
 
 DECLINE = "I can only help with questions about Tidewell."

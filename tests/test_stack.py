@@ -29,7 +29,7 @@ from infra.stack import (
     prefect_api,
 )
 from slmops.base_models import WatchedModel, current_revision
-from slmops.evaluation import find_verdict
+from slmops.evaluation.verdicts import find_verdict
 from slmops.serving.client import VLLMClient, load_serving_config
 from slmops.serving.promotion import serving_name
 from slmops.store.manifest import Manifest

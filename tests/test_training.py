@@ -13,7 +13,7 @@ import yaml
 
 from slmops.base_models import WatchedModel, current_revision
 from slmops.errors import ConfigError
-from slmops.evaluation import stored_answers
+from slmops.evaluation.verdicts import stored_answers
 from slmops.generation import Generator, Prompt
 from slmops.store.base import ObjectStore
 from slmops.store.claims import ClaimRecord
@@ -404,7 +404,7 @@ def test_a_refine_tune_run_that_cannot_fit_stores_nothing_and_releases_its_key(
 # -- the eval gate on real adapters -----------------------------------------------------------
 def gate(store: ObjectStore, adapter: str, version: str = "latest", **kw: object) -> object:
     from slmops.config import get_settings
-    from slmops.evaluation import evaluate_adapter
+    from slmops.evaluation.verdicts import evaluate_adapter
 
     return evaluate_adapter(
         store,
@@ -418,7 +418,7 @@ def gate(store: ObjectStore, adapter: str, version: str = "latest", **kw: object
 
 
 def test_refine_tune_gates_the_new_adapter(trained: tuple[S3Store, Manifest, list[str]]) -> None:
-    from slmops.evaluation import find_verdict
+    from slmops.evaluation.verdicts import find_verdict
     from slmops.store.audit import AuditLog
 
     store, manifest, _ = trained
@@ -576,7 +576,7 @@ def test_a_candidate_on_another_base_model_is_refused(
     import sys
 
     from slmops.cli import main
-    from slmops.evaluation import find_verdict
+    from slmops.evaluation.verdicts import find_verdict
     from slmops.store.manifest import InputRef
 
     store, good, _ = trained

@@ -374,7 +374,7 @@ def publish_variant(s: Served, source: Manifest, make: str, adapter: str = ADAPT
 def gate(
     s: Served, version: str, policy: Path, adapter: str = ADAPTER, set_challenger: bool = False
 ) -> None:
-    from slmops.evaluation import evaluate_adapter
+    from slmops.evaluation.verdicts import evaluate_adapter
 
     record = evaluate_adapter(
         s.store,

@@ -38,8 +38,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from slmops.errors import ClaimHeldError, ConfigError, ConflictError, SlmopsError, StoreError
-from slmops.evaluation import champion_label, find_verdict
 from slmops.evaluation.suites import load_suites
+from slmops.evaluation.verdicts import champion_label, find_verdict
 from slmops.serving.client import ServingConfig, ServingError, VLLMClient, VLLMGenerator
 from slmops.store.audit import AuditLog
 from slmops.store.base import ObjectStore
@@ -189,13 +189,8 @@ def _rank(config: dict[str, Any], what: str) -> int:
 
 
 def _base_of(manifest: Manifest) -> tuple[str, str]:
-    base = manifest.base_model()
-    if base is None or not base.version:
-        raise PromotionError(
-            f"adapter {manifest.name} version {manifest.version} records no base model and "
-            "revision: it cannot be matched to what the replicas serve"
-        )
-    return base.name, base.version
+    base = manifest.trained_on()
+    return base.name, str(base.version)
 
 
 def base_mismatch(config: ServingConfig, manifest: Manifest, what: str) -> str | None:

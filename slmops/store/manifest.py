@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from slmops.errors import ConfigError
+
 SCHEMA_VERSION = 1
 
 # A key is secret if one of its words (split on _ - . and case) is one of these, or it ends
@@ -182,6 +184,17 @@ class Manifest(BaseModel):
     def base_model(self) -> InputRef | None:
         """The base model (name, revision, weights digest) an adapter was trained on."""
         return next((i for i in self.inputs if i.kind == "base-model"), None)
+
+    def trained_on(self) -> InputRef:
+        """The base model an adapter was trained on, with its revision; ConfigError when the
+        manifest records none (such an adapter can be neither gated nor served)."""
+        base = self.base_model()
+        if base is None or not base.version:
+            raise ConfigError(
+                f"adapter {self.name} version {self.version} records no base model and "
+                "revision in its manifest: it cannot be evaluated or served"
+            )
+        return base
 
     def file(self, path: str) -> FileEntry:
         for entry in self.files:

@@ -375,7 +375,7 @@ def report_training(store_uri: str, manifest: Manifest, reused: bool) -> str:
 
 def has_verdict(store_uri: str, adapter: str, version: str) -> bool:
     """Has `adapter@version` been judged against the current champion already?"""
-    from slmops.evaluation import champion_label, find_verdict
+    from slmops.evaluation.verdicts import champion_label, find_verdict
     from slmops.store import open_store
 
     store = open_store(store_uri)
@@ -385,7 +385,7 @@ def has_verdict(store_uri: str, adapter: str, version: str) -> bool:
 def gate(params: RefineTuneParams, store_uri: str, version: str, trigger: Trigger) -> Any:
     """The eval gate: the new adapter against the champion. Returns the GateRecord."""
     from slmops.config import get_settings
-    from slmops.evaluation import evaluate_adapter
+    from slmops.evaluation.verdicts import evaluate_adapter
     from slmops.store import open_store
 
     return evaluate_adapter(
@@ -585,7 +585,7 @@ def _promote_if_allowed(
 ) -> None:
     """Promotion, when the gate passed and the policy says auto_promote."""
     from slmops.config import get_settings
-    from slmops.evaluation import auto_promote
+    from slmops.evaluation.verdicts import auto_promote
 
     if record is None or not record.verdict.passed or not auto_promote(params.policy):
         return

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slmops.assess import ARMS, BEHAVIOUR, KNOWLEDGE, Assessment
+from slmops.assess.results import Assessment
+from slmops.assess.task import ARMS, BEHAVIOUR, KNOWLEDGE
 
 
 def _iv(rate: float, low: float, high: float) -> str:

@@ -1,0 +1,281 @@
+"""An adapter through the gate: resolve the candidate and the champion, answer the suites on
+their base revisions (answers reused by fingerprint), judge them, and store the verdict with a
+lookup per (candidate, champion) pair that promotion reads (`find_verdict`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from slmops.errors import ConfigError
+from slmops.evaluation.answers import StoredAnswers, fingerprint
+from slmops.evaluation.gate import CaseResult, Progress, Verdict, known_metrics, run_gate
+from slmops.evaluation.policy import GatePolicy, load_policy
+from slmops.evaluation.report import chart, markdown
+from slmops.evaluation.suites import Suites, load_suites
+from slmops.generation import Generator, LocalGenerator
+from slmops.store.audit import AuditLog
+from slmops.store.base import ObjectStore
+from slmops.store.manifest import InputRef, Manifest, Trigger
+from slmops.store.versions import ADAPTERS, EVALS, VersionedArtifact
+
+VERDICT = "verdict"  # lookup kind: "<candidate>.vs.<champion|base|none>" -> eval run
+CHALLENGER = "challenger"  # alias set on the adapter a gate passed (promotion reads it)
+
+
+class GateRecord(BaseModel):
+    """A stored verdict: where it lives and what it decided."""
+
+    run: str
+    verdict: Verdict
+    report_uri: str
+
+
+def _resolve_version(art: VersionedArtifact, ref: str) -> str:
+    record = art.get_alias(ref)
+    if record is not None:
+        return record.version
+    return art.manifest(ref).version  # ObjectNotFoundError names the known versions
+
+
+def champion_label(store: ObjectStore, adapter: str, champion: str) -> str | None:
+    """What `champion` means now: a version, 'base', or None (floors only)."""
+    art = VersionedArtifact(store, ADAPTERS, adapter)
+    if champion == "none":
+        return None
+    if champion == "base":
+        return "base"
+    if champion == "auto":
+        alias = art.get_alias("champion")
+        return alias.version if alias else None
+    return _resolve_version(art, champion)
+
+
+def evaluate_adapter(
+    store: ObjectStore,
+    adapter: str,
+    version: str = "latest",
+    *,
+    champion: str = "auto",
+    suites: str | Path,
+    policy: str | Path,
+    cache_dir: Path,
+    trigger: Trigger | None = None,
+    on_progress: Progress | None = None,
+    make_generator: Callable[[Path, Path | None], Generator] | None = None,
+    set_challenger: bool = True,
+    reuse_answers: bool = True,
+) -> GateRecord:
+    """Run the gate for `adapter@version` against `champion` and store the verdict.
+
+    champion: "auto" (the `champion` alias if set, else floors only), "none", "base" (the
+    base model alone), or a version or alias of the same adapter. Bad input (suites, policy,
+    versions, a champion on another base model) raises ConfigError before any model runs. A
+    champion on an older revision of the base answers on that revision.
+
+    reuse_answers: answers the same weights gave to the same prompts before (stored under
+    answers/, see slmops.evaluation.answers) are not generated again; False answers everything
+    afresh. A `make_generator` of the caller's own is never cached.
+    """
+    from slmops.base_models import checkout
+
+    loaded = load_suites(suites)
+    gate_policy = load_policy(policy, known_metrics(loaded))
+    art = VersionedArtifact(store, ADAPTERS, adapter)
+    cand_version = _resolve_version(art, version)
+    cand_manifest = art.manifest(cand_version)
+    cand_base = cand_manifest.trained_on()
+    label = champion_label(store, adapter, champion)
+    if label == cand_version:
+        raise ConfigError(
+            f"{adapter} version {cand_version} is the champion already: there is nothing to gate"
+        )
+    champ_base = cand_base
+    if label not in (None, "base"):
+        champ_base = art.manifest(label).trained_on()
+        if champ_base.name != cand_base.name:
+            raise ConfigError(
+                f"candidate {adapter}@{cand_version} is trained on base model {cand_base.name}, "
+                f"the champion {label} on {champ_base.name}: a different base model is a new "
+                "deployment, not a candidate. Gate it against champion 'base' or 'none'"
+            )
+    _, base_dir = checkout(cand_base.name, cand_base.uri or "", cand_base.version, cache_dir)
+    # A new base revision's adapter is judged against what production runs: the champion on
+    # its own revision (both answer the same cases).
+    champ_base_dir = base_dir
+    if champ_base.version != cand_base.version:
+        _, champ_base_dir = checkout(
+            champ_base.name, champ_base.uri or "", champ_base.version, cache_dir
+        )
+    work = Path(tempfile.mkdtemp(prefix=f"slmops-gate-{adapter}-"))
+    try:
+        cand_dir = work / "candidate"
+        art.download(cand_version, cand_dir)
+        champ_dir: Path | None = None
+        if label not in (None, "base"):
+            champ_dir = work / "champion"
+            art.download(label, champ_dir)
+
+        def build(
+            base: InputRef, base_path: Path, weights: Manifest | None, folder: Path | None
+        ) -> Generator:
+            if make_generator is not None:
+                return make_generator(base_path, folder)
+            if not reuse_answers:
+                return LocalGenerator(base_path, folder)
+            return stored_answers(store, base, base_path, weights, folder)
+
+        cand_gen = build(cand_base, base_dir, cand_manifest, cand_dir)
+        champ_gen = None
+        if label == "base":
+            champ_gen = build(champ_base, champ_base_dir, None, None)
+        elif label is not None:
+            champ_gen = build(champ_base, champ_base_dir, art.manifest(label), champ_dir)
+        retrieve, index_info = index_retriever(store, loaded)
+        verdict, cases = run_gate(
+            loaded,
+            gate_policy,
+            cand_gen,
+            champ_gen,
+            adapter=adapter,
+            version=cand_version,
+            champion_label=label,
+            retrieve=retrieve,
+            on_progress=on_progress,
+        )
+        verdict.base_model, verdict.base_revision = cand_base.name, cand_base.version
+        verdict.index = index_info or None
+        return _store_verdict(
+            store, verdict, cases, loaded, gate_policy, work / "report", trigger, set_challenger
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def stored_answers(
+    store: ObjectStore,
+    base: InputRef,
+    base_path: Path,
+    weights: Manifest | None,
+    folder: Path | None,
+) -> StoredAnswers:
+    """transformers + peft answers for `base` (+ the adapter `weights` in `folder`), reusing
+    what the same weights answered before."""
+    max_new_tokens = 96  # LocalGenerator's default
+    files = None if weights is None else [(f.path, f.sha256) for f in weights.files]
+    key = fingerprint(
+        base=base.name,
+        base_revision=base.version or "",
+        adapter_files=files,
+        max_new_tokens=max_new_tokens,
+    )
+    describe = {
+        "backend": "transformers",
+        "base": str(base_path),
+        "adapter": str(folder) if folder else None,
+        "decoding": "greedy",
+        "max_new_tokens": max_new_tokens,
+    }
+    return StoredAnswers(
+        store,
+        key,
+        lambda: LocalGenerator(base_path, folder, max_new_tokens=max_new_tokens),
+        describe,
+    )
+
+
+def index_retriever(
+    store: ObjectStore, suites: Suites
+) -> tuple[Callable[[str, str, int], list[tuple[str, str]]] | None, dict[str, str]]:
+    indexes = {s.index for s in suites.config.suites.values() if s.kind == "knowledge" and s.index}
+    if not indexes:
+        return None, {}
+    from slmops.rag.retrieval import load_index
+
+    loaded = {name: load_index(name, store=store) for name in sorted(indexes)}
+    info = {"name": ", ".join(loaded), "version": ", ".join(i.version for i in loaded.values())}
+
+    def retrieve(index: str, query: str, k: int) -> list[tuple[str, str]]:
+        if not query.strip():
+            return []
+        return [(hit.source, hit.text) for hit in loaded[index].retrieve(query, k)]
+
+    return retrieve, info
+
+
+def _store_verdict(
+    store: ObjectStore,
+    verdict: Verdict,
+    cases: list[CaseResult],
+    suites: Suites,
+    policy: GatePolicy,
+    folder: Path,
+    trigger: Trigger | None,
+    set_challenger: bool,
+) -> GateRecord:
+    folder.mkdir(parents=True, exist_ok=True)
+    chart(verdict, folder / "comparison.png")
+    (folder / "report.json").write_text(verdict.model_dump_json(indent=1))
+    (folder / "report.md").write_text(markdown(verdict, "comparison.png"))
+    with open(folder / "answers.jsonl", "w", encoding="utf-8") as fh:
+        for case in cases:
+            fh.write(case.model_dump_json() + "\n")
+    evals = VersionedArtifact(store, EVALS, verdict.adapter)
+    manifest = Manifest(
+        kind="eval-report",
+        name=verdict.adapter,
+        inputs=[
+            InputRef(kind="adapter", name=verdict.adapter, version=verdict.version),
+            InputRef(kind="champion", name=verdict.adapter, version=verdict.champion or "none"),
+            InputRef(kind="eval-suites", name=suites.folder),
+        ],
+        config={"policy": policy.model_dump(), "generation": verdict.generation},
+        metrics={
+            "passed": verdict.passed,
+            **{f"{m.metric}.candidate": round(m.candidate, 4) for m in verdict.metrics},
+        },
+        timings=verdict.timings,
+        trigger=trigger or Trigger(),
+    )
+    key = f"{verdict.version}.vs.{verdict.champion or 'none'}"
+    stored = evals.publish(manifest, folder, lookup={VERDICT: key})
+    event = "gate.passed" if verdict.passed else "gate.failed"
+    AuditLog(store).record(
+        event,
+        f"slmops.adapter.{verdict.adapter}",
+        trigger=trigger,
+        version=verdict.version,
+        champion=verdict.champion,
+        eval_run=stored.version,
+        reasons=verdict.reasons,
+    )
+    if verdict.passed and set_challenger:
+        VersionedArtifact(store, ADAPTERS, verdict.adapter).set_alias(
+            CHALLENGER,
+            verdict.version,
+            reason=f"passed the gate against {verdict.champion or 'floors only'}",
+            trigger=trigger,
+        )
+    report_uri = f"{store.uri}/{evals.version_prefix(stored.version)}/report.md"
+    return GateRecord(run=stored.version, verdict=verdict, report_uri=report_uri)
+
+
+def auto_promote(policy: str | Path) -> bool:
+    """Does the gate policy let a passing adapter be promoted without a person?"""
+    return bool(load_policy(policy, known_metrics=None).auto_promote)
+
+
+def find_verdict(
+    store: ObjectStore, adapter: str, version: str, champion: str | None
+) -> Verdict | None:
+    """The stored verdict for `adapter@version` against `champion` (a version, 'base' or None)."""
+    evals = VersionedArtifact(store, EVALS, adapter)
+    found = evals.find(VERDICT, f"{version}.vs.{champion or 'none'}")
+    if found is None:
+        return None
+    return Verdict.model_validate(json.loads(evals.read_file(found.version, "report.json")))
