@@ -85,7 +85,9 @@ class StackConfig:
     vllm_port: int = 8100  # the first replica's port; the next ones count up
     model_dir: Path = Path(".slmops/models/tiny-llama")  # what the replicas serve
     served_model: str = "tiny-llama"
-    project_dir: Path = field(default_factory=Path.cwd)
+    # The checkout: the S3 server runs as `python -m infra.s3_server` from it (infra/ is a
+    # folder of the checkout, not an installed package), and model_dir is relative to it.
+    project_dir: Path = field(default_factory=lambda: Path(__file__).resolve().parent.parent)
 
     @classmethod
     def load(cls, state_dir: Path) -> StackConfig:

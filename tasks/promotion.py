@@ -16,9 +16,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.events import emit_event
 
-from slmops.config import get_settings
-from slmops.errors import ConfigError, SlmopsError
-from slmops.serving.client import ServingConfig, load_serving_config
+from slmops.errors import SlmopsError
+from slmops.serving.client import ServingConfig, resolve_serving_config
 from slmops.serving.promotion import PromotionResult, SyncReport, promote, rollback, sync
 from slmops.store import open_store
 from slmops.store.manifest import Trigger
@@ -30,13 +29,7 @@ ROLLED_BACK = "slmops.adapter.rolled-back"
 
 def serving_config(path: str | None, drain_s: float | None = None) -> ServingConfig:
     """The serving config from `path`, else SLMOPS_SERVING; drain_s overrides its drain."""
-    path = path or get_settings().serving
-    if not path:
-        raise ConfigError(
-            "no serving config: pass `serving` (a YAML listing the vLLM replicas) or set "
-            "SLMOPS_SERVING; `slmops stack up --vllm 2` starts local replicas and writes one"
-        )
-    config = load_serving_config(path)
+    config = resolve_serving_config(path)
     if drain_s is not None:
         config = config.model_copy(update={"drain_s": drain_s})
     return config

@@ -110,6 +110,21 @@ class ServingConfig(BaseModel):
         return self.model_copy(update={"replicas": fresh.replicas})
 
 
+def resolve_serving_config(path: str | Path | None) -> ServingConfig:
+    """The serving config at `path`, else at SLMOPS_SERVING; an error saying how to get one
+    when neither is set."""
+    from slmops.config import get_settings
+
+    chosen = path or get_settings().serving
+    if not chosen:
+        raise ConfigError(
+            "no serving config: pass one (--serving FILE, or the `serving` parameter: a YAML "
+            "listing the vLLM replicas) or set SLMOPS_SERVING; `slmops stack up --vllm 2` "
+            "starts local replicas and writes one"
+        )
+    return load_serving_config(chosen)
+
+
 def load_serving_config(path: str | Path) -> ServingConfig:
     """Read a serving YAML; every problem names the file and the field."""
     path = Path(path)

@@ -1,0 +1,95 @@
+"""`slmops ingest` and `slmops query`: docs into a versioned index, and what it retrieves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from slmops.cli.common import (
+    StageProgress,
+    StoreOpt,
+    app,
+    console,
+)
+from slmops.store import open_store
+from slmops.store.manifest import Trigger
+
+
+@app.command()
+def ingest(
+    source: Annotated[str, typer.Argument(help="Docs folder or s3://bucket/prefix.")],
+    index: Annotated[str, typer.Option(help="Index name.")] = "docs",
+    questions: Annotated[
+        Path | None, typer.Option(help="Retrieval eval questions (JSONL).")
+    ] = None,
+    k: Annotated[int, typer.Option(help="Retrieval eval cut-off.")] = 5,
+    chunk_size: Annotated[int, typer.Option(help="Chunk size in embedder tokens.")] = 200,
+    chunk_overlap: Annotated[int, typer.Option(help="Tokens shared by neighbours.")] = 20,
+    embed_model: Annotated[
+        str | None, typer.Option(help="sentence-transformers model folder.")
+    ] = None,
+    store: StoreOpt = None,
+) -> None:
+    """Ingest documentation into a new index version (the ingest-docs flow, without Prefect)."""
+    import tempfile
+
+    from slmops.rag.ingest import IngestConfig, run_ingest
+
+    config = IngestConfig(
+        chunk_size=chunk_size, chunk_overlap=chunk_overlap, embed_model=embed_model
+    )
+    obj = open_store(store)
+    with (
+        tempfile.TemporaryDirectory(prefix="slmops-ingest-") as work,
+        StageProgress(lambda stage: f"{stage} {index}") as progress,  # "read docs of NAME"
+    ):
+        report = run_ingest(
+            source,
+            obj,
+            index,
+            config,
+            workdir=Path(work),
+            questions=questions,
+            k=k,
+            trigger=Trigger.from_cli(),
+            on_progress=lambda done, total: progress("embedding", done, total),
+            on_stage=lambda stage, done, total: progress(f"{stage} docs of", done, total),
+        )
+    for skipped in report.plan.skipped + report.plan.kept:
+        console.print(
+            f"[yellow]skipped[/yellow] {escape(skipped.path)}: {escape(skipped.reason)}",
+            highlight=False,
+        )
+    console.print(report.summary())
+    for key, value in report.retrieval.items():
+        console.print(f"  {key}: {value:g}")
+
+
+@app.command()
+def query(
+    index: Annotated[str, typer.Argument(help="Index name.")],
+    question: Annotated[str, typer.Argument(help="What to look for.")],
+    k: Annotated[int, typer.Option("-k", help="How many chunks.")] = 5,
+    version: Annotated[str | None, typer.Option(help="A version (default: latest).")] = None,
+    store: StoreOpt = None,
+) -> None:
+    """Retrieve the chunks of an index closest to a question, with source and score."""
+    from slmops.rag.retrieval import load_index
+
+    loaded = load_index(index, store=store, version=version)
+    console.print(f"[dim]index {index} version {loaded.version}[/dim]")
+    for rank, hit in enumerate(loaded.retrieve(question, k), 1):
+        console.print(
+            f"[bold]{rank}. {escape(hit.source)}[/bold]  score {hit.score:.3f}  "
+            f"({escape(hit.title)})",
+            highlight=False,
+        )
+        snippet = " ".join(hit.text.split())
+        console.print(
+            f"   {snippet[:300]}{'...' if len(snippet) > 300 else ''}",
+            markup=False,
+            highlight=False,
+        )
