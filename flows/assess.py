@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from slmops.config import get_settings
 from tasks.assess import answer_every_arm, store_report
-from tasks.context import current_trigger
+from tasks.trigger import current_trigger
 
 EXAMPLE_TASK = "examples/support-bot/assess.yaml"
 

@@ -20,8 +20,8 @@ from slmops.config import get_settings
 from slmops.evaluation.verdicts import GateRecord
 from slmops.store.versions import check_name
 from slmops.training.refine_tune import EXAMPLE_POLICY, EXAMPLE_SUITES
-from tasks.context import current_trigger
 from tasks.gate import report_gate, run_gate
+from tasks.trigger import current_trigger
 
 
 class EvalGateParams(BaseModel):

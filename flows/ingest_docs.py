@@ -17,8 +17,8 @@ from pydantic import BaseModel, Field
 
 from slmops.config import get_settings
 from slmops.rag.ingest import IngestConfig, IngestPlan, IngestReport, run_ingest
-from tasks.context import current_trigger
 from tasks.ingest import TASK_STAGES, report_ingest
+from tasks.trigger import current_trigger
 
 
 class IngestDocsParams(BaseModel):

@@ -23,8 +23,8 @@ from slmops.config import get_settings
 from slmops.serving.promotion import PromotionResult
 from slmops.store.versions import check_name
 from slmops.training.refine_tune import EXAMPLE_SUITES
-from tasks.context import current_trigger
 from tasks.promotion import promote_adapter as promote_task
+from tasks.trigger import current_trigger
 
 
 class PromoteParams(BaseModel):

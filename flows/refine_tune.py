@@ -23,8 +23,8 @@ from slmops.evaluation.verdicts import GateRecord
 from slmops.store.manifest import Manifest, Trigger
 from slmops.training.refine_tune import RefineTuneParams, RefineTuneStages, run_refine_tune
 from tasks import training
-from tasks.context import current_trigger
 from tasks.gate import has_verdict
+from tasks.trigger import current_trigger
 
 __all__ = ["RefineTuneParams", "refine_tune"]
 

@@ -13,30 +13,17 @@ from __future__ import annotations
 import sys
 
 from prefect import flow
-from pydantic import BaseModel, Field
 
 from slmops.config import get_settings
 from slmops.serving.promotion import PromotionResult
 from slmops.store.versions import check_name
-from tasks.context import current_trigger
+from tasks.promotion import AdapterOnReplicas
 from tasks.promotion import rollback_adapter as rollback_task
-
-
-class RollbackParams(BaseModel):
-    """Which adapter to roll back, on which replicas."""
-
-    adapter: str = Field("support-bot", description="Adapter name in the store.")
-    serving: str | None = Field(
-        None, description="Serving config YAML (the replicas). Empty: SLMOPS_SERVING."
-    )
-    store: str | None = Field(
-        None,
-        description="Artifact store URI (s3://bucket/prefix or a folder). Empty: SLMOPS_STORE.",
-    )
+from tasks.trigger import current_trigger
 
 
 @flow(name="rollback-adapter")
-def rollback_adapter(params: RollbackParams) -> PromotionResult:
+def rollback_adapter(params: AdapterOnReplicas) -> PromotionResult:
     """Put the previous champion back on every replica.
 
     Args:
@@ -52,4 +39,4 @@ def rollback_adapter(params: RollbackParams) -> PromotionResult:
 
 
 if __name__ == "__main__":
-    rollback_adapter(RollbackParams(adapter=sys.argv[1] if len(sys.argv) > 1 else "support-bot"))
+    rollback_adapter(AdapterOnReplicas(adapter=sys.argv[1] if len(sys.argv) > 1 else "support-bot"))

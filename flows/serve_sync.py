@@ -15,31 +15,17 @@ from __future__ import annotations
 import sys
 
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, Field
 
 from slmops.config import get_settings
 from slmops.errors import SlmopsError
 from slmops.serving.promotion import SyncReport
 from slmops.store.versions import check_name
-from tasks.context import current_trigger
-from tasks.promotion import sync_replicas
-
-
-class SyncParams(BaseModel):
-    """Which adapter to reconcile, on which replicas."""
-
-    adapter: str = Field("support-bot", description="Adapter name in the store.")
-    serving: str | None = Field(
-        None, description="Serving config YAML (the replicas). Empty: SLMOPS_SERVING."
-    )
-    store: str | None = Field(
-        None,
-        description="Artifact store URI (s3://bucket/prefix or a folder). Empty: SLMOPS_STORE.",
-    )
+from tasks.promotion import AdapterOnReplicas, sync_replicas
+from tasks.trigger import current_trigger
 
 
 @flow(name="serve-sync")
-def serve_sync(params: SyncParams) -> SyncReport:
+def serve_sync(params: AdapterOnReplicas) -> SyncReport:
     """Bring every replica back to the champion; report the drift fixed.
 
     Args:
@@ -75,4 +61,4 @@ def serve_sync(params: SyncParams) -> SyncReport:
 
 
 if __name__ == "__main__":
-    serve_sync(SyncParams(adapter=sys.argv[1] if len(sys.argv) > 1 else "support-bot"))
+    serve_sync(AdapterOnReplicas(adapter=sys.argv[1] if len(sys.argv) > 1 else "support-bot"))

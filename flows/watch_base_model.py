@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from slmops.base_models import Revision, WatchedModel
 from slmops.config import get_settings
-from tasks.models import announce_if_new, current_revision
+from tasks.base_models import announce_if_new, current_revision
 
 
 class WatchParams(BaseModel):

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
-    create_progress_artifact,
-    update_progress_artifact,
 )
 from prefect.cache_policies import NONE
 
@@ -23,8 +20,9 @@ from slmops.progress import Tenths
 from slmops.store import open_store
 from slmops.store.manifest import Trigger
 from slmops.store.versions import EVALS, VersionedArtifact
-from tasks.context import RETRIES
 from tasks.report import png_uri
+from tasks.retries import RETRIES
+from tasks.signals import ProgressBar
 
 
 @task(name="answer-every-arm", cache_policy=NONE, **RETRIES)
@@ -35,17 +33,14 @@ def answer_every_arm(store_uri: str, task_file: str, max_cases: int | None = Non
     assessment = load_task(task_file)
     if max_cases:
         assessment = assessment.model_copy(update={"max_cases_per_suite": max_cases})
-    progress = create_progress_artifact(
-        progress=0.0,
-        key=f"assess-progress-{assessment.name}",
-        description=f"Assessment {assessment.name}: {len(ARMS)} arms",
+    bar = ProgressBar(
+        f"assess-progress-{assessment.name}", f"Assessment {assessment.name}: {len(ARMS)} arms"
     )
-    assert isinstance(progress, UUID)  # sync call in a sync task
     tenths = Tenths()
 
     def on_progress(arm: str, done: int, of: int) -> None:
         part = ARMS.index(arm) + done / max(of, 1)
-        update_progress_artifact(progress, progress=100.0 * part / len(ARMS))
+        bar.update(100.0 * part / len(ARMS))
         if tenths.crossed(done, of, arm):
             logger.info(f"arm {arm}: {done}/{of} cases answered")
 
@@ -55,7 +50,7 @@ def answer_every_arm(store_uri: str, task_file: str, max_cases: int | None = Non
         Path(get_settings().cache_dir).expanduser(),
         on_progress=on_progress,
     )
-    update_progress_artifact(progress, progress=100.0)
+    bar.update(100.0)
     return run
 
 

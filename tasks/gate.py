@@ -13,7 +13,6 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NONE
-from prefect.events import emit_event
 
 from slmops.config import get_settings
 from slmops.evaluation.report import markdown
@@ -22,8 +21,9 @@ from slmops.store import open_store
 from slmops.store.manifest import Trigger
 from slmops.store.versions import EVALS, VersionedArtifact
 from slmops.training import refine_tune
-from tasks.context import RETRIES
 from tasks.report import png_uri
+from tasks.retries import RETRIES
+from tasks.signals import announce_adapter
 
 PASSED, FAILED = "slmops.gate.passed", "slmops.gate.failed"
 
@@ -83,13 +83,10 @@ def report_gate(store_uri: str, record: GateRecord) -> str:
         key=f"gate-{verdict.adapter}",
         description=f"Gate {verdict.status}: {verdict.adapter}@{verdict.version}",
     )
-    emit_event(
-        event=PASSED if verdict.passed else FAILED,
-        resource={
-            "prefect.resource.id": f"slmops.adapter.{verdict.adapter}",
-            "prefect.resource.name": verdict.adapter,
-        },
-        payload={
+    announce_adapter(
+        PASSED if verdict.passed else FAILED,
+        verdict.adapter,
+        {
             "adapter": verdict.adapter,
             "version": verdict.version,
             "champion": verdict.champion,

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
-    create_progress_artifact,
     create_table_artifact,
-    update_progress_artifact,
 )
 from prefect.cache_policies import NONE
 
@@ -19,7 +16,8 @@ from slmops.rag import ingest
 from slmops.rag.ingest import EmbedStats, IngestConfig, IngestReport, IngestStages
 from slmops.store import open_store
 from slmops.store.versions import INDEXES, VersionedArtifact
-from tasks.context import RETRIES
+from tasks.retries import RETRIES
+from tasks.signals import ProgressBar
 
 prepare_docs = task(name="plan-and-split", **RETRIES)(ingest.prepare)
 assemble_index = task(name="assemble-index", **RETRIES)(ingest.assemble)
@@ -40,21 +38,13 @@ def embed_chunks(
     """Embed new chunks with checkpoints; a retried or re-run task resumes from them.
 
     Progress shows as a Prefect progress artifact (`on_progress` is not used here)."""
-    artifact_id = create_progress_artifact(
-        progress=0.0,
-        key=f"embedding-{name}",
-        description=f"Embedding the new chunks of index {name}",
-    )
-    assert isinstance(artifact_id, UUID)  # sync call in a sync task
-    last, tenths, logger = {"shown": -1.0}, Tenths(), get_run_logger()
+    bar = ProgressBar(f"embedding-{name}", f"Embedding the new chunks of index {name}")
+    tenths, logger = Tenths(), get_run_logger()
 
     def progress(done: int, of: int) -> None:
-        percent = 100.0 * done / max(of, 1)
-        if percent - last["shown"] >= 5 or done == of:  # each update is a server event
-            last["shown"] = percent
-            update_progress_artifact(artifact_id, progress=percent)
+        bar.update(100.0 * done / max(of, 1))
         if tenths.crossed(done, of):  # and the run's log, every 10%
-            logger.info(f"embedding {name}: {done:,}/{of:,} chunks ({percent:.0f}%)")
+            logger.info(f"embedding {name}: {done:,}/{of:,} chunks ({done / max(of, 1):.0%})")
 
     return ingest.embed(store, name, config, workdir, on_progress=progress)
 

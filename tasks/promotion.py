@@ -9,22 +9,34 @@ a changed state; `serve sync` (a cron deployment) is what converges after a tran
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
-from prefect.events import emit_event
+from pydantic import BaseModel, Field
 
 from slmops.errors import SlmopsError
 from slmops.serving.client import ServingConfig, resolve_serving_config
 from slmops.serving.promotion import PromotionResult, SyncReport, promote, rollback, sync
 from slmops.store import open_store
 from slmops.store.manifest import Trigger
+from tasks.signals import announce_adapter
 
 PROMOTED = "slmops.adapter.promoted"
 PROMOTION_FAILED = "slmops.adapter.promotion-failed"
 ROLLED_BACK = "slmops.adapter.rolled-back"
+
+
+class AdapterOnReplicas(BaseModel):
+    """Which adapter, on which replicas (the rollback and serve-sync flows' parameters)."""
+
+    adapter: str = Field("support-bot", description="Adapter name in the store.")
+    serving: str | None = Field(
+        None, description="Serving config YAML (the replicas). Empty: SLMOPS_SERVING."
+    )
+    store: str | None = Field(
+        None,
+        description="Artifact store URI (s3://bucket/prefix or a folder). Empty: SLMOPS_STORE.",
+    )
 
 
 def serving_config(path: str | None, drain_s: float | None = None) -> ServingConfig:
@@ -33,17 +45,6 @@ def serving_config(path: str | None, drain_s: float | None = None) -> ServingCon
     if drain_s is not None:
         config = config.model_copy(update={"drain_s": drain_s})
     return config
-
-
-def _emit(event: str, adapter: str, payload: dict[str, Any]) -> None:
-    emit_event(
-        event=event,
-        resource={
-            "prefect.resource.id": f"slmops.adapter.{adapter}",
-            "prefect.resource.name": adapter,
-        },
-        payload=payload,
-    )
 
 
 def _report(title: str, result: PromotionResult) -> str:
@@ -83,7 +84,7 @@ def promote_adapter(
             log=logger.info,
         )
     except SlmopsError as exc:
-        _emit(
+        announce_adapter(
             PROMOTION_FAILED, adapter, {"adapter": adapter, "version": version, "reason": str(exc)}
         )
         create_markdown_artifact(
@@ -92,7 +93,7 @@ def promote_adapter(
             description=f"Promotion of {adapter}@{version} failed",
         )
         raise
-    _emit(PROMOTED, adapter, result.model_dump(mode="json"))
+    announce_adapter(PROMOTED, adapter, result.model_dump(mode="json"))
     create_markdown_artifact(
         _report("Promoted", result),
         key=f"promotion-{adapter}",
@@ -114,7 +115,7 @@ def rollback_adapter(
         trigger=trigger,
         log=logger.info,
     )
-    _emit(ROLLED_BACK, adapter, result.model_dump(mode="json"))
+    announce_adapter(ROLLED_BACK, adapter, result.model_dump(mode="json"))
     create_markdown_artifact(
         _report("Rolled back", result),
         key=f"promotion-{adapter}",

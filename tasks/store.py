@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from slmops.store import open_store
 from slmops.store.versions import COLLECTIONS, VersionedArtifact, artifacts
-from tasks.context import RETRIES
+from tasks.retries import RETRIES
 
 
 class VersionCheck(BaseModel):

@@ -4,13 +4,10 @@ UI, a progress bar while training, the run's report as a markdown artifact."""
 from __future__ import annotations
 
 from pathlib import Path
-from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
-    create_progress_artifact,
-    update_progress_artifact,
 )
 from prefect.cache_policies import NONE
 
@@ -19,12 +16,9 @@ from slmops.store.claims import Claim
 from slmops.store.manifest import Manifest
 from slmops.training import refine_tune
 from slmops.training.trainer import TrainConfig, TrainResult
-from tasks.context import RETRIES
 from tasks.report import adapter_report
-
-# Progress updates each add an event to the server's feed: about 20 per run is plenty.
-PROGRESS_UPDATES = 20
-
+from tasks.retries import RETRIES
+from tasks.signals import ProgressBar
 
 # Stages that need nothing of Prefect but retries and a name: the core functions, as tasks.
 base_model = task(name="base-model", task_run_name="base model {model}", **RETRIES)(
@@ -78,17 +72,10 @@ def train(
     """Train with checkpoints in the store (see slmops.training.refine_tune.train), with a progress
     bar on the run's page."""
     steps = config.warm_start_steps if warm_start and config.warm_start_steps else config.max_steps
-    progress = create_progress_artifact(
-        progress=0.0,
-        key=f"training-progress-{adapter}",
-        description=f"Training {adapter}: {steps} steps",
-    )
-    assert isinstance(progress, UUID)  # sync call in a sync task
-    every = max(1, steps // PROGRESS_UPDATES)
+    bar = ProgressBar(f"training-progress-{adapter}", f"Training {adapter}: {steps} steps")
 
     def on_step(step: int, of: int) -> None:
-        if step % every == 0 or step == of:
-            update_progress_artifact(progress, progress=100.0 * step / of)
+        bar.update(100.0 * step / of)
 
     return refine_tune.train(
         store_uri,

@@ -59,7 +59,7 @@ def test_tasks_retry_transient_failures_and_nothing_else(
 ) -> None:
     from prefect import flow, task
 
-    from tasks.context import RETRIES
+    from tasks.retries import RETRIES
 
     count = {"n": 0}
 
@@ -80,7 +80,7 @@ def test_tasks_retry_transient_failures_and_nothing_else(
 def test_a_task_that_recovers_after_a_blip_succeeds(prefect_harness: None) -> None:
     from prefect import flow, task
 
-    from tasks.context import RETRIES
+    from tasks.retries import RETRIES
 
     count = {"n": 0}
 

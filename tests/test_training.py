@@ -534,8 +534,6 @@ def test_planted_bad_adapters_fail_with_reasons_naming_the_metric(
 def test_a_twin_of_the_champion_holds_the_line_but_is_no_improvement(
     trained: tuple[S3Store, Manifest, list[str]], tmp_path: Path
 ) -> None:
-    from slmops.cli import app
-
     store, good, _ = trained
     source = VersionedArtifact(store, ADAPTERS, "support-bot")
     source.download(good.version, tmp_path / "weights")
@@ -549,7 +547,7 @@ def test_a_twin_of_the_champion_holds_the_line_but_is_no_improvement(
         .read_text()
         .replace("improvement: {}", "improvement:\n  style.pass: 0.0\n  all.valid_format: 0.0")
     )
-    assert app  # the CLI, as a user runs it: exit 0 pass, 1 fail
+    # the CLI, as a user runs it: exit 0 pass, 1 fail
     code, out = invoke("gate", f"twin@{second}", "--suites", str(EVALS), "--store", store.uri)
     assert code == 0 and "gate passed" in out, out
     # The same weights: the champion's answers are the candidate's, generated once (or reused

@@ -21,7 +21,7 @@ from slmops.generation import Generator, Prompt
 from slmops.store.audit import AuditLog
 from slmops.store.base import ObjectStore
 from slmops.store.manifest import InputRef, Manifest, Trigger
-from slmops.store.versions import ADAPTERS, EVALS, VersionedArtifact
+from slmops.store.versions import ADAPTERS, CHAMPION, EVALS, LATEST, VersionedArtifact
 
 
 def _first_per_suite(cases: list[Case], n: int) -> set[str]:
@@ -61,7 +61,7 @@ def run_assessment(
     examples = pick_examples(task.path(task.examples), task.few_shot)
 
     art = VersionedArtifact(store, ADAPTERS, task.adapter)
-    champion_alias = art.get_alias("champion")
+    champion_alias = art.get_alias(CHAMPION)
     if champion_alias is None:
         raise ConfigError(
             f"adapter {task.adapter} has no champion: the fine-tuned arm measures the adapter "
@@ -232,7 +232,7 @@ def store_assessment(
         trigger=trigger or Trigger(),
     )
     stored = art.publish(manifest, folder)
-    art.set_alias("latest", stored.version, reason=result.recommendation)
+    art.set_alias(LATEST, stored.version, reason=result.recommendation)
     AuditLog(store).record(
         "assess.completed",
         art.resource_id,

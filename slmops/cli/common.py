@@ -15,7 +15,7 @@ from rich.table import Table
 from slmops.errors import StoreError
 from slmops.progress import Tenths
 from slmops.store import open_store
-from slmops.store.versions import COLLECTIONS, VersionedArtifact
+from slmops.store.versions import COLLECTIONS, LATEST, VersionedArtifact
 
 if TYPE_CHECKING:
     from slmops.serving.client import ServingConfig
@@ -109,12 +109,10 @@ def parse_artifact(target: str, store_uri: str | None) -> tuple[VersionedArtifac
 
 def pick_version(art: VersionedArtifact, at: str | None) -> str:
     """A version id, an alias name, or (none given) `latest`, else the newest version."""
-    if at and at in art.versions():
-        return at
     if at:
-        return art.resolve(at).version
-    if art.get_alias("latest") is not None:
-        return art.resolve("latest").version
+        return art.version_of(at)
+    if art.get_alias(LATEST) is not None:
+        return art.resolve(LATEST).version
     versions = art.versions()
     if not versions:
         raise StoreError(f"{art.prefix} has no complete version in {art.store.uri}")

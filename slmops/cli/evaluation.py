@@ -17,6 +17,7 @@ from slmops.cli.common import (
 )
 from slmops.store import open_store
 from slmops.store.manifest import Trigger
+from slmops.store.versions import LATEST
 
 
 @app.command()
@@ -59,7 +60,7 @@ def gate(
         record = evaluate_adapter(
             obj,
             adapter,
-            version or "latest",
+            version or LATEST,
             champion=champion,
             suites=suites,
             policy=policy or suites / "policy.yaml",

@@ -21,7 +21,7 @@ from slmops.cli.common import (
 from slmops.errors import SlmopsError
 from slmops.store import open_store
 from slmops.store.manifest import Trigger
-from slmops.store.versions import VersionedArtifact
+from slmops.store.versions import CHALLENGER, VersionedArtifact
 
 
 @app.command()
@@ -50,7 +50,7 @@ def promote(
     result = run_promotion(
         open_store(store),
         adapter,
-        version or "challenger",
+        version or CHALLENGER,
         config,
         suites=suites,
         trigger=Trigger.from_cli(),
@@ -119,7 +119,8 @@ def serve_status(
 ) -> None:
     """What each replica serves for ADAPTER, against the store's champion."""
     from slmops.serving.client import VLLMClient
-    from slmops.serving.promotion import CHAMPION, serving_name
+    from slmops.serving.promotion import serving_name
+    from slmops.store.versions import CHAMPION
 
     config = serving_config(serving)
     art = VersionedArtifact(open_store(store), "adapters", adapter)

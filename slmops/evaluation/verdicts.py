@@ -22,10 +22,9 @@ from slmops.generation import Generator, LocalGenerator
 from slmops.store.audit import AuditLog
 from slmops.store.base import ObjectStore
 from slmops.store.manifest import InputRef, Manifest, Trigger
-from slmops.store.versions import ADAPTERS, EVALS, VersionedArtifact
+from slmops.store.versions import ADAPTERS, CHALLENGER, CHAMPION, EVALS, LATEST, VersionedArtifact
 
 VERDICT = "verdict"  # lookup kind: "<candidate>.vs.<champion|base|none>" -> eval run
-CHALLENGER = "challenger"  # alias set on the adapter a gate passed (promotion reads it)
 
 
 class GateRecord(BaseModel):
@@ -36,13 +35,6 @@ class GateRecord(BaseModel):
     report_uri: str
 
 
-def _resolve_version(art: VersionedArtifact, ref: str) -> str:
-    record = art.get_alias(ref)
-    if record is not None:
-        return record.version
-    return art.manifest(ref).version  # ObjectNotFoundError names the known versions
-
-
 def champion_label(store: ObjectStore, adapter: str, champion: str) -> str | None:
     """What `champion` means now: a version, 'base', or None (floors only)."""
     art = VersionedArtifact(store, ADAPTERS, adapter)
@@ -51,15 +43,15 @@ def champion_label(store: ObjectStore, adapter: str, champion: str) -> str | Non
     if champion == "base":
         return "base"
     if champion == "auto":
-        alias = art.get_alias("champion")
+        alias = art.get_alias(CHAMPION)
         return alias.version if alias else None
-    return _resolve_version(art, champion)
+    return art.version_of(champion)
 
 
 def evaluate_adapter(
     store: ObjectStore,
     adapter: str,
-    version: str = "latest",
+    version: str = LATEST,
     *,
     champion: str = "auto",
     suites: str | Path,
@@ -87,7 +79,7 @@ def evaluate_adapter(
     loaded = load_suites(suites)
     gate_policy = load_policy(policy, known_metrics(loaded))
     art = VersionedArtifact(store, ADAPTERS, adapter)
-    cand_version = _resolve_version(art, version)
+    cand_version = art.version_of(version)
     cand_manifest = art.manifest(cand_version)
     cand_base = cand_manifest.trained_on()
     label = champion_label(store, adapter, champion)

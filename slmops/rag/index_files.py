@@ -13,7 +13,6 @@ import io
 
 NODES, EMBEDDINGS, DOCS = "nodes.jsonl", "embeddings.npy", "docs.json"
 EVAL_REPORT = "retrieval-eval.json"
-LATEST = "latest"  # the alias ingestion moves and retrieval reads by default
 
 
 def disable_llm() -> None:

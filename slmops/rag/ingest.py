@@ -31,12 +31,12 @@ from pydantic import BaseModel, Field
 
 from slmops.errors import ConfigError
 from slmops.rag.docs import DocLimits, DocRejected, DocSource, ParsedDoc, SkippedDoc, parse_document
-from slmops.rag.index_files import DOCS, EMBEDDINGS, EVAL_REPORT, LATEST, NODES, disable_llm
+from slmops.rag.index_files import DOCS, EMBEDDINGS, EVAL_REPORT, NODES, disable_llm
 from slmops.store import open_store
 from slmops.store.base import ObjectStore
 from slmops.store.hashing import sha256_bytes
 from slmops.store.manifest import InputRef, Manifest, Trigger
-from slmops.store.versions import INDEXES, VersionedArtifact, new_version_id
+from slmops.store.versions import INDEXES, LATEST, VersionedArtifact, new_version_id
 
 Progress = Callable[[int, int], None]
 StageCallback = Callable[[str, int, int], None]  # (stage, done, of)

@@ -21,9 +21,9 @@ from pydantic import BaseModel
 
 from slmops.errors import StoreError
 from slmops.rag.embedder import Embedder, as_llama_index, get_embedder
-from slmops.rag.index_files import EMBEDDINGS, LATEST, NODES, disable_llm
+from slmops.rag.index_files import EMBEDDINGS, NODES, disable_llm
 from slmops.store import ObjectStore, open_store
-from slmops.store.versions import INDEXES, VersionedArtifact
+from slmops.store.versions import INDEXES, LATEST, VersionedArtifact
 
 _LOADED: dict[tuple[str, str, str], LoadedIndex] = {}
 _LOCK = threading.Lock()

@@ -46,10 +46,9 @@ from slmops.store.base import ObjectStore
 from slmops.store.claims import Claim, holding, try_claim
 from slmops.store.hashing import sha256_bytes, sha256_file
 from slmops.store.manifest import Manifest, Trigger
-from slmops.store.versions import ADAPTERS, VersionedArtifact
+from slmops.store.versions import ADAPTERS, CHAMPION, VersionedArtifact
+from slmops.training.trainer import ADAPTER_FILES
 
-CHAMPION = "champion"
-SERVED_FILES = ("adapter_config.json", "adapter_model.safetensors")
 CLAIM_TTL = 600.0
 # How long a promotion, rollback or sync waits for another one of the same adapter (each
 # takes seconds, plus the drain before unloading), and how often it looks.
@@ -116,7 +115,7 @@ def serving_name(adapter: str, manifest: Manifest) -> str:
     """`<adapter>@<10 hex>`: a hash of the served files' hashes, so a name means one set of
     weights forever (two versions with identical weights share it)."""
     hashes = []
-    for path in SERVED_FILES:
+    for path in ADAPTER_FILES:
         try:
             hashes.append(f"{path}:{manifest.file(path).sha256}")
         except KeyError:
@@ -137,12 +136,12 @@ def stage(store: ObjectStore, adapter: str, version: str, adapter_dir: str | Pat
     name = serving_name(adapter, manifest)
     root = Path(adapter_dir).expanduser().resolve()
     dest = root / name
-    expected = {p: manifest.file(p).sha256 for p in SERVED_FILES}
+    expected = {p: manifest.file(p).sha256 for p in ADAPTER_FILES}
     if not (dest.is_dir() and all(_same(dest / p, h) for p, h in expected.items())):
         tmp = root / f".{name}.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            for rel in SERVED_FILES:
+            for rel in ADAPTER_FILES:
                 store.get_file(
                     f"{art.version_prefix(version)}/{rel}", tmp / rel, sha256=expected[rel]
                 )
@@ -318,8 +317,7 @@ def preflight(
     """Every check that needs no change on a server, cheapest first. Returns the staged
     adapter, the current champion version, and a client per replica."""
     art = VersionedArtifact(store, ADAPTERS, adapter)
-    record = art.get_alias(version)
-    resolved = record.version if record else art.manifest(version).version
+    resolved = art.version_of(version)
     what = f"{adapter}@{resolved}"
     manifest = art.manifest(resolved)
     serving_name(adapter, manifest)  # both served files are in the manifest

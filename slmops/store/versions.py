@@ -36,6 +36,10 @@ from slmops.store.manifest import FileEntry, Manifest, Trigger
 INDEXES, DATASETS, ADAPTERS, MODELS = "indexes", "datasets", "adapters", "models"
 EVALS = "evals"
 COLLECTIONS = (INDEXES, DATASETS, ADAPTERS, EVALS)
+# The aliases the pipeline moves: `latest` (the newest version a step published: ingestion,
+# datasets, training, assess), `challenger` (an adapter that passed the gate) and `champion`
+# (the adapter production serves; promotion and rollback move it).
+LATEST, CHALLENGER, CHAMPION = "latest", "challenger", "champion"
 _SINGULAR = {
     INDEXES: "index",
     DATASETS: "dataset",
@@ -319,6 +323,21 @@ class VersionedArtifact:
 
     def get_alias(self, alias: str) -> Alias | None:
         return self._read_alias(alias)[0]
+
+    def version_of(self, ref: str) -> str:
+        """The version id `ref` names: an alias (its version) or a version id (checked to be
+        complete); ObjectNotFoundError naming the known versions otherwise."""
+        record = self.get_alias(ref)
+        if record is not None:
+            return record.version
+        try:
+            return self.manifest(ref).version
+        except ObjectNotFoundError:
+            raise ObjectNotFoundError(
+                f"{self.prefix} has no alias or complete version {ref!r} in {self.store.uri} "
+                f"(aliases: {', '.join(self.aliases()) or 'none'}; newest versions: "
+                f"{', '.join(self.versions()[-5:]) or 'none'})"
+            ) from None
 
     def resolve(self, alias: str) -> Manifest:
         """The manifest of the version an alias points at."""

@@ -19,7 +19,7 @@ from slmops.store.base import ObjectStore
 from slmops.store.claims import Claim, ClaimRecord, wait_for_claim
 from slmops.store.hashing import sha256_bytes
 from slmops.store.manifest import InputRef, Manifest, Trigger
-from slmops.store.versions import ADAPTERS, VersionedArtifact
+from slmops.store.versions import ADAPTERS, CHAMPION, LATEST, VersionedArtifact
 from slmops.training.trainer import TrainConfig, TrainResult
 
 
@@ -66,7 +66,6 @@ def warm_start_from(
     if config.warm_start_steps is None:
         return None, "from scratch (warm_start_steps is not set)"
     art = VersionedArtifact(store, ADAPTERS, adapter)
-    from slmops.serving.promotion import CHAMPION
 
     alias = art.get_alias(CHAMPION)
     if alias is None:
@@ -129,7 +128,7 @@ def check_adapter_base(store: ObjectStore, adapter: str, model: str) -> None:
     An adapter serves one base model; a release of another model must train its own adapter
     (one refine-tune deployment per model -> adapter pair)."""
     art = VersionedArtifact(store, ADAPTERS, adapter)
-    latest = art.get_alias("latest")
+    latest = art.get_alias(LATEST)
     if latest is None:
         return
     base = next((i for i in art.manifest(latest.version).inputs if i.kind == "base-model"), None)
@@ -303,7 +302,7 @@ def publish_adapter(
         claim.check()
     stored = art.publish(manifest, adapter_dir, lookup={TRAINING_KEY: key})
     art.set_alias(
-        "latest",
+        LATEST,
         stored.version,
         reason=f"trained on {base_model}@{base_revision[:12]}",
         trigger=trigger,

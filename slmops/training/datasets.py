@@ -22,7 +22,7 @@ from slmops.errors import ConfigError, SlmopsError
 from slmops.store.base import ObjectStore
 from slmops.store.hashing import sha256_bytes
 from slmops.store.manifest import InputRef, Manifest, Trigger
-from slmops.store.versions import DATASETS, VersionedArtifact
+from slmops.store.versions import DATASETS, LATEST, VersionedArtifact
 
 ROLES = ("system", "user", "assistant")
 TRAIN, EVAL, REPORT = "train.jsonl", "eval.jsonl", "validation.json"
@@ -241,7 +241,7 @@ def publish_dataset(
     }
     stored = art.publish(manifest, files, lookup={CONTENT_KEY: content_key})
     art.set_alias(
-        "latest", stored.version, reason=f"{report.kept} rows from {path.name}", trigger=trigger
+        LATEST, stored.version, reason=f"{report.kept} rows from {path.name}", trigger=trigger
     )
     return stored
 

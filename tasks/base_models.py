@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from prefect import task
-from prefect.events import emit_event
 
 from slmops import base_models as models
 from slmops.base_models import RELEASE_EVENT, Revision, WatchedModel
 from slmops.store import open_store
-from tasks.context import RETRIES
+from tasks.retries import RETRIES
+from tasks.signals import announce
 
 
 @task(name="current-revision", task_run_name="revision of {model.name}", **RETRIES)
@@ -28,13 +28,11 @@ def announce_if_new(store_uri: str, rev: Revision) -> bool:
     seen, etag = models.seen_revisions(store, rev.model)
     if seen.has(rev.revision):
         return False
-    emit_event(
-        event=RELEASE_EVENT,
-        resource={
-            "prefect.resource.id": models.resource_id(rev.model),
-            "prefect.resource.name": rev.model,
-        },
-        payload={"model": rev.model, "revision": rev.revision, "source": rev.source},
+    announce(
+        RELEASE_EVENT,
+        models.resource_id(rev.model),
+        rev.model,
+        {"model": rev.model, "revision": rev.revision, "source": rev.source},
         id=models.event_id(rev.model, rev.revision),
     )
     models.record_revision(store, rev, etag, seen)

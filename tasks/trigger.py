@@ -1,14 +1,12 @@
-"""What every flow run shares: who or what started it (for manifests and the audit log), and
-the one retry rule for tasks."""
+"""Who or what started the flow run (a schedule, an automation on an event, a person in the UI
+or CLI, the API): recorded in manifests and the audit log."""
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
 from prefect.runtime import flow_run
 
-from slmops.errors import is_transient
 from slmops.store.manifest import Trigger
 
 
@@ -39,21 +37,3 @@ def current_trigger() -> Trigger:
             flow_run_id=str(run_id),
         )
     return Trigger(type="api", flow_run_id=str(run_id))
-
-
-def retry_if_transient(task: object, task_run: object, state: object) -> bool:
-    """Prefect's retry condition: retry only what may succeed if tried again (a connection
-    failure, a timeout, a 5xx), never bad input, damaged data, a lost race or a bug."""
-    try:
-        state.result()  # type: ignore[attr-defined]
-    except Exception as exc:
-        return is_transient(exc)
-    return False
-
-
-# Every task that touches a store, a source or a server: two retries, transient errors only.
-RETRIES: dict[str, Any] = {
-    "retries": 2,
-    "retry_delay_seconds": 10,
-    "retry_condition_fn": retry_if_transient,
-}
