@@ -311,6 +311,32 @@ def _audit(
     AuditLog(store).record(event, f"slmops.adapter.{adapter}", trigger=trigger, **kw)
 
 
+def _failed(
+    store: ObjectStore,
+    adapter: str,
+    staged: Staged,
+    trigger: Trigger | None,
+    phase: str,
+    exc: BaseException,
+    message: str,
+    **kw: Any,
+) -> PromotionError:
+    """Audit a promotion that failed in `phase` (after undoing what it had done) and return
+    the error to raise, saying what was undone."""
+    _audit(
+        store,
+        "promotion.failed",
+        adapter,
+        trigger,
+        version=staged.version,
+        name=staged.name,
+        phase=phase,
+        reason=str(exc),
+        **kw,
+    )
+    return PromotionError(message)
+
+
 def preflight(
     store: ObjectStore, adapter: str, version: str, config: ServingConfig
 ) -> tuple[Staged, str | None, _Clients]:
@@ -452,20 +478,16 @@ def _phase1(
         return loaded
     except (SlmopsError, OSError) as exc:
         undone = _unload_quietly(loaded.replicas, staged.name)
-        _audit(
+        raise _failed(
             store,
-            "promotion.failed",
             adapter,
+            staged,
             trigger,
-            version=staged.version,
-            name=staged.name,
-            phase=f"1-{step}",
-            reason=str(exc),
-            unloaded_from=undone,
-        )
-        raise PromotionError(
+            f"1-{step}",
+            exc,
             f"promotion of {adapter}@{staged.version} stopped at {step}: {exc}. Unloaded "
-            f"{staged.name} from {len(undone)} replica(s); nothing else changed"
+            f"{staged.name} from {len(undone)} replica(s); nothing else changed",
+            unloaded_from=undone,
         ) from exc
 
 
@@ -517,20 +539,16 @@ def _phase2(
         )
     except ConflictError as exc:
         undone = _unload_quietly(loaded.replicas, staged.name)
-        _audit(
+        raise _failed(
             store,
-            "promotion.failed",
             adapter,
+            staged,
             trigger,
-            version=staged.version,
-            name=staged.name,
-            phase="2-flip",
-            reason=str(exc),
-            unloaded_from=undone,
-        )
-        raise PromotionError(
+            "2-flip",
+            exc,
             f"the champion alias of {adapter} moved during the promotion ({exc}); unloaded "
-            f"{staged.name}, nothing else changed"
+            f"{staged.name}, nothing else changed",
+            unloaded_from=undone,
         ) from exc
     moved: list[VLLMClient] = []
     try:
@@ -539,20 +557,16 @@ def _phase2(
         back = _restore(
             store, art, adapter, staged, champion, previous_name, moved, loaded, trigger
         )
-        _audit(
+        raise _failed(
             store,
-            "promotion.failed",
             adapter,
+            staged,
             trigger,
-            version=staged.version,
-            name=staged.name,
-            phase="2-move",
-            reason=str(exc),
-            restored=back,
-        )
-        raise PromotionError(
+            "2-move",
+            exc,
             f"promotion of {adapter}@{staged.version} failed while moving the stable name: "
-            f"{exc}. {back}"
+            f"{exc}. {back}",
+            restored=back,
         ) from exc
     timings["flip"] = time.perf_counter() - tick
     log(f"phase 2: champion -> {staged.version}; {adapter} serves {staged.name} everywhere")

@@ -390,23 +390,10 @@ class VersionedArtifact:
                     f"{expect or 'nothing'} as expected: another writer moved it; re-check "
                     "and retry"
                 )
-        trigger = trigger or Trigger()
-        target = AliasTarget(
-            version=version, set_at=datetime.now(UTC), by=trigger.by or trigger.type, reason=reason
-        )
         history = [*current.history, current.target] if current else []
-        record = Alias(alias=alias, target=target, history=history[-ALIAS_HISTORY_LIMIT:])
-        self._swap(alias, record, etag)
-        self.audit.record(
-            "alias.set",
-            self.resource_id,
-            trigger=trigger,
-            alias=alias,
-            version=version,
-            previous=current.version if current else None,
-            reason=reason,
+        return self._move(
+            "alias.set", alias, version, history, etag, current, reason=reason, trigger=trigger
         )
-        return record
 
     def rollback(
         self, alias: str, *, reason: str | None = None, trigger: Trigger | None = None
@@ -422,22 +409,48 @@ class VersionedArtifact:
             )
         back = current.history[-1]
         self._check_complete(back.version)
+        return self._move(
+            "alias.rollback",
+            alias,
+            back.version,
+            current.history[:-1],
+            etag,
+            current,
+            reason=reason,
+            trigger=trigger,
+            default_reason="rollback",
+        )
+
+    def _move(
+        self,
+        event: str,
+        alias: str,
+        version: str,
+        history: list[AliasTarget],
+        etag: str | None,
+        current: Alias | None,
+        *,
+        reason: str | None,
+        trigger: Trigger | None,
+        default_reason: str | None = None,
+    ) -> Alias:
+        """Swap the alias record (conditional on `etag`), then audit the move."""
         trigger = trigger or Trigger()
         target = AliasTarget(
-            version=back.version,
+            version=version,
             set_at=datetime.now(UTC),
             by=trigger.by or trigger.type,
-            reason=reason or "rollback",
+            reason=reason or default_reason,
         )
-        record = Alias(alias=alias, target=target, history=current.history[:-1])
+        record = Alias(alias=alias, target=target, history=history[-ALIAS_HISTORY_LIMIT:])
         self._swap(alias, record, etag)
         self.audit.record(
-            "alias.rollback",
+            event,
             self.resource_id,
             trigger=trigger,
             alias=alias,
-            version=back.version,
-            previous=current.version,
+            version=version,
+            previous=current.version if current else None,
             reason=reason,
         )
         return record
