@@ -4,13 +4,10 @@ markdown artifact with the verdict and the chart, and an event `slmops.gate.pass
 from __future__ import annotations
 
 from pathlib import Path
-from uuid import UUID
 
 from prefect import task
 from prefect.artifacts import (
     create_markdown_artifact,
-    create_progress_artifact,
-    update_progress_artifact,
 )
 from prefect.cache_policies import NONE
 
@@ -23,7 +20,7 @@ from slmops.store.versions import EVALS, VersionedArtifact
 from slmops.training import refine_tune
 from tasks.report import png_uri
 from tasks.retries import RETRIES
-from tasks.signals import announce_adapter
+from tasks.signals import ProgressBar, announce_adapter
 
 PASSED, FAILED = "slmops.gate.passed", "slmops.gate.failed"
 
@@ -39,15 +36,12 @@ def run_gate(
     trigger: Trigger,
 ) -> GateRecord:
     """Answer every eval case with candidate and champion, judge, store the verdict."""
-    progress = create_progress_artifact(
-        progress=0.0, key=f"gate-progress-{adapter}", description=f"Eval gate of {adapter}"
-    )
-    assert isinstance(progress, UUID)  # sync call in a sync task
+    bar = ProgressBar(f"gate-progress-{adapter}", f"Eval gate of {adapter}")
     stages = {"candidate": (0.0, 50.0), "champion": (50.0, 45.0)}
 
     def on_progress(stage: str, done: int, of: int) -> None:
         start, span = stages.get(stage, (95.0, 5.0))
-        update_progress_artifact(progress, progress=start + span * done / max(of, 1))
+        bar.update(start + span * done / max(of, 1))
 
     record = evaluate_adapter(
         open_store(store_uri),
@@ -60,7 +54,7 @@ def run_gate(
         trigger=trigger,
         on_progress=on_progress,
     )
-    update_progress_artifact(progress, progress=100.0)
+    bar.update(100.0)
     return record
 
 
