@@ -675,6 +675,12 @@ def test_a_serving_operation_acts_on_the_replicas_the_serving_file_names_once_it
     (error,) = synced
     assert isinstance(error, PromotionError)
     assert "trained on tiny@r1" in str(error) and "serves tiny@r2" in str(error), error
-    # An operation given a config built in code (no file) acts on it as given.
+    # An operation given a config built in code, or one given other replicas than its
+    # file's, acts on it as given.
     built = ServingConfig(replicas=config.replicas, adapter_dir=config.adapter_dir)
     assert built.current() is built
+    other = config.model_copy(
+        update={"replicas": [r.model_copy(update={"max_lora_rank": 32}) for r in config.replicas]}
+    )
+    assert other.current() is other
+    assert config.model_copy(update={"drain_s": 0}).current().replicas[0].revision == "r2"

@@ -184,7 +184,7 @@ def store_assessment(
 ) -> str:
     """Write report.json, report.md, the chart and the answers, publish them under
     evals/assess-<task>/ and point its `latest` alias at them; returns the version."""
-    from slmops.assess_report import chart, markdown
+    from slmops.assess.report import chart, markdown
 
     result = run.assessment
     folder.mkdir(parents=True, exist_ok=True)

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import yaml
@@ -107,7 +107,17 @@ class ServingConfig(BaseModel):
         if self._source is None:
             return self
         fresh = load_serving_config(self._source)
-        return self.model_copy(update={"replicas": fresh.replicas})
+        current = self.model_copy(update={"replicas": fresh.replicas})
+        current._source = self._source
+        return current
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy; one given other replicas than its file's is read from no file any more
+        (`current()` keeps the replicas it was given)."""
+        copy = super().model_copy(update=update, deep=deep)
+        if update and "replicas" in update:
+            copy._source = None
+        return copy
 
 
 def resolve_serving_config(path: str | Path | None) -> ServingConfig:
