@@ -500,10 +500,9 @@ class LocalStack:
         it, instead of loading the old revision's champion onto the new process."""
         from slmops.errors import SlmopsError
         from slmops.serving.promotion import serving_claim
-        from slmops.store.s3 import S3Store
         from slmops.store.versions import ADAPTERS, artifacts
 
-        store = S3Store(self.config.bucket, client=self._s3_client())
+        store = self._store()
         try:
             names = [art.name for art in artifacts(store, ADAPTERS)]
             for name in names:
@@ -524,7 +523,6 @@ class LocalStack:
         from slmops.base_models import materialize, snapshot_weights
         from slmops.errors import ConfigError, SlmopsError
         from slmops.serving.client import load_serving_config
-        from slmops.store.s3 import S3Store
         from slmops.store.versions import ADAPTERS, artifacts
 
         def cached(revision: str | None) -> tuple[str, Path] | None:
@@ -537,7 +535,7 @@ class LocalStack:
 
         champion = None
         try:
-            store = S3Store(self.config.bucket, client=self._s3_client())
+            store = self._store()
             bases = set()
             for art in artifacts(store, ADAPTERS):
                 alias = art.get_alias("champion")
@@ -608,6 +606,12 @@ class LocalStack:
                 f"cannot start the {what}: port {port} on {HOST} is already in use "
                 f"by a process this stack did not start. Stop it or pass {option}"
             )
+
+    def _store(self) -> Any:
+        """The stack's own S3 store (champions, claims), as an `S3Store`."""
+        from slmops.store.s3 import S3Store
+
+        return S3Store(self.config.bucket, client=self._s3_client())
 
     def _s3_client(self) -> Any:
         import boto3

@@ -18,7 +18,7 @@ from slmops.store import open_store
 from slmops.store.versions import COLLECTIONS, LATEST, VersionedArtifact
 
 if TYPE_CHECKING:
-    from slmops.serving.client import ServingConfig
+    pass
 
 
 app = typer.Typer(
@@ -125,12 +125,6 @@ ServingOpt = Annotated[
         help="Serving config YAML: the replicas (default: SLMOPS_SERVING).", show_default=False
     ),
 ]
-
-
-def serving_config(path: Path | None) -> ServingConfig:
-    from slmops.serving.client import resolve_serving_config
-
-    return resolve_serving_config(path)
 
 
 def say(message: str) -> None:

@@ -16,7 +16,6 @@ from slmops.cli.common import (
     new_table,
     say,
     serve_app,
-    serving_config,
 )
 from slmops.errors import SlmopsError
 from slmops.store import open_store
@@ -41,10 +40,11 @@ def promote(
 ) -> None:
     """Promote an adapter version to every vLLM replica, all or none (needs a passing gate
     verdict against the current champion). Exit 0 promoted, 2 refused (nothing changed)."""
+    from slmops.serving.client import resolve_serving_config
     from slmops.serving.promotion import promote as run_promotion
 
     adapter, _, version = target.partition("@")
-    config = serving_config(serving)
+    config = resolve_serving_config(serving)
     if drain is not None:
         config = config.model_copy(update={"drain_s": drain})
     result = run_promotion(
@@ -72,10 +72,15 @@ def rollback(
     store: StoreOpt = None,
 ) -> None:
     """Put the previous champion back on every replica, in one step."""
+    from slmops.serving.client import resolve_serving_config
     from slmops.serving.promotion import rollback as run_rollback
 
     result = run_rollback(
-        open_store(store), adapter, serving_config(serving), trigger=Trigger.from_cli(), log=say
+        open_store(store),
+        adapter,
+        resolve_serving_config(serving),
+        trigger=Trigger.from_cli(),
+        log=say,
     )
     console.print(
         f"[green]rolled back[/green] {adapter} to {result.version} ({result.name}) on "
@@ -92,10 +97,15 @@ def serve_sync(
 ) -> None:
     """Make every replica serve what the store says (after a restart, for a new replica).
     Exit 0 when every replica matches, 1 if some drift could not be fixed."""
+    from slmops.serving.client import resolve_serving_config
     from slmops.serving.promotion import sync
 
     report = sync(
-        open_store(store), adapter, serving_config(serving), trigger=Trigger.from_cli(), log=say
+        open_store(store),
+        adapter,
+        resolve_serving_config(serving),
+        trigger=Trigger.from_cli(),
+        log=say,
     )
     if not report.drift:
         console.print(f"no drift: every replica serves {adapter} champion {report.champion}")
@@ -118,11 +128,11 @@ def serve_status(
     store: StoreOpt = None,
 ) -> None:
     """What each replica serves for ADAPTER, against the store's champion."""
-    from slmops.serving.client import VLLMClient
+    from slmops.serving.client import VLLMClient, resolve_serving_config
     from slmops.serving.promotion import serving_name
     from slmops.store.versions import CHAMPION
 
-    config = serving_config(serving)
+    config = resolve_serving_config(serving)
     art = VersionedArtifact(open_store(store), "adapters", adapter)
     alias = art.get_alias(CHAMPION)
     want = serving_name(adapter, art.manifest(alias.version)) if alias else None

@@ -107,9 +107,7 @@ class ServingConfig(BaseModel):
         if self._source is None:
             return self
         fresh = load_serving_config(self._source)
-        current = self.model_copy(update={"replicas": fresh.replicas})
-        current._source = self._source
-        return current
+        return super().model_copy(update={"replicas": fresh.replicas})  # still read from the file
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """A copy; one given other replicas than its file's is read from no file any more
