@@ -106,9 +106,28 @@ def test_up_is_healthy_and_idempotent(stack: LocalStack) -> None:
 
 
 @pytest.fixture(scope="module")
-def prefect_file(home: Path) -> Path:
+def release_policy(home: Path) -> Path:
+    """The example's gate policy without its guard on declining off-topic questions: what
+    this module tests is the loop around a passing verdict (the roll, the claim, the
+    promotion), and the tiny model's decline rate after a warm start is not stable across
+    CPUs (the same recipe gave 0.70 and then 0.05-0.35 on another machine: README, 'What the
+    tiny model learns'). Every other floor and margin of the example policy holds; the
+    example policy's verdicts on the session's adapter are tested in test_training."""
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "examples/support-bot/evals/policy.yaml").read_text())
+    for rules in ("floors", "non_inferiority"):
+        doc[rules].pop("adversarial.refuses")
+    path = home / "release-policy.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def prefect_file(home: Path, release_policy: Path) -> Path:
     """prefect.yaml as it is, but the training recipe: the suite's short one (the session's
-    adapter is trained with it, so the demo's r1 release finds that adapter by its key)."""
+    adapter is trained with it, so the demo's r1 release finds that adapter by its key), and
+    the release's gate policy (release_policy)."""
     import yaml
 
     doc = yaml.safe_load((ROOT / "prefect.yaml").read_text())
@@ -121,6 +140,7 @@ def prefect_file(home: Path) -> Path:
             ]:
                 assert set(params["config"]) <= set(TEST_RECIPE), params["config"]
                 params["config"] = dict(TEST_RECIPE)
+                params["policy"] = str(release_policy)
                 changed += 1
     assert changed == 3  # the release trigger, the release deployment's form, the weekly run
     path = home / "prefect.yaml"

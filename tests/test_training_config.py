@@ -90,3 +90,20 @@ def test_a_setting_added_later_leaves_earlier_keys_as_they_were() -> None:
     }
     before = sha256_bytes(json.dumps(basis, sort_keys=True).encode())[:24]
     assert training_key("m", "rev", "data", "sha", TrainConfig()) == before
+
+
+def test_a_warm_start_trains_its_own_steps_with_a_warmup_and_keys_it() -> None:
+    config = TrainConfig(max_steps=150, warm_start_steps=40, learning_rate=0.003)
+    warm = config.warm_start_config()
+    assert (warm.max_steps, warm.warmup_steps, warm.learning_rate) == (40, 8, 0.003)
+    assert TrainConfig(warm_start_steps=3).warm_start_config().warmup_steps == 1
+    assert TrainConfig(warm_start_steps=40, warmup_steps=20).warm_start_config().warmup_steps == 20
+    with pytest.raises(ValueError, match="warm_start_steps"):
+        TrainConfig().warm_start_config()
+    # The warm start's recipe is in its key: the champion it starts from, its steps, warmup.
+    key = training_key("m", "w", "d", "rows", config, warm_start="v1")
+    assert key != training_key("m", "w", "d", "rows", config, warm_start="v2")
+    assert key != training_key(
+        "m", "w", "d", "rows", config.model_copy(update={"warmup_steps": 10}), warm_start="v1"
+    )
+    assert training_key("m", "w", "d", "rows", config) != key  # a cold run's key

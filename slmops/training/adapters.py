@@ -45,7 +45,11 @@ def training_key(
         "config": config.key_fields(),
     }
     if warm_start is not None:
-        basis["warm_start"] = {"from": warm_start, "steps": config.warm_start_steps}
+        basis["warm_start"] = {
+            "from": warm_start,
+            "steps": config.warm_start_steps,
+            "warmup": config.warm_start_config().warmup_steps,
+        }
     return sha256_bytes(json.dumps(basis, sort_keys=True).encode())[:24]
 
 

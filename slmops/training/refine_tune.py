@@ -248,7 +248,7 @@ def train(
         init_from = workdir / "warm-start"
         shutil.rmtree(init_from, ignore_errors=True)
         VersionedArtifact(store, ADAPTERS, adapter).download(warm_start, init_from)
-        config = config.model_copy(update={"max_steps": config.warm_start_steps})
+        config = config.warm_start_config()
     train_rows = datasets.read_rows(store, dataset, version, datasets.TRAIN)
     eval_rows = datasets.read_rows(store, dataset, version, datasets.EVAL)
     resume = adapters.latest_checkpoint(store, adapter, key, workdir / "resume")

@@ -96,8 +96,8 @@ class TrainConfig(BaseModel):
         ge=1,
         description="Set: a run on a new revision of the champion's base model starts from "
         "the champion adapter's weights (same rank, alpha and target modules) and trains this "
-        "many steps instead of max_steps (the example: 40 instead of 150, and the gate passes "
-        "it against the champion). Unset, or no such champion: from scratch.",
+        "many steps instead of max_steps (the example: 40 instead of 150), the learning rate "
+        "warming up over the first fifth of them. Unset, or no such champion: from scratch.",
         # Not in the key as a field: a run that warm-starts puts the champion's version and
         # these steps into its training key instead (a cold run's key is left as it was).
         json_schema_extra={"changes_weights": False},
@@ -192,6 +192,21 @@ class TrainConfig(BaseModel):
         description="Price of one GPU-hour, for the cost estimate.",
         json_schema_extra={"changes_weights": False},
     )
+
+    def warm_start_config(self) -> TrainConfig:
+        """What a warm start trains with: `warm_start_steps` steps, the learning rate rising
+        over the first fifth of them (or `warmup_steps`, if longer). The optimizer starts
+        afresh on weights that are already trained, and Adam's first updates move every
+        weight by about the learning rate whatever its gradient: at full rate from the first
+        step they undo some of what the champion learned (measured on the example: the
+        adversarial suite's valid format fell from 0.98 to 0.90 without the warmup and held
+        with it, README 'What the tiny model learns')."""
+        if self.warm_start_steps is None:
+            raise ValueError("warm_start_config() needs warm_start_steps")
+        steps = self.warm_start_steps
+        return self.model_copy(
+            update={"max_steps": steps, "warmup_steps": max(self.warmup_steps, -(-steps // 5))}
+        )
 
     def key_fields(self) -> dict[str, Any]:
         """The weight-changing fields as the training key sees them (a field added later is
