@@ -51,9 +51,10 @@ test-fast: setup
 	$(BIN)/pytest -m "not slow" --durations=5
 
 # The whole loop on the local stack (Prefect server + worker, S3, a vLLM replica); the stack
-# keeps running afterwards for the UI. A second run reuses what is done.
+# keeps running afterwards for the UI. A second run reuses what is done. The base model
+# pretrains (first run on a machine) while the vLLM virtualenv installs.
 demo:
-	$(MAKE) --jobs=2 --output-sync=target setup vllm
+	$(MAKE) --jobs=3 --output-sync=target setup vllm tiny-base
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m examples.demo
 
 clean:
