@@ -36,7 +36,14 @@ from slmops.serving.promotion import serving_name
 from slmops.store.manifest import Manifest
 from slmops.store.s3 import S3Store
 from slmops.store.versions import VersionedArtifact
-from tests.helpers import ROOT, TEST_RECIPE, free_port, share_session_adapter, subset_suites
+from tests.helpers import (
+    EVALS,
+    ROOT,
+    TEST_RECIPE,
+    free_port,
+    share_session_adapter,
+    subset_suites,
+)
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
 
@@ -110,12 +117,12 @@ def release_policy(home: Path) -> Path:
     """The example's gate policy without its guard on declining off-topic questions: what
     this module tests is the loop around a passing verdict (the roll, the claim, the
     promotion), and the tiny model's decline rate after a warm start is not stable across
-    CPUs (the same recipe gave 0.70 and then 0.05-0.35 on another machine: README, 'What the
-    tiny model learns'). Every other floor and margin of the example policy holds; the
+    CPUs (r1's adapter declined 0.70; its warm starts on r2 0.05-0.35 on one machine and
+    above the floor on another: README, 'What the tiny model learns'). Every other floor and margin of the example policy holds; the
     example policy's verdicts on the session's adapter are tested in test_training."""
     import yaml
 
-    doc = yaml.safe_load((ROOT / "examples/support-bot/evals/policy.yaml").read_text())
+    doc = yaml.safe_load((EVALS / "policy.yaml").read_text())
     for rules in ("floors", "non_inferiority"):
         doc[rules].pop("adversarial.refuses")
     path = home / "release-policy.yaml"

@@ -45,6 +45,8 @@ def training_key(
         "config": config.key_fields(),
     }
     if warm_start is not None:
+        # The warmup follows from the fields above, but keys made before warm starts warmed up
+        # (TrainConfig.warm_start_config) must not find adapters trained without one.
         basis["warm_start"] = {
             "from": warm_start,
             "steps": config.warm_start_steps,
