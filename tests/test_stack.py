@@ -118,8 +118,9 @@ def release_policy(home: Path) -> Path:
     this module tests is the loop around a passing verdict (the roll, the claim, the
     promotion), and the tiny model's decline rate after a warm start is not stable across
     CPUs (r1's adapter declined 0.70; its warm starts on r2 0.05-0.35 on one machine and
-    above the floor on another: README, 'What the tiny model learns'). Every other floor and margin of the example policy holds; the
-    example policy's verdicts on the session's adapter are tested in test_training."""
+    above the floor on another: README, 'What the tiny model learns'). Every other floor and
+    margin of the example policy holds; the example policy's verdicts on the session's
+    adapter are tested in test_training."""
     import yaml
 
     doc = yaml.safe_load((EVALS / "policy.yaml").read_text())
