@@ -5,6 +5,9 @@ A source is one of:
                            with HF_HUB_OFFLINE=1, read from the local HF cache)
   s3://bucket/prefix       a save_pretrained folder in S3; revision = hash of its object list
   /path/or/relative        a local save_pretrained folder; revision = hash of its files
+  gguf://path.gguf         a GGUF file, or gguf-package://name, a package that assembles one;
+                           revision = the GGUF's sha256; converted once into a folder
+                           (slmops.gguf_models)
 A revision is a stable id: the same files give the same revision on every machine.
 
 A revision's weights digest (`weights_digest`) hashes only what decides an adapter's weights
@@ -25,6 +28,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from slmops import gguf_models
 from slmops.errors import ConfigError, ConflictError, ObjectNotFoundError
 from slmops.store import ObjectStore, open_store, parse_store_uri
 from slmops.store.hashing import folder_sha256, sha256_file
@@ -52,7 +56,7 @@ class Revision(BaseModel):
 
 # Files that describe a model and do not change what it computes.
 _DOC_PREFIXES = ("readme", "license", "licence", "notice", "changelog", "use_policy", "model_card")
-_DOC_SUFFIXES = (".md", ".png", ".jpg", ".jpeg", ".gif", ".svg", ".pdf")
+_DOC_SUFFIXES = (".md", ".html", ".png", ".jpg", ".jpeg", ".gif", ".svg", ".pdf")
 
 
 def _is_doc(relative: Path) -> bool:
@@ -116,6 +120,8 @@ def current_revision(model: WatchedModel) -> Revision:
     """The revision a source offers now. Raises ConfigError if the source does not exist."""
     check_name(model.name, "model name")
     source = model.source
+    if gguf_models.is_gguf_source(source):
+        return Revision(model=model.name, revision=gguf_models.gguf_revision(source), source=source)
     if source.startswith("hf://"):
         repo, branch = _hf_repo(source)
         if os.environ.get("HF_HUB_OFFLINE") == "1":
@@ -170,6 +176,13 @@ def materialize(source: str, revision: str, cache_dir: Path, *, superseded_ok: b
     release replaced it at the source). A revision neither cached nor current is refused."""
     if source.startswith("hf://"):
         return hf_snapshot(source, revision)
+    if gguf_models.is_gguf_source(source):
+        return gguf_models.converted_folder(
+            source,
+            cache_dir,
+            revision,
+            finish=lambda folder: (folder / WEIGHTS_SIDECAR).write_text(weights_digest(folder)),
+        )
     target = cache_dir / "models" / hashlib.sha256(source.encode()).hexdigest()[:12] / revision
     if (target / "config.json").exists():
         return target
