@@ -34,6 +34,8 @@ FILE_SCHEME = "gguf://"
 PACKAGE_SCHEME = "gguf-package://"
 LOG = logging.getLogger(__name__)
 CONVERTED_MARK = ".slmops-converted-from"  # hidden: no hash of the folder counts it
+# In the cache path: a change to what `convert` writes must not find folders written before it.
+CONVERSION = 1
 
 # Gemma's own chat template (the instruction-tuned releases ship it; the pretrained base's GGUF
 # has none): a system message is folded into the first user turn, the assistant is "model".
@@ -138,7 +140,7 @@ def converted_folder(
     (`finish` runs on the new folder before it becomes visible).
 
     Refuses a revision the source no longer offers (the GGUF changed) unless it is cached."""
-    target = cache_dir / "models" / "gguf" / revision
+    target = cache_dir / "models" / "gguf" / f"conversion-{CONVERSION}" / revision
     if (target / CONVERTED_MARK).is_file():
         return target
     gguf = gguf_file(source)
@@ -210,6 +212,13 @@ def convert(
         del config.quantization_config
     config.architectures = [type(loaded).__name__]
     config.dtype = "bfloat16"
+    # A turn ends at the end-of-turn token (generation stops there, training teaches it), and
+    # the file's own end of sequence still stops generation too.
+    eos_ids: list[int] = [config.eos_token_id] if isinstance(config.eos_token_id, int) else []
+    if end_of_turn is not None and end_of_turn in tokenizer.get_vocab():
+        tokenizer.eos_token = end_of_turn
+        eos_ids.insert(0, tokenizer.get_vocab()[end_of_turn])
+        config.eos_token_id = eos_ids
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
     tied = set(getattr(plain, "_tied_weights_keys", None) or ())
@@ -223,10 +232,6 @@ def convert(
     say(f"writing {out}")
     plain.to(torch.bfloat16).save_pretrained(out)
     tokenizer.chat_template = template
-    eos_ids: list[int] = [config.eos_token_id] if isinstance(config.eos_token_id, int) else []
-    if end_of_turn is not None and end_of_turn in tokenizer.get_vocab():
-        tokenizer.eos_token = end_of_turn
-        eos_ids.insert(0, tokenizer.get_vocab()[end_of_turn])
     tokenizer.save_pretrained(out)
     GenerationConfig(
         bos_token_id=config.bos_token_id,

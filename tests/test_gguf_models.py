@@ -151,6 +151,7 @@ def test_the_converted_tokenizer_chats_in_gemma_turns_and_stops_at_the_end_of_on
     assert tokenizer.eos_token == "<end_of_turn>"
     generation = json.loads((converted / "generation_config.json").read_text())
     assert generation["eos_token_id"] == [6, 1]  # <end_of_turn>, then the file's <eos>
+    assert json.loads((converted / "config.json").read_text())["eos_token_id"] == [6, 1]
 
 
 def test_a_gguf_file_is_a_source_whose_revision_is_its_hash(tiny_gguf, tmp_path: Path) -> None:
@@ -222,4 +223,4 @@ def test_bad_gguf_sources_are_refused_with_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"broken\.gguf"):
         checkout("g", f"gguf://{broken}", None, cache)
     # Nothing half-converted is left to be found later.
-    assert not list((cache / "models" / "gguf").glob("*"))
+    assert not [p for p in cache.rglob("*") if p.is_file()]
