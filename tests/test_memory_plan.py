@@ -195,3 +195,17 @@ def test_a_config_without_the_sizes_is_refused_naming_the_file_and_key(tmp_path:
         ModelShape.from_pretrained(tmp_path)
     with pytest.raises(ConfigError, match="a model folder"):
         ModelShape.from_pretrained(tmp_path / "missing")
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux /proc only")
+def test_the_measured_cpu_peak_is_the_training_s_not_what_ran_before_it() -> None:
+    # A GGUF base converted in the same process held two float32 copies of the model before
+    # training started: the manifest's peak must not count them.
+    from slmops.training import trainer
+
+    before = b"\x01" * (400 * 2**20)
+    held = trainer._peak_rss_mb()
+    del before
+    assert trainer._reset_peak_rss()
+    after = trainer._peak_rss_mb()
+    assert held is not None and after is not None and after < held - 300

@@ -335,6 +335,28 @@ def plan_memory(
     )
 
 
+def _reset_peak_rss() -> bool:
+    """Start the process's peak resident memory over (Linux: clear_refs 5), so the measured
+    peak is the training's, not what ran before it in the process (converting a GGUF base
+    holds two float32 copies of the model). False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss_mb() -> float | None:
+    """Peak resident memory since the last reset (VmHWM), in MB; None if unreadable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def to_trl_rows(rows: list[list[dict[str, str]]]) -> list[dict[str, Any]]:
     """Chat rows as conversational prompt/completion: the loss covers the answer only."""
     return [{"prompt": m[:-1], "completion": m[-1:]} for m in rows]
@@ -482,6 +504,7 @@ def train_adapter(
         load_adapter_weights(trainer.model, init_from, lora)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    rss_reset = _reset_peak_rss()
     cpu0, t0 = time.process_time(), time.perf_counter()
     try:
         resumed = None
@@ -498,7 +521,9 @@ def train_adapter(
     finally:
         torch.set_num_threads(old_threads)
     finalize_adapter(adapter_dir, served_model)
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_rss_mb = (_peak_rss_mb() if rss_reset else None) or (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
     peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
     peak_mb = peak_gpu_mb if peak_gpu_mb is not None else peak_rss_mb
     plan.measured_peak_gb = round(peak_mb * 2**20 / GB, 2)
