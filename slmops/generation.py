@@ -39,12 +39,14 @@ class LocalGenerator:
         *,
         max_new_tokens: int = 96,
         batch_size: int = 32,
+        batch_tokens: int = 16384,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.base, self.adapter = Path(base), Path(adapter) if adapter else None
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        self.batch_tokens = batch_tokens
         self.tokenizer = AutoTokenizer.from_pretrained(self.base)
         self.tokenizer.padding_side = "left"
         model: Any = AutoModelForCausalLM.from_pretrained(self.base, dtype=torch.float32)
@@ -90,12 +92,10 @@ class LocalGenerator:
         import torch
 
         encoded = [self._encode(p) for p in prompts]
-        # Longest first, so each batch pads little; answers go back in the callers' order.
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         replies: list[str] = [""] * len(prompts)
         pad = self.tokenizer.pad_token_id
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
+        done = 0
+        for rows in batches([len(e) for e in encoded], self.batch_size, self.batch_tokens):
             width = max(len(encoded[i]) for i in rows)
             ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in rows])
             mask = torch.tensor(
@@ -113,9 +113,25 @@ class LocalGenerator:
             texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
             for row, text in zip(rows, texts, strict=True):
                 replies[row] = text.strip()
+            done += len(rows)
             if on_progress:
-                on_progress(min(start + self.batch_size, len(order)), len(order))
+                on_progress(done, len(encoded))
         return replies
+
+
+def batches(lengths: list[int], rows: int, tokens: int) -> list[list[int]]:
+    """Indices of prompts grouped into batches, longest first (each batch pads little): at
+    most `rows` prompts, and at most `tokens` once padded to the batch's longest, so a few
+    very long prompts (a 32k-window model keeps them whole) share a batch with few others
+    instead of padding 31 short ones to their length. Every batch holds at least one."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    out: list[list[int]] = []
+    for i in order:
+        if out and len(out[-1]) < rows and (len(out[-1]) + 1) * lengths[out[-1][0]] <= tokens:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
 
 
 def generate(
