@@ -61,7 +61,7 @@ GEMMA_CHAT_TEMPLATE = (
 CHAT_FORMATS: dict[str, tuple[str, str]] = {
     arch: (GEMMA_CHAT_TEMPLATE, "<end_of_turn>") for arch in ("gemma", "gemma2", "gemma3")
 }
-_TERMS_PREFIXES = ("license", "licence", "notice", "terms", "use_policy")
+_TERMS_PREFIXES = ("license", "licence", "notice", "use_policy")  # or "terms" anywhere
 
 
 def is_gguf_source(source: str) -> bool:
@@ -122,8 +122,9 @@ def terms_files(source: str, gguf: Path) -> list[Path]:
             candidates += sorted(Path(module_file).parent.rglob("*"))
     found: dict[str, Path] = {}
     for path in candidates:
-        name = path.name.lower()
-        if path.is_file() and (name.startswith(_TERMS_PREFIXES) or "terms" in path.stem.lower()):
+        if path.is_file() and (
+            path.name.lower().startswith(_TERMS_PREFIXES) or "terms" in path.stem.lower()
+        ):
             found.setdefault(path.name, path)
     return list(found.values())
 
