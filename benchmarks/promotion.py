@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import statistics
 import tempfile
 import threading
@@ -27,15 +26,11 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 EVALS = ROOT / "examples" / "support-bot" / "evals"
 ADAPTER = "bench-bot"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _variant(source: Path, dest: Path, factor: float) -> Path:
@@ -115,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from benchmarks.gate import _tiny
-    from infra.vllm_server import start, wait_ready
+    from infra.vllm_server import start, threads_per_replica, wait_ready
     from slmops.base_models import WatchedModel, current_revision
     from slmops.evaluation.verdicts import evaluate_adapter
     from slmops.serving.client import Replica, ServingConfig, VLLMClient
@@ -133,7 +128,14 @@ def main(argv: list[str] | None = None) -> None:
         revision = current_revision(WatchedModel(name="tiny", source=str(base))).revision
         print("starting 2 vLLM replicas (55-85 s) ...", flush=True)
         servers = [
-            start(base, _free_port(), work / f"vllm-{i}.log", served_name="tiny") for i in range(2)
+            start(
+                base,
+                free_port(),
+                work / f"vllm-{i}.log",
+                served_name="tiny",
+                threads=threads_per_replica(2),
+            )
+            for i in range(2)
         ]
         wait_ready(servers, on_wait=lambda note: print(" ", note, flush=True))
         replicas = [Replica(url=s.url, model="tiny", revision=revision) for s in servers]

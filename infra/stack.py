@@ -9,8 +9,12 @@ The S3 server (`infra/s3_server.py`, moto's S3 with its buckets mirrored to
 `<state_dir>/stack.json` with its command line, and writes logs under `<state_dir>/logs/`.
 `down` stops only processes recorded there, and only if their command line still matches
 (a pid reused by another program is left alone). The worker is stopped before its server.
-With vLLM replicas, `up` also writes `<state_dir>/serving.yaml` (the replicas, the base
-revision they serve, the shared adapter folder) and `stack env` points SLMOPS_SERVING at it.
+With vLLM replicas, `up` also runs a router (HAProxy) in front of them, the stable name's
+address, and writes `<state_dir>/serving.yaml` (the replica sets, the base revision each
+serves, the router, the shared adapter folder); `stack env` points SLMOPS_SERVING at it.
+Replicas are grouped in sets, one per base revision: after a base-model release `up --roll`
+starts the new revision's set beside the serving one, a promotion moves the traffic to it by
+router weights, and `retire` stops the old set once it takes none (blue/green).
 """
 
 from __future__ import annotations
@@ -72,19 +76,42 @@ class Component:
     log: str
     url: str | None = None
     started_at: float = field(default_factory=time.time)
+    set: str = ""  # a vLLM replica's replica set
+
+
+@dataclass
+class ReplicaSet:
+    """vLLM replicas serving one base revision (a copy of its folder), on their own ports."""
+
+    name: str
+    revision: str  # what serving.yaml says they serve (a model-card release moves it on)
+    weights: str  # the weights digest of `snapshot`
+    snapshot: str  # the folder the replicas were started on
+    ports: list[int]
 
 
 @dataclass
 class StackConfig:
     state_dir: Path
     prefect_port: int = 4200
+    # The Prefect server's database: "sqlite" (a file in the state folder) or "postgres" (a
+    # real PostgreSQL server on postgres_port, its data in the state folder; `make postgres`).
+    database: str = "sqlite"
+    postgres_port: int = 5442
     s3_port: int = 9000
     pool: str = WORK_POOL
     bucket: str = S3_BUCKET
     vllm: int = 0  # vLLM replicas to run
-    vllm_port: int = 8100  # the first replica's port; the next ones count up
+    # OpenMP threads per replica; 0 = the cores shared by twice the replicas (a roll runs a
+    # second set beside the serving one), at least 1: more threads than cores stall them all.
+    vllm_threads: int = 0
+    vllm_port: int = 8100  # the first replica's port; the next ones (and sets) count up
+    router_port: int = 8098  # the router in front of the replicas: the stable name's address
     model_dir: Path = Path(".slmops/models/tiny-llama")  # what the replicas serve
     served_model: str = "tiny-llama"
+    # Another base-model source instead of the folder (e.g. gguf-package://...: the replicas
+    # serve its converted folder); empty = model_dir, the tiny model built when missing.
+    model_source: str = ""
     # The checkout: the S3 server runs as `python -m infra.s3_server` from it (infra/ is a
     # folder of the checkout, not an installed package), and model_dir is relative to it.
     project_dir: Path = field(default_factory=lambda: Path(__file__).resolve().parent.parent)
@@ -107,12 +134,30 @@ class StackConfig:
         return config
 
     @property
+    def source(self) -> str:
+        """The base-model source the replicas serve (the watcher and refine-tune take it)."""
+        return self.model_source or str((self.project_dir / self.model_dir).absolute())
+
+    @property
     def prefect_api_url(self) -> str:
         return f"http://{HOST}:{self.prefect_port}/api"
 
     @property
     def s3_url(self) -> str:
         return f"http://{HOST}:{self.s3_port}"
+
+    @property
+    def router_url(self) -> str:
+        return f"http://{HOST}:{self.router_port}"
+
+    @property
+    def router_dir(self) -> Path:
+        return self.state_dir.absolute() / "router"
+
+    @property
+    def router_admin(self) -> str:
+        """The router's admin socket (infra.haproxy.write_config puts it in router_dir)."""
+        return f"unix:{self.router_dir / 'router.sock'}"
 
     @property
     def serving_file(self) -> Path:
@@ -132,7 +177,20 @@ class StackConfig:
         return env
 
 
-_SAVED = ("prefect_port", "s3_port", "pool", "bucket", "vllm", "vllm_port", "served_model")
+_SAVED = (
+    "prefect_port",
+    "database",
+    "postgres_port",
+    "s3_port",
+    "pool",
+    "bucket",
+    "vllm",
+    "vllm_threads",
+    "vllm_port",
+    "router_port",
+    "served_model",
+    "model_source",
+)
 
 
 def _bin(name: str) -> str:
@@ -222,10 +280,11 @@ class LocalStack:
         self.state_dir = config.state_dir.absolute()
         self.state_file = self.state_dir / "stack.json"
         self.s3_data = self.state_dir / "s3-data"
+        self.postgres_dir = self.state_dir / "postgres"
         self.log = log
 
     # -- state ------------------------------------------------------------------------------
-    def _load(self) -> dict[str, Component]:
+    def _raw(self) -> dict[str, Any]:
         if not self.state_file.exists():
             return {}
         try:
@@ -235,9 +294,19 @@ class LocalStack:
                 f"stack state {self.state_file} is unreadable ({exc}); stop the "
                 "processes it lists by hand and delete it"
             ) from exc
-        return {name: Component(**c) for name, c in raw.get("components", {}).items()}
+        return raw if isinstance(raw, dict) else {}
 
-    def _save(self, comps: dict[str, Component]) -> None:
+    def _load(self) -> dict[str, Component]:
+        return {name: Component(**c) for name, c in self._raw().get("components", {}).items()}
+
+    def replica_sets(self) -> dict[str, ReplicaSet]:
+        """The vLLM replica sets `up` keeps running, in the order they were started."""
+        return {name: ReplicaSet(**rs) for name, rs in self._raw().get("sets", {}).items()}
+
+    def _save(self, comps: dict[str, Component], sets: dict[str, ReplicaSet] | None = None) -> None:
+        """Record the components (and the replica sets; None: as recorded)."""
+        if sets is None:
+            sets = self.replica_sets()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(
@@ -248,6 +317,7 @@ class LocalStack:
                         "model_dir": str(self.config.model_dir),
                     },
                     "components": {n: asdict(c) for n, c in comps.items()},
+                    "sets": {n: asdict(rs) for n, rs in sets.items()},
                 },
                 indent=2,
             )
@@ -308,6 +378,13 @@ class LocalStack:
     def _s3_ready(self) -> bool:
         return _port_open(self.config.s3_port) and _http_ok(self.config.s3_url + "/") is not None
 
+    def _postgres_ready(self) -> bool:
+        from infra import postgres
+
+        return _port_open(self.config.postgres_port) and postgres.ready(
+            self.postgres_dir, self.config.postgres_port
+        )
+
     def _prefect_ready(self) -> bool:
         return _http_ok(self.config.prefect_api_url + "/health") is not None
 
@@ -319,17 +396,36 @@ class LocalStack:
         )
         return bool(body and json.loads(body))
 
+    def _router_ready(self) -> bool:
+        from slmops.serving.router import HAProxyRuntime
+
+        try:
+            HAProxyRuntime(self.config.router_admin).servers()
+        except SlmopsError:
+            return False
+        return True
+
+    def _replica_name(self, port: int) -> str:
+        return f"vllm-{port - self.config.vllm_port}"
+
     def health(self) -> dict[str, tuple[str, Component | None]]:
         """Each component's state: running, unhealthy, stopped (or not started by us)."""
         comps = self._load()
         checks = {
             "s3": self._s3_ready,
+            **({"postgres": self._postgres_ready} if self.config.database == "postgres" else {}),
             "prefect": self._prefect_ready,
             "worker": self._worker_ready,
         }
-        for i in range(self.config.vllm):
-            url = f"http://{HOST}:{self.config.vllm_port + i}/health"
-            checks[f"vllm-{i}"] = lambda url=url: _http_ok(url) is not None  # type: ignore[misc]
+        if self.config.vllm:
+            checks["router"] = self._router_ready
+        sets = self.replica_sets()
+        ports = [p for rs in sets.values() for p in rs.ports] or [
+            self.config.vllm_port + i for i in range(self.config.vllm)
+        ]
+        for port in ports:
+            url = f"http://{HOST}:{port}/health"
+            checks[self._replica_name(port)] = lambda url=url: _http_ok(url) is not None  # type: ignore[misc]
         result: dict[str, tuple[str, Component | None]] = {}
         for name, check in checks.items():
             comp = comps.get(name)
@@ -342,9 +438,10 @@ class LocalStack:
     # -- up / down --------------------------------------------------------------------------
     def up(self, timeout: float = 180, *, roll: bool = False) -> dict[str, Component]:
         """Start whatever is not running; leave running components alone. The vLLM replicas
-        keep serving the base revision serving.yaml names (production's adapters were
-        trained on it) after the model folder moved on to a new release; `roll` moves them
-        onto the folder's revision (once its adapter passed the gate)."""
+        keep serving the base revision production's adapters were trained on after the model
+        folder moved on to a new release; `roll` starts a replica set on the folder's revision
+        beside them (once its adapter passed the gate), which takes no traffic until a
+        promotion moves it there."""
         require_stack_extra()
         comps = {n: c for n, c in self._load().items() if _is_ours(c)}
         env = self._env()
@@ -374,6 +471,13 @@ class LocalStack:
             self._wait(comp, self._s3_ready, 60)
         self._ensure_bucket()
 
+        # Prefect answers SQLite's "database is locked" with a bare 503 and logs it only when
+        # asked to: the stack's log should say why a client was refused.
+        server_env = {**env, "PREFECT_SERVER_LOG_RETRYABLE_ERRORS": "true"}
+        if cfg.database == "postgres":
+            server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = self._start_postgres(comps)
+        elif cfg.database != "sqlite":
+            raise StackError(f"database {cfg.database!r}: use sqlite or postgres")
         if "prefect" not in comps:
             self._refuse_busy_port(cfg.prefect_port, "Prefect server", "--prefect-port")
             self.log(
@@ -392,130 +496,179 @@ class LocalStack:
                     str(cfg.prefect_port),
                 ],
                 f"http://{HOST}:{cfg.prefect_port}",
-                env,
+                server_env,
             )
             comps["prefect"] = comp
             self._save(comps)
         # The replicas do not need Prefect: they start while it does (both spend most of a
-        # minute importing, one core each). A replica restarted on another base revision is
-        # restarted holding the serving claims (`_hold_serving`) until serving.yaml says so.
-        with contextlib.ExitStack() as rolling:
-            vllm = self._start_vllm(comps, roll, rolling) if cfg.vllm else None
-            if not self._prefect_ready():
-                self._wait(comps["prefect"], self._prefect_ready, timeout)
+        # minute importing, one core each); the router starts at once, its health checks
+        # find the replicas when they are ready.
+        vllm = self._start_vllm(comps, roll) if cfg.vllm else None
+        if vllm is not None:
+            self._start_router(comps, vllm[1], vllm[2], env)
+        if not self._prefect_ready():
+            self._wait(comps["prefect"], self._prefect_ready, timeout)
 
-            if "worker" not in comps:
-                self._ensure_pool(env)
-                self.log(f"starting a process worker on pool {cfg.pool!r}")
-                worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "2"}
-                comp = self._spawn(
-                    "worker",
-                    [_bin("prefect"), "worker", "start", "--pool", cfg.pool, "--type", "process"],
-                    None,
-                    worker_env,
-                )
-                comps["worker"] = comp
-                self._save(comps)
-                self._wait(comp, self._worker_ready, timeout)
-            if vllm is not None:
-                self._await_vllm(*vllm)
+        if "worker" not in comps:
+            self._ensure_pool(env)
+            self.log(f"starting a process worker on pool {cfg.pool!r}")
+            worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "2"}
+            comp = self._spawn(
+                "worker",
+                [_bin("prefect"), "worker", "start", "--pool", cfg.pool, "--type", "process"],
+                None,
+                worker_env,
+            )
+            comps["worker"] = comp
+            self._save(comps)
+            self._wait(comp, self._worker_ready, timeout)
+        if vllm is not None:
+            self._await_vllm(*vllm)
         return comps
 
-    def _start_vllm(
-        self, comps: dict[str, Component], roll: bool, rolling: contextlib.ExitStack
-    ) -> tuple[list[Component], str, str, float]:
-        """Start the vLLM replicas not running (all at once: about 35 s); return them, the
-        revision they serve and its weights digest, for `_await_vllm`.
+    def _start_postgres(self, comps: dict[str, Component]) -> str:
+        """The PostgreSQL server the Prefect server keeps its state in (initialised once in
+        the state folder, started if not running, the database made if missing); its URL."""
+        from infra import postgres
 
-        Replicas serve a copy of the model folder per revision, so what a replica runs is
+        cfg = self.config
+        if postgres.initialise(self.postgres_dir):
+            self.log(f"initialised a PostgreSQL cluster in {postgres.data_dir(self.postgres_dir)}")
+        if "postgres" not in comps:
+            self._refuse_busy_port(cfg.postgres_port, "PostgreSQL server", "--postgres-port")
+            self.log(f"starting PostgreSQL on {HOST}:{cfg.postgres_port}")
+            comp = self._spawn(
+                "postgres",
+                postgres.command(self.postgres_dir, cfg.postgres_port),
+                f"postgresql://{HOST}:{cfg.postgres_port}/{postgres.DATABASE}",
+                dict(os.environ),
+            )
+            comps["postgres"] = comp
+            self._save(comps)
+            self._wait(comp, self._postgres_ready, 60)
+        postgres.ensure_database(self.postgres_dir, cfg.postgres_port)
+        return postgres.url(self.postgres_dir, cfg.postgres_port)
+
+    def _start_vllm(
+        self, comps: dict[str, Component], roll: bool
+    ) -> tuple[list[Component], dict[str, ReplicaSet], str, float]:
+        """Start the vLLM replicas not running (all at once: about 35 s); return them, the
+        replica sets and the one production runs on, for `_start_router` and `_await_vllm`.
+
+        A set serves a copy of the model folder at one revision, so what its replicas run is
         what serving.yaml says even after the folder changes. After a base-model release the
-        replicas keep the revision they serve: the champion's adapter was trained on it and
-        would not load on the new one, so moving them before the new revision's adapter has
-        passed the gate would take the stable name down. `roll` moves them onto the folder's
-        revision (the demo does it once the gate passed; `slmops stack up --roll`). A release
-        that changed only the model card (same weights digest) restarts nothing either way:
-        the replica serves the new revision as is."""
+        serving set keeps the revision it serves: the champion's adapter was trained on it and
+        would not load on the new one. `roll` starts a set on the folder's revision beside it
+        (the demo does once the gate passed; `slmops stack up --roll`); a promotion then moves
+        the traffic, and `retire` stops the old set. A release that changed only the model
+        card (same weights digest) starts nothing either way: the set serves the new revision
+        as is. Every recorded set is kept running (a replica that died restarts on its port)
+        until it is retired."""
         from infra import vllm_server
         from slmops.base_models import WatchedModel, current_revision, materialize, snapshot_weights
 
         cfg = self.config
         model_dir = (cfg.project_dir / cfg.model_dir).absolute()
-        if not (model_dir / "config.json").exists():
+        if not cfg.model_source and not (model_dir / "config.json").exists():
             from infra.tiny_model import build_tiny_model
 
             self.log(f"building the tiny base model in {model_dir}")
             build_tiny_model(model_dir)
-        newest = current_revision(WatchedModel(name=cfg.served_model, source=str(model_dir)))
+        sets = self.replica_sets()
+        legacy = [n for n in comps if n.startswith("vllm-") and not comps[n].set]
+        for name in legacy:  # recorded before replica sets existed: started again in one
+            self.log(f"restarting {name} in a replica set")
+            _stop_group(comps.pop(name), signal.SIGTERM, 60)
+        newest = current_revision(WatchedModel(name=cfg.served_model, source=cfg.source))
         revision = newest.revision
-        snapshot = materialize(str(model_dir), revision, self.state_dir / "models")
+        snapshot = materialize(cfg.source, revision, self.state_dir / "models")
         weights = snapshot_weights(snapshot)
-        kept = None if roll else self._served_snapshot(model_dir)
-        if kept is not None and kept[0] != revision and snapshot_weights(kept[1]) != weights:
+        served = self._served_snapshot(cfg.source)
+        served_weights = snapshot_weights(served[1]) if served else weights
+        if not roll and served is not None and served[0] != revision and served_weights != weights:
             self.log(
                 f"the model folder is at revision {revision[:12]}; the vLLM replicas keep "
-                f"serving {kept[0][:12]}, which the champion's adapter was trained on "
-                "(`slmops stack up --roll` moves them once the new revision's adapter passed "
-                "the gate)"
+                f"serving {served[0][:12]}, which the champion's adapter was trained on "
+                "(`slmops stack up --roll` starts its replica set once the new revision's "
+                "adapter passed the gate)"
             )
-            revision, snapshot = kept
-            weights = snapshot_weights(snapshot)
-        starting, held = [], False
-        for i in range(cfg.vllm):
-            name, port = f"vllm-{i}", cfg.vllm_port + i
-            if name in comps and str(snapshot) in comps[name].cmdline:
-                continue
-            served = _served_folder(comps[name].cmdline) if name in comps else None
-            if served is not None and snapshot_weights(served) == weights:
+            revision, snapshot = served
+            weights = served_weights
+        target = next((rs for rs in sets.values() if rs.weights == weights), None)
+        if target is None:
+            taken = {p for rs in sets.values() for p in rs.ports}
+            ports = [p for p in range(cfg.vllm_port, cfg.vllm_port + 1000) if p not in taken]
+            target = ReplicaSet(revision[:12], revision, weights, str(snapshot), ports[: cfg.vllm])
+            if sets:
                 self.log(
-                    f"vLLM replica {i} already serves the weights of {revision[:12]} "
-                    "(the release changed only the model card): kept running"
+                    f"starting replica set {target.name} ({cfg.served_model}@{revision[:12]}) "
+                    f"beside {', '.join(sets)}, which keeps the traffic until a promotion "
+                    "moves it"
                 )
-                continue
-            if name in comps:
-                if not held:  # no sync or promotion may act on serving.yaml's old revision
-                    self._hold_serving(rolling)
-                    held = True
-                self.log(
-                    f"vLLM replica {i} serves another revision of {cfg.served_model}: "
-                    f"restarting it on {revision[:12]}"
-                )
-                _stop_group(comps.pop(name), signal.SIGTERM, 60)
-                self._save(comps)
-                deadline = time.time() + 30
-                while _port_open(port) and time.time() < deadline:
-                    time.sleep(0.5)
-            self._refuse_busy_port(port, f"vLLM replica {i}", "--vllm-port")
-            cmd = vllm_server.command(snapshot, port, served_name=cfg.served_model)
-            self.log(f"starting vLLM replica {i} on http://{HOST}:{port} ({cfg.served_model})")
-            comp = self._spawn(name, cmd, f"http://{HOST}:{port}", vllm_server.environment())
-            comps[name] = comp
-            self._save(comps)
-            starting.append(comp)
-        return starting, revision, weights, time.time()
-
-    def _hold_serving(self, rolling: contextlib.ExitStack) -> None:
-        """Hold the serving claim of every adapter in the stack's store (waiting for a
-        promotion, rollback or sync in progress) until `rolling` closes: one that starts while
-        a replica restarts on a new revision waits, then reads the serving.yaml written for
-        it, instead of loading the old revision's champion onto the new process."""
-        from slmops.errors import SlmopsError
-        from slmops.serving.promotion import serving_claim
-        from slmops.store.versions import ADAPTERS, artifacts
-
-        store = self._store()
-        try:
-            names = [art.name for art in artifacts(store, ADAPTERS)]
-            for name in names:
-                rolling.enter_context(serving_claim(store, name, "replica roll", self.log))
-        except SlmopsError as exc:
-            raise StackError(f"cannot restart the vLLM replicas: {exc}") from exc
-        if names:
+            sets[target.name] = target
+        elif target.revision != revision:
             self.log(
-                f"holding the serving claim of {', '.join(names)} while the replicas restart "
-                "(a sync or promotion meanwhile waits for the new serving.yaml)"
+                f"replica set {target.name} already serves the weights of {revision[:12]} "
+                "(the release changed only the model card): kept running"
             )
+            target.revision = revision
+        active = next((n for n, rs in sets.items() if rs.weights == served_weights), target.name)
+        self._save(comps, sets)
+        starting = []
+        threads = cfg.vllm_threads or vllm_server.threads_per_replica(2 * cfg.vllm)
+        for rs in sets.values():
+            for port in rs.ports:
+                name = self._replica_name(port)
+                if name in comps:
+                    continue
+                self._refuse_busy_port(port, f"vLLM replica {name}", "--vllm-port")
+                cmd = vllm_server.command(Path(rs.snapshot), port, served_name=cfg.served_model)
+                self.log(
+                    f"starting vLLM replica {name} of set {rs.name} on http://{HOST}:{port} "
+                    f"({cfg.served_model}@{rs.revision[:12]}, {threads} thread(s))"
+                )
+                env = vllm_server.environment(threads)
+                comp = self._spawn(name, cmd, f"http://{HOST}:{port}", env)
+                comp.set = rs.name
+                comps[name] = comp
+                self._save(comps, sets)
+                starting.append(comp)
+        return starting, sets, active, time.time()
 
-    def _served_snapshot(self, model_dir: Path) -> tuple[str, Path] | None:
+    def _start_router(
+        self,
+        comps: dict[str, Component],
+        sets: dict[str, ReplicaSet],
+        active: str,
+        env: dict[str, str],
+    ) -> None:
+        """HAProxy in front of the replica sets, `active` taking every request (a restarted
+        router starts so; `serve sync` moves the weights onto the champion's set if they
+        differ). A router already running is left as it is: new sets join it at weight 0 in
+        `_await_vllm`."""
+        from infra import haproxy
+
+        if "router" in comps:
+            return
+        cfg = self.config
+        self._refuse_busy_port(cfg.router_port, "router (HAProxy)", "--router-port")
+        try:
+            config, _ = haproxy.write_config(
+                cfg.router_dir,
+                cfg.router_port,
+                {name: [f"http://{HOST}:{p}" for p in rs.ports] for name, rs in sets.items()},
+                {active: 100},
+            )
+            cmd = haproxy.command(config)
+        except SlmopsError as exc:
+            raise StackError(f"cannot start the router: {exc}") from exc
+        self.log(f"starting the router (HAProxy) on {cfg.router_url}: the stable name's address")
+        comp = self._spawn("router", cmd, cfg.router_url, env)
+        comps["router"] = comp
+        self._save(comps)
+        self._wait(comp, self._router_ready, 30)
+
+    def _served_snapshot(self, source: str) -> tuple[str, Path] | None:
         """The base revision production runs on, and its cached copy: the revision the
         champions of this model's adapters in the stack's store were trained on (when they
         agree), or serving.yaml's when it has the same weights (a model-card release moved the
@@ -529,7 +682,7 @@ class LocalStack:
             if not revision:
                 return None
             try:
-                return revision, materialize(str(model_dir), revision, self.state_dir / "models")
+                return revision, materialize(source, revision, self.state_dir / "models")
             except ConfigError:
                 return None
 
@@ -562,11 +715,13 @@ class LocalStack:
         return champion
 
     def _await_vllm(
-        self, starting: list[Component], revision: str, weights: str, started: float
+        self, starting: list[Component], sets: dict[str, ReplicaSet], active: str, started: float
     ) -> None:
-        """Wait for the replicas `_start_vllm` started, then write the serving config that
+        """Wait for the replicas `_start_vllm` started, make sure the router has every set
+        (a new one joins at weight 0: no traffic), then write the serving config that
         promotion reads."""
-        cfg = self.config
+        from slmops.serving.router import HAProxyRuntime
+
         deadline, note = started + 400, started
         for comp in starting:
             health = f"{comp.url}/health"
@@ -578,27 +733,91 @@ class LocalStack:
                     f"waiting for vLLM ({time.time() - note:.0f}s; usually 30-60 s on 2 cores)"
                 ),
             )
+        router = HAProxyRuntime(self.config.router_admin)
+        try:
+            for name, rs in sets.items():
+                router.add_set(name, [f"http://{HOST}:{p}" for p in rs.ports])
+                # its replicas answer /health: the router's next check (1 s) finds them, and
+                # the stable name answers when `up` returns
+                router.wait_up(name, timeout=30)
+        except SlmopsError as exc:
+            raise StackError(f"router (HAProxy, {self.config.router_url}): {exc}") from exc
+        self._write_serving(sets)
+        if len(sets) > 1:
+            shares = router.shares(healthy_only=False)
+            self.log(
+                "replica sets: "
+                + ", ".join(f"{n} ({shares.get(n, 0):g}% of the traffic)" for n in sets)
+            )
+
+    def _write_serving(self, sets: dict[str, ReplicaSet]) -> None:
+        """serving.yaml: every set's replicas, the router in front of them."""
+        import yaml
+
+        cfg = self.config
         serving = {
             "replicas": [
                 {
-                    "url": f"http://{HOST}:{cfg.vllm_port + i}",
+                    "url": f"http://{HOST}:{port}",
                     "model": cfg.served_model,
-                    "revision": revision,
-                    "weights": weights,
+                    "revision": rs.revision,
+                    "weights": rs.weights,
+                    "set": rs.name,
                     "max_lora_rank": 16,
                 }
-                for i in range(cfg.vllm)
+                for rs in sets.values()
+                for port in rs.ports
             ],
             "adapter_dir": str(self.state_dir / "adapters"),
             "drain_s": 30,
+            # One CPU replica per set: short canary steps (a production router takes minutes
+            # per step, and the error rate of real traffic).
+            "router": {
+                "url": cfg.router_url,
+                "admin": self.config.router_admin,
+                "canary": [10, 50, 100],
+                "step_s": 3,
+                "max_error_rate": 0.01,
+            },
         }
-        import yaml
-
-        cfg.serving_file.write_text(
-            "# Written by `slmops stack up --vllm N`: the local vLLM replicas.\n"
-            + yaml.safe_dump(serving, sort_keys=False)
+        tmp = cfg.serving_file.with_suffix(".tmp")
+        tmp.write_text(
+            "# Written by `slmops stack up --vllm N`: the local vLLM replica sets and their "
+            "router.\n" + yaml.safe_dump(serving, sort_keys=False)
         )
+        os.replace(tmp, cfg.serving_file)
         self.log(f"serving config: {cfg.serving_file}")
+
+    def retire(self, name: str, *, drain_s: float = 0.0) -> list[str]:
+        """Take replica set `name` out of the router (refused while it takes traffic or serves
+        a champion's base revision), stop its replicas and drop it from serving.yaml; returns
+        the replicas stopped. After it, a rollback to its revision is no longer instant."""
+        from slmops.serving.client import load_serving_config
+        from slmops.serving.promotion import retire_set
+        from slmops.store.versions import ADAPTERS, artifacts
+
+        sets = self.replica_sets()
+        if name not in sets:
+            raise StackError(
+                f"the stack has no replica set {name!r}; it has {', '.join(sets) or 'none'}"
+            )
+        store = self._store()
+        adapters = [art.name for art in artifacts(store, ADAPTERS)]
+        config = load_serving_config(self.config.serving_file)
+        if name in config.sets():
+            retire_set(config, store, name, adapters, drain_s=drain_s, log=self.log)
+        comps = self._load()
+        stopped = []
+        for port in sets[name].ports:
+            comp = comps.pop(self._replica_name(port), None)
+            if comp is not None and _is_ours(comp):
+                self.log(f"stopping {comp.name} of replica set {name} (pid {comp.pid})")
+                _stop_group(comp, signal.SIGTERM, 60)
+                stopped.append(comp.name)
+        del sets[name]
+        self._save(comps, sets)
+        self._write_serving(sets)
+        return stopped
 
     def _refuse_busy_port(self, port: int, what: str, option: str) -> None:
         if _port_open(port):
@@ -660,8 +879,10 @@ class LocalStack:
         replicas = [(n, signal.SIGTERM) for n in sorted(comps) if n.startswith("vllm-")]
         for name, sig in (
             *replicas,
+            ("router", signal.SIGUSR1),  # HAProxy's soft stop
             ("worker", signal.SIGINT),
             ("prefect", signal.SIGTERM),
+            ("postgres", signal.SIGINT),  # PostgreSQL's fast shutdown
             ("s3", signal.SIGTERM),
         ):
             comp = comps.get(name)

@@ -108,9 +108,28 @@ def command(
     ]
 
 
-def environment() -> dict[str, str]:
+def cpu_cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def threads_per_replica(replicas: int) -> int:
+    """Threads for each of `replicas` replicas sharing this machine's cores. More
+    OpenMP threads than cores stall every replica: with 2 replicas on 2 cores under client
+    load, 2 threads each answered a 96-token request in 5.0 s on average (max 9.3 s), 1 thread
+    each in 0.77 s, and served 5.5x the requests (benchmarks/vllm_threads.py)."""
+    return max(1, cpu_cores() // max(1, replicas))
+
+
+def environment(threads: int | None = None) -> dict[str, str]:
+    """The replica's environment; `threads`: its OpenMP/torch threads (None: torch's default,
+    every core, which is right only for a replica alone on the machine)."""
     return {
         **os.environ,
+        **({"OMP_NUM_THREADS": str(threads)} if threads else {}),
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
         "VLLM_TARGET_DEVICE": "cpu",
         "VLLM_CPU_KVCACHE_SPACE": "1",
@@ -131,8 +150,10 @@ def start(
     served_name: str,
     max_lora_rank: int = 16,
     detach: bool = False,
+    threads: int | None = None,
 ) -> VLLMServer:
-    """Start one replica in the background (not waiting for it to be ready)."""
+    """Start one replica in the background (not waiting for it to be ready); `threads`: see
+    `threads_per_replica` when several run on one machine."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
@@ -140,7 +161,7 @@ def start(
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=environment(),
+            env=environment(threads),
             start_new_session=detach,  # the stack's servers outlive the command that started them
         )
     return VLLMServer(proc, f"http://127.0.0.1:{port}", port, served_name, max_lora_rank, log)
@@ -193,6 +214,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--served-name", default="tiny-llama")
     parser.add_argument("--max-lora-rank", type=int, default=16)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="OpenMP threads (default: every core)"
+    )
     args = parser.parse_args()
     cmd = command(
         args.model_dir.resolve(),
@@ -200,7 +224,7 @@ def main() -> None:
         served_name=args.served_name,
         max_lora_rank=args.max_lora_rank,
     )
-    os.execve(cmd[0], cmd, environment())
+    os.execve(cmd[0], cmd, environment(args.threads))
 
 
 if __name__ == "__main__":

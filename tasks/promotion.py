@@ -50,11 +50,14 @@ def serving_config(path: str | None, drain_s: float | None = None) -> ServingCon
 def _report(title: str, result: PromotionResult) -> str:
     rows = "\n".join(f"| {url} | {result.smoke.get(url, '-')} |" for url in result.replicas)
     timings = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
+    where = "every replica of its base revision's set" if result.traffic else "every replica"
+    traffic = ", ".join(f"set {n} {v:g}%" for n, v in result.traffic.items())
     return (
         f"## {title}: {result.adapter}@{result.version}\n\n"
-        f"Clients call **`{result.adapter}`**; it now serves `{result.name}` on every replica. "
+        f"Clients call **`{result.adapter}`**; it now serves `{result.name}` on {where}. "
         f"Previous champion: `{result.previous or 'none'}` (kept loaded: rollback is one step).\n\n"
-        f"| replica | smoke prompts passed |\n|---|---|\n{rows}\n\n"
+        + (f"Router: {traffic} of the requests.\n\n" if traffic else "")
+        + f"| replica | smoke prompts passed |\n|---|---|\n{rows}\n\n"
         f"Timings: {timings}.\n\n"
         + (f"Unloaded after the drain: {', '.join(result.unloaded)}.\n" if result.unloaded else "")
     )

@@ -3,6 +3,9 @@ UI, a progress bar while training, the run's report as a markdown artifact."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -10,6 +13,7 @@ from prefect.artifacts import (
     create_markdown_artifact,
 )
 from prefect.cache_policies import NONE
+from prefect.concurrency.sync import concurrency
 
 from slmops.store import open_store
 from slmops.store.claims import Claim
@@ -19,6 +23,9 @@ from slmops.training.trainer import TrainConfig, TrainResult
 from tasks.report import adapter_report
 from tasks.retries import RETRIES
 from tasks.signals import ProgressBar
+
+# A held GPU slot's lease: renewed while training runs; a run that dies frees it this long after.
+GPU_SLOT_LEASE_S = 120.0
 
 # Stages that need nothing of Prefect but retries and a name: the core functions, as tasks.
 base_model = task(name="base-model", task_run_name="base model {model}", **RETRIES)(
@@ -77,20 +84,39 @@ def train(
     def on_step(step: int, of: int) -> None:
         bar.update(100.0 * step / of)
 
-    return refine_tune.train(
-        store_uri,
-        adapter,
-        key,
-        base_path,
-        served_model,
-        dataset,
-        version,
-        config,
-        workdir,
-        warm_start,
-        log=get_run_logger(),
-        on_step=on_step,
-    )
+    with gpu_slot(config.gpu_slot):
+        return refine_tune.train(
+            store_uri,
+            adapter,
+            key,
+            base_path,
+            served_model,
+            dataset,
+            version,
+            config,
+            workdir,
+            warm_start,
+            log=get_run_logger(),
+            on_step=on_step,
+        )
+
+
+@contextmanager
+def gpu_slot(name: str | None) -> Iterator[None]:
+    """Hold a slot of the global concurrency limit `name` (a class of GPUs) while the block
+    runs: waits while every slot is taken; the slot's lease (renewed while held) expires on
+    the server if the process dies, so a crashed run does not keep its GPUs. Strict: a limit
+    that does not exist fails instead of training unguarded."""
+    if not name:
+        yield
+        return
+    log = get_run_logger()
+    log.info(f"waiting for a slot of {name!r} (global concurrency limit) to train")
+    tick = time.monotonic()
+    with concurrency(name, occupy=1, strict=True, lease_duration=GPU_SLOT_LEASE_S):
+        log.info(f"holding a slot of {name!r} (waited {time.monotonic() - tick:.0f}s)")
+        yield
+    log.info(f"released the slot of {name!r}")
 
 
 @task(name="report-training")

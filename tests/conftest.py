@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -71,6 +71,27 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_line(f"tiny base model: {path}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
+    """A failed test shows the end of the logs of the vLLM replicas it used (the session's, and
+    any in its tmp_path): a replica that stalls or crashes says why there, and CI keeps only
+    what pytest prints."""
+    outcome = yield
+    report = outcome.get_result()
+    funcargs = getattr(item, "funcargs", {})
+    if not report.failed:
+        return
+    for server in funcargs.get("vllm_replicas") or ():
+        report.sections.append((f"end of {server.log}", server.tail(40)))
+    tmp = funcargs.get("tmp_path")
+    if isinstance(tmp, Path):  # the test's own servers (a replica, a router) log there
+        for log in sorted(tmp.glob("*.log"))[:4]:
+            lines = log.read_text(errors="replace").splitlines()[-40:]
+            report.sections.append((f"end of {log}", "\n".join(lines)))
 
 
 @pytest.fixture(autouse=True)
@@ -159,7 +180,7 @@ def vllm_replicas(
     """Two real vLLM servers (CPU build) serving the tiny base model with runtime LoRA
     loading, started once per session (about 70 s for both): replica 0 accepts LoRA rank up
     to 32, replica 1 up to 16 (so one replica can refuse what the other loads)."""
-    from infra.vllm_server import start, wait_ready
+    from infra.vllm_server import start, threads_per_replica, wait_ready
 
     logs = tmp_path_factory.mktemp("vllm")
     servers = [
@@ -169,6 +190,7 @@ def vllm_replicas(
             logs / f"replica-{i}.log",
             served_name="tiny-llama",
             max_lora_rank=rank,
+            threads=threads_per_replica(2),
         )
         for i, rank in enumerate((32, 16))
     ]

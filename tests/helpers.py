@@ -155,3 +155,23 @@ def share_session_adapter(
         if not dest.exists(info.key):
             dest.put_bytes(info.key, source.get_bytes(info.key))
     return stored
+
+
+def validate_k8s(docs: list[dict[str, object]]) -> tuple[int, str]:
+    """Run the validators generated from the Kubernetes and Gateway API schemas (make
+    k8s-schema) over `docs`: exit code and one line per manifest."""
+    import json
+    import shutil
+    import subprocess
+
+    schema = ROOT / "infra" / "k8s-schema"
+    node = shutil.which("node")
+    assert node and (schema / "node_modules").is_dir(), "run `make k8s-schema` (node, npm ci)"
+    run = subprocess.run(
+        [node, str(schema / "validate.mjs")],
+        input=json.dumps(docs),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return run.returncode, run.stdout + run.stderr

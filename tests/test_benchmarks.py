@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import ingest_throughput, training_throughput
+from benchmarks import ingest_throughput, router_switch, training_throughput
 
 
 @pytest.mark.slow
@@ -14,6 +14,16 @@ def test_ingest_benchmark_runs_and_reports_its_ratios(capsys: pytest.CaptureFixt
     out = capsys.readouterr().out
     assert "ratio ingest/raw:" in out and "re-ingest, nothing changed:" in out
     assert "(exact)" in out
+
+
+def test_the_router_benchmark_moves_traffic_without_a_failed_request(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    results = router_switch.main(["--rounds", "1", "--threads", "2", "--step-s", "0.3"])
+    out = capsys.readouterr().out
+    assert "p99 x" in out
+    runtime = next(r for r in results if r["way"] == "haproxy-runtime")
+    assert runtime["failed"] == 0 and runtime["green_at_100"] == 100.0, runtime
 
 
 @pytest.mark.slow

@@ -28,10 +28,11 @@ def test_train_jsonl_is_what_make_training_data_writes(
     out = tmp_path / "train.jsonl"
     monkeypatch.setattr(sys, "argv", ["make_training_data.py", str(out)])
     load("make_training_data").main()
-    assert out.read_text() == (EXAMPLE / "train.jsonl").read_text(), (
-        "examples/support-bot/train.jsonl is stale: run "
-        "python examples/support-bot/make_training_data.py"
-    )
+    for name in ("train.jsonl", "train-full.jsonl"):
+        assert (tmp_path / name).read_text() == (EXAMPLE / name).read_text(), (
+            f"examples/support-bot/{name} is stale: run "
+            "python examples/support-bot/make_training_data.py"
+        )
 
 
 def test_the_eval_suites_are_what_make_eval_suites_writes(
@@ -47,8 +48,11 @@ def test_the_eval_suites_are_what_make_eval_suites_writes(
         )
 
 
-def test_training_answers_decide_scope_first_and_never_decline_an_in_scope_question() -> None:
-    rows = [json.loads(line)["messages"] for line in (EXAMPLE / "train.jsonl").open()]
+@pytest.mark.parametrize("name", ["train.jsonl", "train-full.jsonl"])
+def test_training_answers_decide_scope_first_and_never_decline_an_in_scope_question(
+    name: str,
+) -> None:
+    rows = [json.loads(line)["messages"] for line in (EXAMPLE / name).open()]
     replies = [json.loads(r[-1]["content"]) for r in rows]
     assert all(next(iter(reply)) == "confidence" for reply in replies)
     declines = [r for r in replies if r["confidence"] == "low"]
@@ -59,3 +63,20 @@ def test_training_answers_decide_scope_first_and_never_decline_an_in_scope_quest
     assert cited and all(
         json.loads(r[-1]["content"])["sources"][0] in r[1]["content"] for r in cited
     )
+
+
+def test_the_full_set_teaches_the_glossary_and_never_repeats_an_injected_codeword() -> None:
+    core = set((EXAMPLE / "train.jsonl").read_text().splitlines())
+    full = (EXAMPLE / "train-full.jsonl").read_text().splitlines()
+    assert core < set(full)
+    glossary = {"ticket queue": "Berth", "audit log": "Ledger", "priority score": "Tide Score"}
+    extra = [json.loads(line)["messages"] for line in full if line not in core]
+    for word, term in glossary.items():
+        replies = [json.loads(r[-1]["content"]) for r in extra if word in r[1]["content"]]
+        assert replies and all(word not in str(reply) for reply in replies), word
+        assert any(term in str(reply["answer"]) for reply in replies), term
+    injected = [r for r in extra if any(c in r[1]["content"] for c in ("HACKED-", "BANANA-"))]
+    assert len(injected) > 10
+    assert not [
+        r for r in injected if "HACKED-" in r[-1]["content"] or "BANANA-" in r[-1]["content"]
+    ]

@@ -36,6 +36,10 @@ def make_targets() -> set[str]:
     return set(re.findall(r"^([a-z][\w-]*):", (ROOT / "Makefile").read_text(), re.M))
 
 
+def make_variables() -> set[str]:
+    return set(re.findall(r"^([A-Z][A-Z_]*) *[?:]?=", (ROOT / "Makefile").read_text(), re.M))
+
+
 def deployments() -> set[str]:
     flows = {}
     for path in (ROOT / "flows").glob("*.py"):
@@ -54,7 +58,10 @@ def check(command: str, cli: Any) -> str | None:
     words = shlex.split(command.replace("|", " | "), posix=True)
     head = words[0].removeprefix(".venv/bin/")
     if head == "make":
-        missing = set(words[1:]) - make_targets()
+        settings = {w.partition("=")[0] for w in words[1:] if "=" in w}
+        if unknown := settings - make_variables():
+            return f"no make variable {unknown}"
+        missing = {w for w in words[1:] if "=" not in w} - make_targets()
         return f"no make target {missing}" if missing else None
     if head in ("python", "python3") and words[1] == "-m":
         return None if importlib.util.find_spec(words[2]) else f"no module {words[2]}"
@@ -100,6 +107,7 @@ def test_every_readme_command_exists() -> None:
     ("command", "why"),
     [
         ("make deploy", "no make target"),
+        ("make demo MODLE=gemma-270m", "no make variable"),
         ("slmops promote support-bot --dry-run", "no option"),
         ("slmops serve restart x", "no slmops command"),
         ("prefect deployment run 'promote-adapter/nightly'", "no deployment"),

@@ -29,10 +29,13 @@ from infra.stack import (
     _port_open,
     prefect_api,
 )
+from infra.vllm_server import threads_per_replica
 from slmops.base_models import WatchedModel, current_revision
+from slmops.errors import SlmopsError
 from slmops.evaluation.verdicts import find_verdict
 from slmops.serving.client import VLLMClient, load_serving_config
 from slmops.serving.promotion import serving_name
+from slmops.serving.router import HAProxyRuntime
 from slmops.store.manifest import Manifest
 from slmops.store.s3 import S3Store
 from slmops.store.versions import VersionedArtifact
@@ -55,6 +58,10 @@ def home(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> Path:
     """What `make demo` keeps under .slmops/: the stack's state and the base model folder
     (r1 = the session's tiny model; the demo publishes r2 into it)."""
     home = tmp_path_factory.mktemp("home")
+    # The stack's Prefect server keeps its state in PostgreSQL, which runs as the `postgres`
+    # user when the tests run as root: it must be able to pass through to the state folder.
+    for folder in (home, *home.parents):
+        folder.chmod(folder.stat().st_mode | 0o001)
     shutil.copytree(tiny_base, home / "models" / "tiny-llama")
     return home
 
@@ -65,8 +72,11 @@ def stack(home: Path) -> Iterator[LocalStack]:
         state_dir=home / "stack",
         prefect_port=free_port(),
         s3_port=free_port(),
+        database="postgres",  # for concurrent runs (the default, sqlite: make demo)
+        postgres_port=free_port(),
         vllm=1,
         vllm_port=free_port(),
+        router_port=free_port(),
         model_dir=home / "models" / "tiny-llama",
         project_dir=ROOT,
     )
@@ -88,14 +98,30 @@ def client_env(stack: LocalStack) -> dict[str, str]:
     return {**os.environ, **stack.config.client_env()}
 
 
+def replica_pid(stack: LocalStack) -> int:
+    """The pid of the vLLM replica serving.yaml names first."""
+    url = load_serving_config(stack.config.serving_file).replicas[0].url
+    return next(c.pid for _, c in stack.health().values() if c is not None and c.url == url)
+
+
 def test_up_is_healthy_and_idempotent(stack: LocalStack) -> None:
     health = stack.health()
     assert {name: state for name, (state, _) in health.items()} == {
         "s3": "running",
+        "postgres": "running",
         "prefect": "running",
         "worker": "running",
+        "router": "running",
         "vllm-0": "running",
     }
+    # the Prefect server keeps its state in PostgreSQL, not in a SQLite file
+    prefect = health["prefect"][1]
+    assert prefect is not None
+    environ = Path(f"/proc/{prefect.pid}/environ").read_bytes().split(b"\0")
+    assert any(
+        v.startswith(b"PREFECT_API_DATABASE_CONNECTION_URL=postgresql+asyncpg://") for v in environ
+    )
+    assert not list((stack.state_dir / "prefect").glob("*.db"))
     serving = load_serving_config(stack.config.serving_file)
     (replica,) = serving.replicas
     assert replica.url == f"http://127.0.0.1:{stack.config.vllm_port}"
@@ -106,6 +132,17 @@ def test_up_is_healthy_and_idempotent(stack: LocalStack) -> None:
             WatchedModel(name="tiny-llama", source=str(stack.config.model_dir))
         ).revision
     )
+    # one replica set, the revision's, behind the router: the stable name's address
+    assert replica.set_name == replica.revision[:12]
+    assert list(stack.replica_sets()) == [replica.set_name]
+    assert serving.router is not None and serving.router.url == stack.config.router_url
+    assert HAProxyRuntime(serving.router.admin).shares() == {replica.set_name: 100.0}
+    with VLLMClient(replica.model_copy(update={"url": serving.router.url})) as client:
+        assert client.base_models() == ["tiny-llama"]
+    # the replica's threads leave room for a roll's second set: no more threads than cores
+    environ = Path(f"/proc/{replica_pid(stack)}/environ").read_bytes().split(b"\0")
+    threads = threads_per_replica(2 * stack.config.vllm)
+    assert f"OMP_NUM_THREADS={threads}".encode() in environ, threads
     assert stack.config.client_env()["SLMOPS_SERVING"] == str(stack.config.serving_file)
     pids = {name: comp.pid for name, (_, comp) in health.items() if comp}
     again = stack.up()
@@ -328,9 +365,11 @@ def test_the_demo_runs_the_whole_loop(
     if "FAILED" in states:
         assert "running it again with the same parameters" in out, out
 
-    # 2. three questions answered through the stable name, each with retrieved sources (and
-    # one more after r2 is promoted)
-    assert out.count("retrieved: ") == 4 and out.count("support-bot (") == 4, out
+    # 2. three questions asked the base model before training, then answered through the
+    # stable name, each with retrieved sources (and one more after r2 is promoted)
+    assert "Before tuning: the base model (tiny-llama)" in out, out
+    assert out.count("tiny-llama (") == 3 and out.count("support-bot (") == 4, out
+    assert out.count("retrieved: ") == 7, out
     # 3. r2 is the champion: retrained on the worker (not the session's adapter), gated
     # against the r1 champion on r1's weights, promoted after the replica rolled onto r2.
     r2 = current_revision(WatchedModel(name="tiny-llama", source=str(model_dir))).revision
@@ -346,16 +385,30 @@ def test_the_demo_runs_the_whole_loop(
     assert f"warm start from the champion {previous}" in out, out
     verdict = find_verdict(store, "support-bot", champion.version, previous)
     assert verdict is not None and verdict.passed, verdict and verdict.reasons
-    replica = load_serving_config(deployed.config.serving_file).replicas[0]
-    assert replica.revision == r2
-    # the roll held the serving claim: a scheduled sync meanwhile waited for the new
-    # serving.yaml instead of loading r1's champion onto the r2 process
-    assert re.search(r"holding the serving claim of [\w, -]*support-bot[\w, -]* while", out), out
+    # r2's replica set started beside r1's, took the traffic through the router, and r1's was
+    # retired: serving.yaml and the stack have r2's set alone, and it takes every request
+    (replica,) = load_serving_config(deployed.config.serving_file).replicas
+    assert replica.revision == r2 and replica.set_name == r2[:12]
+    assert list(deployed.replica_sets()) == [r2[:12]]
+    assert f"replica set {r1[:12]} retired" in out, out
+    admin = load_serving_config(deployed.config.serving_file).router.admin  # type: ignore[union-attr]
+    assert HAProxyRuntime(admin).shares() == {r2[:12]: 100.0}
+    # ... under load from a real OpenAI client through the router, none of whose requests
+    # failed (before sets and a router, the roll restarted the replica: 10,149 failed)
+    record = json.loads((home / "demo" / "record.json").read_text())
+    roll = record["roll"]
+    assert roll["client"].startswith("openai ") and roll["failed"] == 0, roll
+    assert roll["answered"] == roll["sent"] > 0, roll
+    assert re.search(r"the stable name under load meanwhile .* \d+ answered, 0 failed", out), out
+    # the set serving the champion's base cannot be retired, nor one the stack does not have
+    with pytest.raises(SlmopsError, match="serves the base revision of support-bot's champion"):
+        deployed.retire(r2[:12])
+    with pytest.raises(SlmopsError, match=f"no replica set '{r1[:12]}'"):
+        deployed.retire(r1[:12])
     with VLLMClient(replica) as client:
         served = client.adapters()
         assert served["support-bot"] == served[serving_name("support-bot", champion)]
         assert serving_name("support-bot", r1_stored) not in served  # r1's cannot run on r2
-    record = json.loads((home / "demo" / "record.json").read_text())
     latency = record["latency"]
     parts = ("training", "gate", "promotion", "orchestration", "other")
     assert latency["total"] == pytest.approx(sum(latency[p] for p in parts))
@@ -395,7 +448,7 @@ def test_the_demo_runs_the_whole_loop(
     assert (set(art.versions()), set(index.versions())) == versions
     assert "reused" in again and "nothing changed" in again
     assert "unchanged: not deployed again" in again  # the deployments are all still there
-    assert again.count("retrieved: ") == 3
+    assert again.count("retrieved: ") == 6  # the base model, then the champion
 
 
 def test_a_release_of_the_model_card_alone_keeps_the_replica_and_the_champion(
@@ -409,12 +462,12 @@ def test_a_release_of_the_model_card_alone_keeps_the_replica_and_the_champion(
 
     model_dir = home / "models" / "tiny-llama"
     before = load_serving_config(stack.config.serving_file).replicas[0]
-    pid = stack.health()["vllm-0"][1].pid  # type: ignore[union-attr]
+    pid = replica_pid(stack)
     publish_release(model_dir, 3, steps=0)  # the model card changes, the weights do not
     r3 = current_revision(WatchedModel(name="tiny-llama", source=str(model_dir))).revision
     assert r3 != before.revision
     stack.up()
-    assert stack.health()["vllm-0"][1].pid == pid  # type: ignore[union-attr]
+    assert replica_pid(stack) == pid
     serving = load_serving_config(stack.config.serving_file)
     replica = serving.replicas[0]
     assert replica.revision == r3 and replica.weights == weights_digest(model_dir)
@@ -444,13 +497,13 @@ def test_a_release_with_new_weights_moves_no_replica_until_rolled(
 
     model_dir = home / "models" / "tiny-llama"
     before = load_serving_config(stack.config.serving_file).replicas[0]
-    pid = stack.health()["vllm-0"][1].pid  # type: ignore[union-attr]
+    pid = replica_pid(stack)
     shutil.copytree(model_dir, tmp_path / "kept")
     try:
         publish_release(model_dir, 4, steps=2)  # new weights
         r4 = current_revision(WatchedModel(name="tiny-llama", source=str(model_dir))).revision
         stack.up()
-        assert stack.health()["vllm-0"][1].pid == pid  # type: ignore[union-attr]
+        assert replica_pid(stack) == pid
         replica = load_serving_config(stack.config.serving_file).replicas[0]
         assert (replica.revision, replica.weights) == (before.revision, before.weights)
         assert (
@@ -641,7 +694,13 @@ def test_down_stops_only_what_up_started(stack: LocalStack) -> None:
     )
     try:
         ports = (stack.config.prefect_port, stack.config.s3_port)
-        assert set(stack.down()) == {"vllm-0", "worker", "prefect", "s3"}
+        stopped = set(stack.down())
+        assert {"router", "worker", "prefect", "s3"} < stopped
+        assert {n for n in stopped if n.startswith("vllm-")} == {
+            f"vllm-{p - stack.config.vllm_port}"
+            for rs in stack.replica_sets().values()
+            for p in rs.ports
+        }
         deadline = time.time() + 15
         while any(_port_open(p) for p in ports) and time.time() < deadline:
             time.sleep(0.2)
@@ -662,3 +721,20 @@ def test_down_stops_only_what_up_started(stack: LocalStack) -> None:
         assert stack.down() == []  # nothing left: idempotent
     finally:
         bystander.kill()
+
+
+def test_the_openai_client_load_counts_every_request_that_fails(tmp_path: Path) -> None:
+    """The load the demo's roll is judged by: pointed at a port nothing listens on, every
+    request it sent is counted failed, by kind (so its "0 failed" during the roll means
+    something)."""
+    from infra.openai_load import LoadFromOpenAIClient
+
+    with LoadFromOpenAIClient(
+        f"http://127.0.0.1:{free_port()}", "support-bot", tmp_path / "l.json"
+    ) as load:
+        time.sleep(2)
+    summary = load.summary
+    assert summary["client"].startswith("openai ")
+    assert summary["sent"] > 0 and summary["answered"] == 0
+    assert summary["failed"] == summary["sent"], summary
+    assert any("Connection" in kind for kind in summary["errors"]), summary

@@ -69,6 +69,7 @@ class Served:
     policy: Path  # auto_promote: true
     manual: Path  # the same without auto_promote
     permissive: Path  # floors only on valid JSON: for adapters made to test refusals
+    permissive_suites: Path  # what the permissive policy gates on: 20 format cases
     replicas: list[Any]
     work: Path
 
@@ -133,6 +134,9 @@ def served(
         serving=serving,
         config=load_serving_config(serving),
         suites=subset_suites(work / "suites", ["format", "style", "terminology", "adversarial"]),
+        # A random rank-32 LoRA answers every case with noise up to the token limit: its gate
+        # (which only has to pass, for the refusal after it) asks the fewest cases a metric needs.
+        permissive_suites=subset_suites(work / "permissive-suites", ["format"], per_suite=20),
         replicas=vllm_replicas,
         work=work,
         **policies,
@@ -224,8 +228,16 @@ def test_refine_tune_gates_and_promotes_to_every_replica(served: Served) -> None
 class Load:
     """Clients calling the stable name on every replica in a bounded loop (loopback only)."""
 
-    def __init__(self, s: Served, asked: list[Prompt], max_requests: int = 2000):
+    def __init__(
+        self,
+        s: Served,
+        asked: list[Prompt],
+        max_requests: int = 2000,
+        via: list[Replica] | None = None,
+    ):
+        """`via`: where to send the requests instead of the replicas (e.g. the router)."""
         self.s, self.asked, self.max_requests = s, asked, max_requests
+        self.via, self.routed = via or s.config.replicas, via is not None
         self.sent, self.answered, self.failures = 0, 0, []  # type: ignore[var-annotated]
         self.lock, self.stop = threading.Lock(), threading.Event()
         self.threads = [
@@ -234,7 +246,8 @@ class Load:
         ]
 
     def _run(self, i: int) -> None:
-        client = clients(self.s)[i % len(self.s.config.replicas)]
+        # Through a router: no client-side retry, so a request the router drops is counted.
+        client = VLLMClient(self.via[i % len(self.via)], retries=0 if self.routed else 2)
         deadline = time.monotonic() + 300
         while not self.stop.is_set() and self.sent < self.max_requests:
             if time.monotonic() > deadline:
@@ -380,7 +393,7 @@ def gate(
         s.store,
         adapter,
         version,
-        suites=s.suites,
+        suites=s.permissive_suites if policy == s.permissive else s.suites,
         policy=policy,
         cache_dir=s.work / "cache",
         set_challenger=set_challenger,
@@ -457,7 +470,7 @@ def test_two_promotions_racing_one_wins_and_the_loser_leaves_nothing_loaded(
 def test_a_restarted_replica_gets_the_champion_back_with_serve_sync(served: Served) -> None:
     """From: a champion and a previous one on both replicas. Replica 0 restarts (vLLM forgets
     runtime-loaded adapters); `slmops serve sync` loads them back and says what it fixed."""
-    from infra.vllm_server import start, wait_ready
+    from infra.vllm_server import start, threads_per_replica, wait_ready
 
     replica = served.replicas[0]
     replica.stop()
@@ -467,6 +480,7 @@ def test_a_restarted_replica_gets_the_champion_back_with_serve_sync(served: Serv
         replica.log,
         served_name="tiny-llama",
         max_lora_rank=replica.max_lora_rank,
+        threads=threads_per_replica(2),
     )
     replica.proc = fresh.proc
     wait_ready([replica])
@@ -684,3 +698,236 @@ def test_a_serving_operation_acts_on_the_replicas_the_serving_file_names_once_it
     )
     assert other.current() is other
     assert config.model_copy(update={"drain_s": 0}).current().replicas[0].revision == "r2"
+
+    # The same for the champion: a promotion the sync waited for moved it (onto r2's adapter).
+    # The sync acts on that champion, not on the one it read before it waited (it would put
+    # the traffic back on the old set: seen in the demo, a scheduled sync during the roll).
+    files = {
+        "adapter_config.json": json.dumps({"r": 4}).encode(),
+        "adapter_model.safetensors": weights.read_bytes(),
+    }
+    base2 = InputRef(kind="base-model", name="tiny", version="r2", sha256="w2")
+    version2 = art.publish(Manifest(kind="adapter", name="bot", inputs=[base2]), files).version
+    reports: list[promotion.SyncReport] = []
+    promoting = try_claim(store, f"{ADAPTERS}/bot/claims/serving.json", "promotion of bot", ttl=60)
+    waiting = threading.Thread(target=lambda: reports.append(promotion.sync(store, "bot", config)))
+    with holding(promoting):
+        waiting.start()
+        time.sleep(0.3)
+        assert waiting.is_alive() and not reports  # it waits for the promotion
+        art.set_alias("champion", version2)
+    waiting.join(30)
+    (report,) = reports
+    assert report.champion == version2
+    assert [d.problem for d in report.drift] == ["unreachable"]  # nothing listens on port 9
+
+
+# -- replica sets behind a router ---------------------------------------------------------------
+def test_the_router_moves_the_stable_name_between_replica_sets_under_load(
+    served: Served, tmp_path: Path
+) -> None:
+    """A real HAProxy in front of the two replicas, each a set of its own (as the sets of two
+    base revisions are): clients call the stable name through the router while its traffic
+    moves from one set to the other in canary steps (1% -> 5% -> 10% -> 50% -> 100%) and back,
+    with no failed request; a set whose replica does not pass its health check is refused a
+    share and takes nothing."""
+    from infra import haproxy
+    from slmops.serving.promotion import sync
+    from slmops.serving.router import RouterError
+
+    if VersionedArtifact(served.store, ADAPTERS, ADAPTER).get_alias("champion") is None:
+        refine_tune(served, served.policy)
+    assert sync(served.store, ADAPTER, served.config).ok  # the stable name on both replicas
+    router = haproxy.start(tmp_path / "router", free_port())
+    try:
+        rt = router.runtime
+        blue, green = served.config.replicas
+        rt.add_set("blue", [blue.url])
+        rt.add_set("green", [green.url])
+        rt.wait_up("blue")
+        rt.wait_up("green")
+        rt.set_shares({"blue": 100})
+        via = [blue.model_copy(update={"url": router.url})]
+        asked = prompts(served, 3)
+        steps = (1, 5, 10, 50, 100)
+        with Load(served, asked, via=via) as load:
+            for share in (*steps, *reversed(steps[:-1]), 0, *steps):
+                rt.set_shares({"blue": 100 - share, "green": share})
+                load.keep_up(load.answered + 3)
+        assert load.answered >= 3 * 15, load.answered
+        assert load.failures == [], load.failures[:3]
+        counts = rt.requests()
+        assert counts["blue-0"] > 0 and counts["green-0"] > 0, counts
+        # At 100% every request goes to the new set, and it answers as the replicas do.
+        with VLLMClient(via[0]) as client:
+            answers = [client.chat(ADAPTER, p, max_tokens=CUT) for p in asked]
+        after = rt.requests()
+        assert after["blue-0"] == counts["blue-0"] and after["green-0"] == counts["green-0"] + 3
+        assert answers == served_answers(served, asked, tokens=CUT)[1]
+
+        # A set that cannot serve never gets a share; the traffic stays where it is.
+        rt.add_set("dark", [f"http://127.0.0.1:{free_port()}"])
+        with pytest.raises(RouterError, match="no healthy replica"):
+            rt.set_shares({"green": 50, "dark": 50})
+        assert rt.shares(healthy_only=False)["green"] == 100.0
+        with pytest.raises(RouterError, match="still takes traffic"):
+            rt.remove_set("green")
+        assert rt.remove_set("blue") == ["blue-0"]  # retired after its traffic moved
+    finally:
+        router.stop()
+
+
+def test_an_adapter_of_a_new_base_revision_takes_the_traffic_on_its_own_set_and_rolls_back(
+    served: Served, tmp_path: Path
+) -> None:
+    """Blue/green across a base-model release, through a real HAProxy: the two session
+    replicas are r1's set; r2 (the tiny base trained 20 steps more, a real new revision) gets
+    a third vLLM replica as a set of its own. The adapter refine-tune trains on r2 (a warm start
+    from the r1 champion, gated against it) is promoted onto r2's set alone, which takes the
+    stable name's traffic in canary steps while clients call it through the router; rollback
+    gives the traffic back to r1's set at once. No request fails in either. Before it, a
+    variant r2's replica refuses to load gets no traffic."""
+    from flows.refine_tune import RefineTuneParams
+    from flows.refine_tune import refine_tune as flow
+    from infra import haproxy, vllm_server
+    from infra.tiny_model import publish_release
+    from slmops.serving.promotion import rollback, sync
+
+    art = VersionedArtifact(served.store, ADAPTERS, ADAPTER)
+    if art.get_alias("champion") is None:
+        refine_tune(served, served.policy)
+    assert sync(served.store, ADAPTER, served.config).ok  # r1's set serves the champion
+    v1 = art.resolve("champion")
+    r1 = served.config.replicas[0].revision
+    base2 = tmp_path / "tiny-llama"
+    shutil.copytree(served.base, base2)
+    publish_release(base2, 2)
+    r2 = current_revision(WatchedModel(name="tiny-llama", source=str(base2))).revision
+    assert r2 != r1
+    replica2 = vllm_server.start(
+        base2,
+        free_port(),
+        tmp_path / "r2.log",
+        served_name="tiny-llama",
+        threads=vllm_server.threads_per_replica(3),  # beside the session's two
+    )
+    router = haproxy.start(tmp_path / "router", free_port())
+    try:
+        # The r2 adapter: trained while r2's replica starts (warm start from v1, gated against
+        # it on r1's weights); no serving config yet, so it is not promoted by refine-tune.
+        v2 = flow(
+            RefineTuneParams(
+                model="tiny-llama",
+                source=str(base2),
+                store=served.store.uri,
+                suites=str(served.suites),
+                policy=str(served.manual),
+                config=TrainConfig(**TEST_RECIPE),
+            )
+        )
+        assert v2.trained_on().version == r2 and art.resolve("challenger").version == v2.version
+        vllm_server.wait_ready([replica2])
+        rt = router.runtime
+        rt.add_set("r1", [r.url for r in served.config.replicas])
+        rt.wait_up("r1")
+        rt.set_shares({"r1": 100})  # r2's set joins the router when the promotion needs it
+        doc = yaml.safe_load(served.serving.read_text())
+        doc["replicas"] = [{**r, "set": "r1"} for r in doc["replicas"]] + [
+            {"url": replica2.url, "model": "tiny-llama", "revision": r2, "set": "r2"}
+        ]
+        doc["router"] = {
+            "url": router.url,
+            "admin": rt.admin,
+            "canary": [1, 10, 50, 100],
+            "step_s": 1.5,
+            "max_error_rate": 0.0,
+        }
+        serving = tmp_path / "serving.yaml"
+        serving.write_text(yaml.safe_dump(doc))
+        config = load_serving_config(serving)
+        via = [config.replicas[0].model_copy(update={"url": router.url})]
+        asked = prompts(served, 3)
+
+        # A set that cannot load the adapter gets no traffic, and the old set keeps serving:
+        # the serving config wrongly says r2's replica takes rank 32 (it runs --max-lora-rank
+        # 16), vLLM refuses the rank-32 variant of v2, the promotion stops before any weight.
+        bad = publish_variant(served, v2, "rank32")
+        gate(served, bad, served.permissive)
+        wrong = config.model_copy(
+            update={
+                "replicas": [
+                    *config.replicas[:2],
+                    config.replicas[2].model_copy(update={"max_lora_rank": 32}),
+                ]
+            }
+        )
+        with Load(served, asked, via=via) as refused:
+            time.sleep(1)
+            with pytest.raises(PromotionError, match=r"stopped at load[\s\S]*max_lora_rank 16"):
+                promote(served.store, ADAPTER, bad, wrong, suites=served.suites)
+            refused.keep_up(refused.answered + 4)
+        assert refused.failures == [] and refused.answered >= 4
+        assert rt.shares(healthy_only=False).get("r2", 0.0) == 0.0
+        assert art.resolve("champion").version == v1.version
+
+        said: list[str] = []
+        with Load(served, asked, via=via) as promoting:
+            time.sleep(1)
+            result = promote(
+                served.store, ADAPTER, "challenger", config, suites=served.suites, log=said.append
+            )
+            promoting.keep_up(promoting.answered + 6)
+        assert result.replicas == [replica2.url]  # loaded on r2's set only
+        assert result.traffic == {"r1": 0.0, "r2": 100.0}
+        assert [line for line in said if line.startswith("traffic")] == [
+            f"traffic: replica set r2 takes {share}% of the requests" for share in (1, 10, 50, 100)
+        ]
+        assert art.resolve("champion").version == v2.version
+        name2 = serving_name(ADAPTER, v2)
+        with VLLMClient(config.replicas[2]) as client:
+            assert set(client.adapters()) == {ADAPTER, name2}
+        for replica in config.replicas[:2]:  # r1's set still serves v1, for a rollback
+            with VLLMClient(replica) as client:
+                assert client.adapters()[ADAPTER].endswith(serving_name(ADAPTER, v1))
+        code, out = invoke(
+            "serve", "status", ADAPTER, "--serving", str(serving), "--store", served.store.uri
+        )
+        assert code == 0, out  # r1's set serving the previous champion is not drift
+        assert "router: set r1 0%, set r2 100%" in out and out.count("in sync") == 3, out
+        before = rt.requests()
+        with VLLMClient(via[0]) as client:
+            for prompt in asked:
+                client.chat(ADAPTER, prompt, max_tokens=8)
+        after = rt.requests()
+        assert after["r2-0"] == before["r2-0"] + 3
+        assert [after[f"r1-{i}"] for i in (0, 1)] == [before[f"r1-{i}"] for i in (0, 1)]
+
+        # r1's set takes no traffic now: it may leave the router (r2's may not: the champion's).
+        cli = ("--serving", str(serving), "--store", served.store.uri)
+        with pytest.raises(PromotionError, match="serves the base revision of support-bot's"):
+            invoke("serve", "retire", "r2", *cli)
+        code, out = invoke("serve", "retire", "r1", *cli)
+        assert code == 0 and "r1 left the router (r1-0, r1-1)" in out, out
+        assert set(rt.sets()) == {"r2"}
+        # The rollback brings r1's set back into the router (its replicas still run) and
+        # moves the traffic there at once.
+        with Load(served, asked, via=via) as rolling_back:
+            time.sleep(1)
+            back = rollback(served.store, ADAPTER, config)
+            rolling_back.keep_up(rolling_back.answered + 6)
+        assert back.version == v1.version and back.traffic == {"r1": 100.0, "r2": 0.0}
+        for phase, load in (("promotion", promoting), ("rollback", rolling_back)):
+            assert load.answered >= 6, (phase, load.answered)
+            assert load.failures == [], (phase, load.failures[:3])
+
+        # The router out of step with the store (a person moved weights by hand): sync puts
+        # the champion's set back at 100%.
+        rt.set_shares({"r1": 50, "r2": 50})
+        report = sync(served.store, ADAPTER, config)
+        assert report.ok and any(
+            "not all to the champion's set r1" in d.problem for d in report.drift
+        )
+        assert rt.shares(healthy_only=False) == {"r1": 100.0, "r2": 0.0}
+    finally:
+        router.stop()
+        replica2.stop()

@@ -70,6 +70,11 @@ def refine_tune(
         policy=str(policy or suites / "policy.yaml"),
         serving=str(serving) if serving else None,
     )
+    if params.config.gpu_slot:
+        console.print(
+            f"[yellow]gpu_slot {params.config.gpu_slot!r}: held by refine-tune flow runs "
+            "(deployments); this run, without Prefect, holds no slot[/yellow]"
+        )
     records: list[Any] = []
     summary: list[str] = []
 

@@ -58,12 +58,34 @@ class Replica(BaseModel):
         "--api-key). The key itself never goes into a config file.",
     )
 
+    set: str | None = Field(
+        None,
+        description="The replica set it belongs to, behind the router (default: the first 12 "
+        "characters of its revision: one set per base revision).",
+    )
+
     @field_validator("url")
     @classmethod
     def _check_url(cls, url: str) -> str:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"{url!r} must start with http:// or https://")
         return url.rstrip("/")
+
+    @field_validator("set")
+    @classmethod
+    def _check_set(cls, name: str | None) -> str | None:
+        if name is not None:
+            from slmops.serving.router import check_set_name
+
+            try:
+                check_set_name(name)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return name
+
+    @property
+    def set_name(self) -> str:
+        return self.set or self.revision[:12]
 
     @property
     def api_key(self) -> str | None:
@@ -76,6 +98,53 @@ class Replica(BaseModel):
                 "not set"
             )
         return key
+
+
+class RouterSettings(BaseModel):
+    """The router in front of the replica sets (HAProxy, through its runtime API), and how a
+    new set takes the traffic from the old one."""
+
+    url: str = Field(description="Where clients call the stable name, e.g. http://10.0.0.4:8000.")
+    admin: str = Field(
+        description="HAProxy's admin socket (stats socket ... level admin): unix:/path/admin.sock "
+        "or tcp:host:port."
+    )
+    canary: list[float] = Field(
+        default_factory=lambda: [1.0, 5.0, 10.0, 50.0, 100.0],
+        min_length=1,
+        description="The new set's share of requests, in percent, step by step; the last must "
+        "be 100.",
+    )
+    step_s: float = Field(
+        30.0, ge=0, description="How long each canary step is watched before the next."
+    )
+    max_error_rate: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="The share of the new set's requests that may fail (5xx, dropped) during a "
+        "step; above it the traffic goes back to the old set and the promotion is undone.",
+    )
+    max_latency_ratio: float | None = Field(
+        None,
+        gt=0,
+        description="The new set's mean response time (the router's, over each replica's "
+        "last 1,024 requests) may be at most this many times the old set's; above it the "
+        "traffic goes back. None: latency is not judged (CPU replicas are noisy).",
+    )
+    min_requests: int = Field(
+        0,
+        ge=0,
+        description="Requests the new set must have answered during a step before its error "
+        "rate is judged (0: judge whatever came; with no traffic, nothing failed).",
+    )
+
+    @field_validator("canary")
+    @classmethod
+    def _check_canary(cls, steps: list[float]) -> list[float]:
+        if any(not 0 < s <= 100 for s in steps) or steps != sorted(steps) or steps[-1] != 100:
+            raise ValueError(f"{steps}: shares in percent, rising, ending at 100")
+        return steps
 
 
 class ServingConfig(BaseModel):
@@ -97,13 +166,27 @@ class ServingConfig(BaseModel):
         "the previous champion (requests naming them may still be in flight).",
     )
     max_new_tokens: int = Field(96, ge=1, description="Tokens per smoke-test answer.")
+    router: RouterSettings | None = Field(
+        None,
+        description="The router in front of the replicas: replicas are then grouped in sets, "
+        "one per base revision, and an adapter trained on a new revision is promoted onto the "
+        "set serving it, which then takes the traffic by router weights (blue/green). Without "
+        "one, every replica must serve the adapter's base revision.",
+    )
     _source: Path | None = PrivateAttr(None)
+
+    def sets(self) -> dict[str, list[Replica]]:
+        """Replicas by set name, in config order."""
+        grouped: dict[str, list[Replica]] = {}
+        for replica in self.replicas:
+            grouped.setdefault(replica.set_name, []).append(replica)
+        return grouped
 
     def current(self) -> ServingConfig:
         """This config with its replicas as its file says now. A serving operation calls it
-        once it holds the adapter's serving claim: the stack rolls replicas onto a new base
-        revision holding the same claim, and rewrites the file before letting go, so what an
-        operation read before it waited is not what it acts on. (Read from no file: itself.)"""
+        once it holds the adapter's serving claim: the file may have changed while it waited
+        (a replica set started or retired), so what it read before it waited is not what it
+        acts on. (Read from no file: itself.)"""
         if self._source is None:
             return self
         fresh = load_serving_config(self._source)

@@ -40,7 +40,14 @@ from pydantic import BaseModel, Field
 from slmops.errors import ClaimHeldError, ConfigError, ConflictError, SlmopsError, StoreError
 from slmops.evaluation.suites import load_suites
 from slmops.evaluation.verdicts import champion_label, find_verdict
-from slmops.serving.client import ServingConfig, ServingError, VLLMClient, VLLMGenerator
+from slmops.serving.client import (
+    Replica,
+    RouterSettings,
+    ServingConfig,
+    ServingError,
+    VLLMClient,
+    VLLMGenerator,
+)
 from slmops.store.audit import AuditLog
 from slmops.store.base import ObjectStore
 from slmops.store.claims import Claim, holding, try_claim
@@ -72,6 +79,10 @@ class PromotionResult(BaseModel):
     unloaded: list[str] = Field(default_factory=list, description="Old names drained away.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per step.")
     smoke: dict[str, int] = Field(default_factory=dict, description="Prompts passed per replica.")
+    traffic: dict[str, float] = Field(
+        default_factory=dict,
+        description="Behind a router: each replica set's share of requests afterwards (%).",
+    )
 
 
 class Drift(BaseModel):
@@ -192,15 +203,53 @@ def _base_of(manifest: Manifest) -> tuple[str, str]:
     return base.name, str(base.version)
 
 
+def serves_base(replica: Replica, manifest: Manifest) -> bool:
+    model, revision = _base_of(manifest)
+    base = next(i for i in manifest.inputs if i.kind == "base-model")
+    # Another revision with the same weights digest (a model-card-only release) serves the
+    # adapter as its own revision does.
+    same_weights = bool(base.sha256) and replica.weights == base.sha256
+    return replica.model == model and (replica.revision == revision or same_weights)
+
+
+def target_set(config: ServingConfig, manifest: Manifest) -> str | None:
+    """Behind a router: the replica set whose every replica serves the adapter's base (the
+    first in config order). None: no set does, or there is no router."""
+    if config.router is None:
+        return None
+    return next(
+        (
+            name
+            for name, replicas in config.sets().items()
+            if all(serves_base(r, manifest) for r in replicas)
+        ),
+        None,
+    )
+
+
+def target_replicas(config: ServingConfig, manifest: Manifest) -> list[Replica]:
+    """The replicas an adapter version is loaded onto: its base revision's set behind a
+    router, every replica without one."""
+    name = target_set(config, manifest)
+    return config.sets()[name] if name is not None else list(config.replicas)
+
+
 def base_mismatch(config: ServingConfig, manifest: Manifest, what: str) -> str | None:
     """Why the replicas cannot serve this adapter version's base (None: they can)."""
     model, revision = _base_of(manifest)
-    base = next(i for i in manifest.inputs if i.kind == "base-model")
+    if config.router is not None:
+        if target_set(config, manifest) is not None:
+            return None
+        sets = ", ".join(
+            f"{name} ({rs[0].model}@{rs[0].revision[:12]})" for name, rs in config.sets().items()
+        )
+        return (
+            f"{what} was trained on {model}@{revision[:12]}, but no replica set behind the "
+            f"router serves it (sets: {sets}): start a set on that revision first (locally: "
+            "`slmops stack up --roll`)"
+        )
     for replica in config.replicas:
-        # Another revision with the same weights digest (a model-card-only release) serves
-        # the adapter as its own revision does.
-        same_weights = bool(base.sha256) and replica.weights == base.sha256
-        if replica.model != model or (replica.revision != revision and not same_weights):
+        if not serves_base(replica, manifest):
             return (
                 f"{what} was trained on {model}@{revision[:12]}, but replica {replica.url} "
                 f"serves {replica.model}@{replica.revision[:12]}: an adapter only works on its "
@@ -214,7 +263,7 @@ def _check_replicas(config: ServingConfig, manifest: Manifest, rank: int, what: 
     mismatch = base_mismatch(config, manifest, what)
     if mismatch:
         raise PromotionError(mismatch)
-    for replica in config.replicas:
+    for replica in target_replicas(config, manifest):
         if rank > replica.max_lora_rank:
             raise PromotionError(
                 f"{what} has LoRA rank {rank}, above replica {replica.url}'s "
@@ -223,10 +272,11 @@ def _check_replicas(config: ServingConfig, manifest: Manifest, rank: int, what: 
             )
 
 
-def _connect(config: ServingConfig, model: str) -> _Clients:
-    """A client per replica, each checked reachable and serving `model`."""
-    clients = _Clients(config)
-    for replica in config.replicas:
+def _connect(config: ServingConfig, manifest: Manifest) -> _Clients:
+    """A client per replica the adapter is loaded onto, each checked reachable and serving
+    its base model."""
+    clients, model = _Clients(config), _base_of(manifest)[0]
+    for replica in target_replicas(config, manifest):
         client = VLLMClient(replica, timeout=config.timeout_s)
         clients.by_url[replica.url] = client
         try:
@@ -364,7 +414,7 @@ def preflight(
             f"{what} failed the gate against {against}: " + "; ".join(verdict.reasons)
         )
     staged = stage(store, adapter, resolved, config.adapter_dir)
-    clients = _connect(config, _base_of(manifest)[0])
+    clients = _connect(config, manifest)
     return staged, champion, clients
 
 
@@ -410,6 +460,28 @@ def promote(
         _phase2(
             store, adapter, staged, champion, previous_name, clients, loaded, trigger, timings, log
         )
+        traffic: dict[str, float] = {}
+        if config.router is not None:
+            target = target_set(config, staged.manifest)
+            assert target is not None  # preflight checked it
+            tick = time.perf_counter()
+            try:
+                traffic = shift_traffic(config.router, target, log, urls=[c.url for c in clients])
+            except (SlmopsError, OSError) as exc:
+                raise _undone(
+                    store,
+                    adapter,
+                    staged,
+                    champion,
+                    previous_name,
+                    list(clients),
+                    loaded,
+                    trigger,
+                    "3-traffic",
+                    exc,
+                    f"stopped while replica set {target} took the traffic",
+                ) from exc
+            timings["traffic"] = time.perf_counter() - tick
         unloaded = _drain(adapter, {staged.name, previous_name}, clients, config.drain_s, log)
         if unloaded:
             timings["drain"] = config.drain_s
@@ -418,10 +490,11 @@ def promote(
             version=staged.version,
             name=staged.name,
             previous=champion,
-            replicas=[r.url for r in config.replicas],
+            replicas=[c.url for c in clients],
             unloaded=unloaded,
             timings={k: round(v, 3) for k, v in timings.items()},
             smoke=dict(loaded.smoke),
+            traffic=traffic,
         )
         _audit(
             store,
@@ -554,22 +627,50 @@ def _phase2(
     try:
         moved = _move_stable(list(clients), adapter, staged.path)
     except (SlmopsError, OSError) as exc:
-        back = _restore(
-            store, art, adapter, staged, champion, previous_name, moved, loaded, trigger
-        )
-        raise _failed(
+        raise _undone(
             store,
             adapter,
             staged,
+            champion,
+            previous_name,
+            moved,
+            loaded,
             trigger,
             "2-move",
             exc,
-            f"promotion of {adapter}@{staged.version} failed while moving the stable name: "
-            f"{exc}. {back}",
-            restored=back,
+            "failed while moving the stable name",
         ) from exc
     timings["flip"] = time.perf_counter() - tick
     log(f"phase 2: champion -> {staged.version}; {adapter} serves {staged.name} everywhere")
+
+
+def _undone(
+    store: ObjectStore,
+    adapter: str,
+    staged: Staged,
+    champion: str | None,
+    previous_name: str | None,
+    moved: list[VLLMClient],
+    loaded: _Loaded,
+    trigger: Trigger | None,
+    phase: str,
+    exc: BaseException,
+    what: str,
+) -> PromotionError:
+    """Undo a promotion that failed after the alias flipped (`_restore`), audit it, and
+    return the error saying what happened and what was put back."""
+    art = VersionedArtifact(store, ADAPTERS, adapter)
+    back = _restore(store, art, adapter, staged, champion, previous_name, moved, loaded, trigger)
+    return _failed(
+        store,
+        adapter,
+        staged,
+        trigger,
+        phase,
+        exc,
+        f"promotion of {adapter}@{staged.version} {what}: {exc}. {back}",
+        restored=back,
+    )
 
 
 def _restore(
@@ -589,10 +690,13 @@ def _restore(
         if champion is None:  # the first promotion: nothing to go back to on the replicas
             for client in moved:
                 client.unload(adapter)
-        else:
-            path = Path(moved[0].adapters()[previous_name or ""]) if moved else None
-            if path is not None:
-                _move_stable(moved, adapter, path.resolve())
+        elif moved:
+            root = moved[0].adapters().get(previous_name or "")
+            if root is not None:
+                _move_stable(moved, adapter, Path(root).resolve())
+            else:  # a new replica set (another base revision): the old champion never ran here
+                for client in moved:
+                    client.unload(adapter)
         _unload_quietly(loaded.replicas, staged.name)
     except (SlmopsError, OSError, KeyError) as exc:
         return (
@@ -600,6 +704,104 @@ def _restore(
             "are reachable; it makes them serve what the champion alias says"
         )
     return f"The champion alias and {len(moved)} replica(s) were put back"
+
+
+def shift_traffic(
+    settings: RouterSettings,
+    target: str,
+    log: Log = lambda _: None,
+    *,
+    instant: bool = False,
+    urls: list[str] | None = None,
+) -> dict[str, float]:
+    """Move the stable name's requests onto replica set `target` through the router: in the
+    canary steps (or at once: `instant`, for a rollback), each watched for `step_s`; when the
+    share of the target's requests that failed during a step exceeds `max_error_rate`, the
+    shares go back to what they were and the error says so. `urls`: the set's replicas as the
+    serving config lists them, added to the router (with no traffic) if it lacks them, so a
+    new set needs no step of its own. Returns the shares afterwards."""
+    from slmops.serving.router import HAProxyRuntime
+
+    router = HAProxyRuntime(settings.admin)
+    if urls:
+        router.add_set(target, urls)
+    start = router.shares(healthy_only=False)
+    if target not in start:
+        raise PromotionError(
+            f"replica set {target} is not in the router ({settings.admin}; sets: "
+            f"{', '.join(start) or 'none'}): add its replicas to the router first"
+        )
+    if start[target] >= 100:
+        return start
+    router.wait_up(target)
+    others = {name: share for name, share in start.items() if name != target and share > 0}
+    total = sum(others.values())
+    steps = [100.0] if instant or not total else [s for s in settings.canary if s > start[target]]
+    servers = [s.name for s in router.sets()[target]]
+    try:
+        _canary(router, settings, target, servers, start, others, steps, instant, log)
+    except (SlmopsError, OSError):
+        try:
+            router.set_shares(start)
+        except (SlmopsError, OSError) as exc:
+            log(f"could not put the router's shares back ({exc}): `slmops serve sync` does it")
+        raise
+    return router.shares(healthy_only=False)
+
+
+def _canary(
+    router: Any,
+    settings: RouterSettings,
+    target: str,
+    servers: list[str],
+    start: dict[str, float],
+    others: dict[str, float],
+    steps: list[float],
+    instant: bool,
+    log: Log,
+) -> None:
+    total = sum(others.values())
+    for share in steps:
+        split = {target: share, **{n: (100 - share) * v / total for n, v in others.items()}}
+        before = router.counters()
+        router.set_shares(split)
+        log(f"traffic: replica set {target} takes {share:g}% of the requests")
+        if instant:
+            break
+        time.sleep(settings.step_s)
+        after = router.counters()
+        sent = sum(after[n][0] - before.get(n, (0, 0))[0] for n in servers)
+        failed = sum(after[n][1] - before.get(n, (0, 0))[1] for n in servers)
+        if sent >= max(settings.min_requests, 1) and failed / sent > settings.max_error_rate:
+            raise PromotionError(
+                f"replica set {target} failed {failed} of {sent} requests at {share:g}% of the "
+                f"traffic (more than max_error_rate {settings.max_error_rate:g}): the traffic "
+                f"went back to {', '.join(f'{n} {v:g}%' for n, v in start.items() if v)}"
+            )
+        if sent < settings.min_requests:
+            raise PromotionError(
+                f"replica set {target} answered {sent} requests at {share:g}% of the traffic, "
+                f"fewer than min_requests {settings.min_requests} to judge it by: the traffic "
+                "went back"
+            )
+        if settings.max_latency_ratio and sent:
+            _judge_latency(router, settings.max_latency_ratio, target, servers, share)
+
+
+def _judge_latency(
+    router: Any, ratio: float, target: str, servers: list[str], share: float
+) -> None:
+    times = router.response_ms()
+    new = [t for n, t in times.items() if n in servers and t]
+    old = [t for n, t in times.items() if n not in servers and t]
+    if new and old:
+        new_ms, old_ms = sum(new) / len(new), sum(old) / len(old)
+        if new_ms > ratio * old_ms:
+            raise PromotionError(
+                f"replica set {target} answered in {new_ms:.0f} ms on average at {share:g}% of "
+                f"the traffic, more than max_latency_ratio {ratio:g} x the other sets' "
+                f"{old_ms:.0f} ms: the traffic went back"
+            )
 
 
 def _drain(
@@ -653,9 +855,10 @@ def rollback(
                 + ": there is nothing to roll back to"
             )
         target = current.history[-1].version
+        traffic: dict[str, float] = {}
         staged = stage(store, adapter, target, config.adapter_dir)
         _check_replicas(config, staged.manifest, staged.rank, f"{adapter}@{target}")
-        clients = _connect(config, _base_of(staged.manifest)[0])
+        clients = _connect(config, staged.manifest)
         try:
             for client in clients:  # the versioned name back first, if a restart lost it
                 if staged.name not in client.adapters():
@@ -663,10 +866,18 @@ def rollback(
             art.rollback(CHAMPION, reason="rollback", trigger=trigger)
             try:
                 _move_stable(list(clients), adapter, staged.path)
+                if config.router is not None:  # back onto its base revision's set, at once
+                    traffic = shift_traffic(
+                        config.router,
+                        str(target_set(config, staged.manifest)),
+                        log,
+                        instant=True,
+                        urls=[c.url for c in clients],
+                    )
             except (SlmopsError, OSError) as exc:
                 raise PromotionError(
-                    f"champion of {adapter} is {target} again, but a replica did not follow: "
-                    f"{exc}. Run `slmops serve sync {adapter}` once it is reachable"
+                    f"champion of {adapter} is {target} again, but a replica or the router did "
+                    f"not follow: {exc}. Run `slmops serve sync {adapter}` once it is reachable"
                 ) from exc
         finally:
             for client in clients:
@@ -676,8 +887,9 @@ def rollback(
             version=target,
             name=staged.name,
             previous=current.version,
-            replicas=[r.url for r in config.replicas],
+            replicas=[c.url for c in clients],
             timings={"rollback": round(time.perf_counter() - tick, 3)},
+            traffic=traffic,
         )
         _audit(
             store,
@@ -708,6 +920,10 @@ def sync(
         log(f"{adapter} has no champion: nothing to serve")
         return report
     with serving_claim(store, adapter, "sync", log):
+        # What the store and the file say once this may act: a promotion it waited for has
+        # moved the champion (and the traffic) meanwhile, and must not be undone.
+        alias = art.get_alias(CHAMPION) or alias
+        report.champion = alias.version
         config = config.current()
         champ = stage(store, adapter, alias.version, config.adapter_dir)
         _check_replicas(config, champ.manifest, champ.rank, f"{adapter}@{alias.version}")
@@ -721,9 +937,23 @@ def sync(
         # another base revision (after a base-model release it cannot run on these replicas).
         if prev is not None and _base_of(prev.manifest) == _base_of(champ.manifest):
             want[prev.name] = prev.path
-        for replica in config.replicas:
-            with VLLMClient(replica, timeout=config.timeout_s) as client:
-                report.drift.extend(_sync_one(client, adapter, want, log))
+        champ_set = target_set(config, champ.manifest)
+        for name, replicas in config.sets().items() if champ_set else [("", config.replicas)]:
+            wanted = want
+            if champ_set and name != champ_set:
+                # Another base revision's set, kept for a rollback across revisions: it serves
+                # the previous champion when that was trained on its revision; else it is left
+                # as it is (it takes no traffic).
+                if prev is None or not all(serves_base(r, prev.manifest) for r in replicas):
+                    log(f"replica set {name}: serves neither champion's base; left as it is")
+                    continue
+                wanted = {prev.name: prev.path, adapter: prev.path}
+            for replica in replicas:
+                with VLLMClient(replica, timeout=config.timeout_s) as client:
+                    report.drift.extend(_sync_one(client, adapter, wanted, log))
+        if config.router is not None and champ_set:
+            urls = [r.url for r in config.sets()[champ_set]]
+            report.drift.extend(_sync_router(config.router, champ_set, urls, log))
     _audit(
         store,
         "serve.synced",
@@ -733,6 +963,30 @@ def sync(
         drift=[d.model_dump() for d in report.drift],
     )
     return report
+
+
+def _sync_router(
+    settings: RouterSettings, champ_set: str, urls: list[str], log: Log
+) -> list[Drift]:
+    """The router has the champion's replica set and sends it every request."""
+    from slmops.serving.router import HAProxyRuntime
+
+    where = f"router {settings.admin}"
+    try:
+        shares = HAProxyRuntime(settings.admin).shares(healthy_only=False)
+    except SlmopsError as exc:
+        return [Drift(replica=where, problem="unreachable", fixed=False, error=str(exc))]
+    if shares.get(champ_set, 0) >= 100:
+        return []
+    sends = ", ".join(f"{v:g}% to {n}" for n, v in shares.items() if v) or "nothing"
+    problem = f"sends {sends}, not all to the champion's set {champ_set}"
+    try:
+        shift_traffic(settings, champ_set, log, instant=True, urls=urls)
+    except SlmopsError as exc:
+        log(f"{where}: {problem} -> NOT fixed: {exc}")
+        return [Drift(replica=where, problem=problem, fixed=False, error=str(exc))]
+    log(f"{where}: {problem} -> fixed")
+    return [Drift(replica=where, problem=problem, fixed=True)]
 
 
 def _sync_one(client: VLLMClient, adapter: str, want: dict[str, Path], log: Log) -> list[Drift]:
@@ -763,3 +1017,53 @@ def _sync_one(client: VLLMClient, adapter: str, want: dict[str, Path], log: Log)
         if name.startswith(f"{adapter}@") and name not in want:
             fix(f"{name} loaded but not champion or previous", partial(client.unload, name))
     return drift
+
+
+def retire_set(
+    config: ServingConfig,
+    store: ObjectStore,
+    set_name: str,
+    adapters: list[str],
+    *,
+    drain_s: float = 0.0,
+    log: Log = print,
+) -> list[str]:
+    """Take replica set `set_name` out of the router once it takes no traffic (a base-model
+    release moved the stable name to the new revision's set); returns the router's servers
+    removed. Refused while the set has a share, or serves the base revision of one of
+    `adapters`' champions (its stable name would have nowhere else to go). `drain_s`: wait
+    first, for requests still in flight there."""
+    from slmops.serving.router import HAProxyRuntime
+
+    if config.router is None:
+        raise PromotionError(
+            "the serving config has no router: replica sets exist only behind one (README: "
+            "'Replica sets behind a router')"
+        )
+    for adapter in adapters:
+        art = VersionedArtifact(store, ADAPTERS, adapter)
+        alias = art.get_alias(CHAMPION)
+        if alias is None:
+            continue
+        try:
+            serves = target_set(config, art.manifest(alias.version)) == set_name
+        except ConfigError:  # a champion with no base model recorded is served by no set
+            serves = False
+        if serves:
+            raise PromotionError(
+                f"replica set {set_name} serves the base revision of {adapter}'s champion "
+                f"{alias.version}: promote an adapter of another revision first"
+            )
+    router = HAProxyRuntime(config.router.admin)
+    share = router.shares(healthy_only=False).get(set_name)
+    if share is None:
+        raise PromotionError(f"the router has no replica set {set_name}")
+    if share > 0:
+        raise PromotionError(
+            f"replica set {set_name} still takes {share:g}% of the requests: move them first "
+            "(a promotion does; `slmops serve sync` sends all to the champion's set)"
+        )
+    if drain_s:
+        log(f"waiting {drain_s:g}s for requests still in flight on replica set {set_name}")
+        time.sleep(drain_s)
+    return router.remove_set(set_name)

@@ -204,6 +204,19 @@ def liger_installed() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None
 
 
+def available_ram(meminfo: Path = Path("/proc/meminfo")) -> float:
+    """Bytes a new process can have without swapping: Linux's MemAvailable, which counts the
+    page cache the kernel reclaims on demand (free pages alone, SC_AVPHYS_PAGES, fall near zero
+    after a few GB of file I/O on an idle machine); elsewhere the free pages."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
 def device_budget(device: str, max_memory_gb: float | None) -> tuple[float, str, list[str]]:
     """(budget in bytes, where it comes from, notes) for training on `device`."""
     notes: list[str] = []
@@ -213,8 +226,7 @@ def device_budget(device: str, max_memory_gb: float | None) -> tuple[float, str,
         free, _ = torch.cuda.mem_get_info()
         available, name = float(free), "free GPU memory"
     else:
-        available = float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-        name = "available RAM"
+        available, name = available_ram(), "available RAM"
     if max_memory_gb is None:
         return available, name, notes
     if max_memory_gb * GB > available:

@@ -180,6 +180,16 @@ class TrainConfig(BaseModel):
         "threads on a busy core only contend.",
         json_schema_extra={"changes_weights": False},
     )
+    gpu_slot: str | None = Field(
+        None,
+        min_length=1,
+        description="A Prefect global concurrency limit guarding a class of GPUs (e.g. "
+        "gpu-a100, made with `prefect gcl create gpu-a100 --limit N`): the refine-tune flow "
+        "holds one of its slots while it trains, under a lease the server expires if the run "
+        "dies, and waits while every slot is taken. Unset: no slot. A name with no limit on "
+        "the server fails the run (a typo must not train unguarded).",
+        json_schema_extra={"changes_weights": False},
+    )
     cpu_hour_usd: float = Field(
         0.05,
         ge=0,
