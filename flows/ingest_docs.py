@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -17,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from slmops.config import get_settings
 from slmops.rag.ingest import IngestConfig, IngestPlan, IngestReport, run_ingest
-from tasks.ingest import TASK_STAGES, report_ingest
+from tasks.ingest import TASK_STAGES, embed_on_cluster, report_ingest
 from tasks.trigger import current_trigger
 
 
@@ -41,6 +42,11 @@ class IngestDocsParams(BaseModel):
     k: int = Field(5, ge=1, le=50, description="Retrieval eval cut-off: hit rate@k and MRR@k.")
     config: IngestConfig = Field(
         default_factory=IngestConfig, description="Chunking, embedding model, limits."
+    )
+    cluster: str | None = Field(
+        None,
+        description="Dask scheduler (tcp://host:8786) to embed the new chunks on, in shards of "
+        "config.checkpoint_every chunks. Empty: embed in the flow's own process.",
     )
 
 
@@ -83,7 +89,11 @@ def ingest_docs(params: IngestDocsParams) -> IngestReport:
             trigger=current_trigger(),
             on_plan=log_plan,
             source_endpoint=params.source_endpoint_url or settings.s3_endpoint_url,
-            stages=TASK_STAGES,
+            stages=(
+                replace(TASK_STAGES, embed=embed_on_cluster(params.cluster))
+                if params.cluster
+                else TASK_STAGES
+            ),
         )
         logger.info(report_ingest(store_uri=store_uri, report=report))
         return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -13,7 +14,14 @@ from prefect.cache_policies import NONE
 
 from slmops.progress import Tenths
 from slmops.rag import ingest
-from slmops.rag.ingest import EmbedStats, IngestConfig, IngestReport, IngestStages
+from slmops.rag.ingest import (
+    EmbedShard,
+    EmbedStats,
+    IngestConfig,
+    IngestReport,
+    IngestStages,
+    ShardRunner,
+)
 from slmops.store import open_store
 from slmops.store.versions import INDEXES, VersionedArtifact
 from tasks.retries import RETRIES
@@ -27,6 +35,18 @@ evaluate_retrieval = task(name="evaluate-retrieval")(ingest.evaluate_candidate)
 publish_index = task(name="publish-index", cache_policy=NONE)(ingest.publish)
 
 
+def _progress(name: str) -> Callable[[int, int], None]:
+    bar = ProgressBar(f"embedding-{name}", f"Embedding the new chunks of index {name}")
+    tenths, logger = Tenths(), get_run_logger()
+
+    def progress(done: int, of: int) -> None:
+        bar.update(100.0 * done / max(of, 1))
+        if tenths.crossed(done, of):  # and the run's log, every 10%
+            logger.info(f"embedding {name}: {done:,}/{of:,} chunks ({done / max(of, 1):.0%})")
+
+    return progress
+
+
 @task(name="embed-chunks", cache_policy=NONE, **RETRIES)
 def embed_chunks(
     store: str,
@@ -38,15 +58,63 @@ def embed_chunks(
     """Embed new chunks with checkpoints; a retried or re-run task resumes from them.
 
     Progress shows as a Prefect progress artifact (`on_progress` is not used here)."""
-    bar = ProgressBar(f"embedding-{name}", f"Embedding the new chunks of index {name}")
-    tenths, logger = Tenths(), get_run_logger()
+    return ingest.embed(store, name, config, workdir, on_progress=_progress(name))
 
-    def progress(done: int, of: int) -> None:
-        bar.update(100.0 * done / max(of, 1))
-        if tenths.crossed(done, of):  # and the run's log, every 10%
-            logger.info(f"embedding {name}: {done:,}/{of:,} chunks ({done / max(of, 1):.0%})")
 
-    return ingest.embed(store, name, config, workdir, on_progress=progress)
+# One shard on a cluster's worker. Retried there for what may pass again (a store hiccup); a
+# worker that dies is the coordinator's to handle (it runs the shard again elsewhere).
+embed_shard = task(
+    name="embed-shard",
+    task_run_name="embed-shard-{shard.number}",
+    cache_policy=NONE,
+    **RETRIES,
+)(ingest.embed_shard)
+
+
+def on_dask(address: str) -> ShardRunner:
+    """Run shards as `embed-shard` task runs on the Dask cluster at `address` (its scheduler,
+    tcp://host:8786), through Prefect's Dask task runner: each shows in the flow run's graph.
+    The workers need this project installed and the store's settings in their environment."""
+
+    def run(shards: list[EmbedShard]) -> Iterator[tuple[EmbedShard, BaseException | None]]:
+        from prefect.futures import as_completed
+        from prefect_dask import DaskTaskRunner
+
+        with DaskTaskRunner(address=address) as runner:
+            futures = [runner.submit(embed_shard, {"shard": shard}) for shard in shards]
+            by_run = {f.task_run_id: shard for f, shard in zip(futures, shards, strict=True)}
+            for future in as_completed(futures):
+                shard = by_run[future.task_run_id]
+                try:
+                    future.result(raise_on_failure=True)
+                except Exception as exc:  # a task that failed, or a worker that died (KilledWorker)
+                    yield shard, exc
+                else:
+                    yield shard, None
+
+    return run
+
+
+def embed_on_cluster(address: str) -> Callable[..., EmbedStats]:
+    """The embed stage, fanned out in shards on a Dask cluster (`IngestStages.embed`). Called
+    in the flow's own process; the shards are its task runs."""
+
+    def embed(
+        store: str, name: str, config: IngestConfig, workdir: Path, on_progress: object = None
+    ) -> EmbedStats:
+        logger = get_run_logger()
+        logger.info(f"embedding index {name}'s new chunks in shards on the Dask cluster {address}")
+        return ingest.embed_fanned_out(
+            store,
+            name,
+            config,
+            workdir,
+            run_shards=on_dask(address),
+            on_progress=_progress(name),
+            log=logger.warning,
+        )
+
+    return embed
 
 
 # The ingest pipeline (slmops.rag.ingest.run_ingest) with each stage as a Prefect task.
