@@ -97,6 +97,19 @@ def start(
     threads = threads or threads_per_worker(workers)
     base = {**os.environ, **(env or {})}
     base["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), base.get("PYTHONPATH")]))
+    # A nanny sets OMP_NUM_THREADS=1 (and MKL's, OpenBLAS') in its worker, whatever the
+    # environment says (dask's distributed.nanny.pre-spawn-environ): one torch thread per worker
+    # unless the config says otherwise. Written where DASK_CONFIG points the processes.
+    config_dir = state_dir / "dask-config"
+    config_dir.mkdir(exist_ok=True)
+    per_worker = "\n".join(
+        f"      {var}: {threads}"
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    )
+    (config_dir / "slmops.yaml").write_text(
+        f"distributed:\n  nanny:\n    pre-spawn-environ:\n{per_worker}\n"
+    )
+    base["DASK_CONFIG"] = str(config_dir)
     address = f"tcp://127.0.0.1:{port}"
     cluster = Cluster(address, state_dir)
 
@@ -123,7 +136,7 @@ def start(
                 + ["--nthreads", "1", "--nworkers", "1", "--name", f"worker-{i}"]
                 + [*NO_UI[:1], "--local-directory", str(state_dir / f"worker-{i}")]
                 + (["--preload", preload] if preload else []),
-                {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)},
+                {},
             )
         cluster.wait_workers(workers, timeout=wait)
     except BaseException:

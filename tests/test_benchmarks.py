@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import ingest_throughput, router_switch, training_throughput
+from benchmarks import embed_fanout, ingest_throughput, router_switch, training_throughput
 
 
 @pytest.mark.slow
@@ -14,6 +14,14 @@ def test_ingest_benchmark_runs_and_reports_its_ratios(capsys: pytest.CaptureFixt
     out = capsys.readouterr().out
     assert "ratio ingest/raw:" in out and "re-ingest, nothing changed:" in out
     assert "(exact)" in out
+
+
+@pytest.mark.slow
+def test_the_fanout_benchmark_runs_on_a_real_cluster(capsys: pytest.CaptureFixture[str]) -> None:
+    rows = embed_fanout.main(["--docs", "6", "--workers", "1", "--shard", "8"])
+    assert [r[0][:17] for r in rows] == ["single process (m", "dask, 1 worker(s)"]
+    assert all(diff <= 1e-6 for _, _, _, diff in rows), rows
+    assert "vs single" in capsys.readouterr().out
 
 
 def test_the_router_benchmark_moves_traffic_without_a_failed_request(

@@ -65,14 +65,15 @@ def assert_same_index(got: dict[str, bytes], want: dict[str, bytes]) -> None:
     # Same chunks (ids, text hashes, order) and the same document table, byte for byte ...
     assert got[NODES] == want[NODES]
     assert got[DOCS] == want[DOCS]
-    # ... and the same vectors, bit for bit: each shard is the block the single process embeds
-    # as one call, so the model sees the same batches (the workers run 1 torch thread, this
-    # process 2).
+    # ... and the same vectors: each shard is the block the single process embeds as one
+    # call, so the model sees the same batches. Equal to float32 rounding, not always bit for
+    # bit: torch sums in another order with another thread count (1 per worker here, 2 in this
+    # process); the benchmark has seen 1e-7.
     from io import BytesIO
 
     a, b = (np.load(BytesIO(x[EMBEDDINGS])) for x in (got, want))
     assert a.shape == b.shape and a.dtype == b.dtype == np.float32
-    assert np.array_equal(a, b), np.abs(a - b).max()
+    assert np.abs(a - b).max() <= 1e-6, np.abs(a - b).max()
 
 
 @pytest.fixture(scope="module")
