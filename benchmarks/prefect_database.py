@@ -37,6 +37,7 @@ class Tally:
     failed: int = 0
     locked: int = 0
     completed: int = 0
+    finished: int = 0  # flow runs driven to their end, refused or not
     errors: dict[str, int] = field(default_factory=dict)
     write_s: list[float] = field(default_factory=list)
 
@@ -155,30 +156,34 @@ async def _load(url: str, clients: int, runs: int, tasks: int, readers: int) -> 
                     queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                run = await call(client.create_flow_run(load_flow, state=Pending()))
-                if run is failed:
-                    continue
-                ok = await call(client.set_flow_run_state(run.id, Running())) is not failed
-                for t in range(tasks):
-                    tr = await call(client.create_task_run(load_task, run.id, dynamic_key=str(t)))
-                    if tr is failed:
-                        ok = False
-                        continue
-                    for state in (Running, Completed):
-                        ok &= await call(client.set_task_run_state(tr.id, state())) is not failed
-                logs = [
-                    LogCreate(
-                        name="db-load",
-                        level=20,
-                        message=f"line {n}",
-                        timestamp=run.created,
-                        flow_run_id=run.id,
-                    )
-                    for n in range(5)
-                ]
-                ok &= await call(client.create_logs(logs)) is not failed
-                ok &= await call(client.set_flow_run_state(run.id, Completed())) is not failed
-                tally.completed += ok
+                await one_run(client)
+                tally.finished += 1
+
+    async def one_run(client: Any) -> None:
+        run = await call(client.create_flow_run(load_flow, state=Pending()))
+        if run is failed:
+            return
+        ok = await call(client.set_flow_run_state(run.id, Running())) is not failed
+        for t in range(tasks):
+            tr = await call(client.create_task_run(load_task, run.id, dynamic_key=str(t)))
+            if tr is failed:
+                ok = False
+                continue
+            for state in (Running, Completed):
+                ok &= await call(client.set_task_run_state(tr.id, state())) is not failed
+        logs = [
+            LogCreate(
+                name="db-load",
+                level=20,
+                message=f"line {n}",
+                timestamp=run.created,
+                flow_run_id=run.id,
+            )
+            for n in range(5)
+        ]
+        ok &= await call(client.create_logs(logs)) is not failed
+        ok &= await call(client.set_flow_run_state(run.id, Completed())) is not failed
+        tally.completed += ok
 
     async def reader() -> None:
         async with get_client() as client:
@@ -191,11 +196,24 @@ async def _load(url: str, clients: int, runs: int, tasks: int, readers: int) -> 
                 except Exception as exc:
                     tally.error(exc)
 
+    async def progress(every: float = 15.0) -> None:
+        tick = time.monotonic()
+        while not done.is_set():
+            try:
+                await asyncio.wait_for(done.wait(), every)
+            except TimeoutError:
+                print(
+                    f"  {tally.finished}/{runs} flow runs driven, {tally.requests:,} requests, "
+                    f"{tally.failed:,} refused ({time.monotonic() - tick:.0f}s)",
+                    flush=True,
+                )
+
     with temporary_settings({PREFECT_API_URL: url, PREFECT_CLIENT_MAX_RETRIES: 0}):
         read = [asyncio.create_task(reader()) for _ in range(readers)]
+        shown = asyncio.create_task(progress())
         await asyncio.gather(*(runner() for _ in range(clients)))
         done.set()
-        await asyncio.gather(*read)
+        await asyncio.gather(*read, shown)
     return tally
 
 

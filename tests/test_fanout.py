@@ -10,6 +10,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -113,6 +114,16 @@ def encoded_by_worker(faults: Path) -> dict[int, int]:
     return counts
 
 
+def ingest_on(cluster: dask_cluster.Cluster, corpus: Path, store: S3Store) -> Any:
+    """Run ingest-docs with its embedding on `cluster`; returns the flow run's final state."""
+    from flows.ingest_docs import IngestDocsParams, ingest_docs
+
+    params = IngestDocsParams(
+        source=str(corpus), store=store.uri, config=CONFIG, cluster=cluster.address
+    )
+    return ingest_docs(params, return_state=True)
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_the_flow_embeds_in_shards_on_a_dask_cluster_and_builds_the_same_index(
     cluster: tuple[dask_cluster.Cluster, Path],
@@ -121,15 +132,10 @@ def test_the_flow_embeds_in_shards_on_a_dask_cluster_and_builds_the_same_index(
     s3_endpoint: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from flows.ingest_docs import IngestDocsParams, ingest_docs
-
     started, faults = cluster
     store = s3_store(s3_endpoint, monkeypatch)
-    params = IngestDocsParams(
-        source=str(corpus), store=store.uri, config=CONFIG, cluster=started.address
-    )
     (faults / "encoded.log").unlink(missing_ok=True)
-    state = ingest_docs(params, return_state=True)
+    state = ingest_on(started, corpus, store)
     report = state.result()
     assert report.version and report.chunks_embedded == report.chunks_total
     assert_same_index(index_files(store), reference)
@@ -155,18 +161,11 @@ def test_a_worker_killed_mid_run_costs_its_shard_only(
     s3_endpoint: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from flows.ingest_docs import IngestDocsParams, ingest_docs
-
     started, faults = cluster
     store = s3_store(s3_endpoint, monkeypatch)
     (faults / "encoded.log").unlink(missing_ok=True)
     (faults / "crash").touch()  # the first worker to start its second block dies there
-    state = ingest_docs(
-        IngestDocsParams(
-            source=str(corpus), store=store.uri, config=CONFIG, cluster=started.address
-        ),
-        return_state=True,
-    )
+    state = ingest_on(started, corpus, store)
     report = state.result()
     assert not (faults / "crash").exists() and list(faults.glob("crashed-*"))
     assert report.version
