@@ -23,6 +23,7 @@ from slmops.rag.ingest import (
     EmbedShard,
     IngestConfig,
     ShardsFailed,
+    clear_checkpoints,
     embed,
     embed_fanned_out,
     embed_shard,
@@ -205,6 +206,11 @@ def test_failed_shards_leave_the_finished_ones_checkpointed_for_the_next_run(
     # and nothing of the failed run's shard inputs is left in the store
     left = [i.key for i in store.list_objects(f"{INDEXES}/docs/work/")]
     assert left and not [k for k in left if k.endswith(".jsonl")], left
+    # Inputs a killed run could not delete go with the next publish, as the checkpoints do.
+    prefix = left[0].rsplit("/", 1)[0]  # the run's checkpoint folder
+    store.put_bytes(f"{prefix}-shards/killed-run/00000.jsonl", b"{}\n")
+    clear_checkpoints(store, "docs", stats.model_id)
+    assert not list(store.list_objects(f"{INDEXES}/docs/work/"))
 
 
 def test_a_worker_with_another_embedding_model_refuses_its_shard(

@@ -600,9 +600,12 @@ def embed_fanned_out(
 
 
 def clear_checkpoints(store: ObjectStore, name: str, model_id: str) -> None:
-    """Drop a finished run's embedding checkpoints (they are in the published version now)."""
-    for info in list(store.list_objects(_checkpoint_prefix(name, model_id) + "/")):
-        store.delete(info.key)
+    """Drop a finished run's embedding checkpoints (they are in the published version now),
+    and any shard inputs a killed fanned-out run left behind."""
+    prefix = _checkpoint_prefix(name, model_id)
+    for folder in (prefix + "/", prefix + "-shards/"):
+        for info in list(store.list_objects(folder)):
+            store.delete(info.key)
 
 
 # -- 3. assemble -------------------------------------------------------------------------------
