@@ -24,7 +24,6 @@ from pathlib import Path
 from slmops.errors import SlmopsError
 
 ROOT = Path(__file__).resolve().parent.parent
-NO_UI = ["--no-dashboard", "--no-show"]
 
 
 class ClusterError(SlmopsError):
@@ -125,7 +124,15 @@ def start(
 
     spawn(
         "scheduler",
-        ["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port), *NO_UI],
+        [
+            "distributed.cli.dask_scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-dashboard",
+            "--no-show",
+        ],
         {},
     )
     try:
@@ -134,7 +141,7 @@ def start(
                 f"worker-{i}",
                 ["distributed.cli.dask_worker", address, "--host", "127.0.0.1"]
                 + ["--nthreads", "1", "--nworkers", "1", "--name", f"worker-{i}"]
-                + [*NO_UI[:1], "--local-directory", str(state_dir / f"worker-{i}")]
+                + ["--no-dashboard", "--local-directory", str(state_dir / f"worker-{i}")]
                 + (["--preload", preload] if preload else []),
                 {},
             )

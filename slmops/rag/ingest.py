@@ -430,7 +430,6 @@ def embed(
     from slmops.rag.embedder import get_embedder
 
     embedder = get_embedder(config.embed_model)
-    stats.model_id = embedder.model_id
     vectors = work.vectors(embedder.dim)
     stats.resumed = len(work.chunks) - len(work.todo)
     if on_progress:
