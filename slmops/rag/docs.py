@@ -7,10 +7,12 @@ cannot be used becomes a `SkippedDoc` with a reason a person can act on; it neve
 
 from __future__ import annotations
 
+import copy
 import io
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -211,12 +213,68 @@ def _markdown_title(text: str) -> str:
 
 
 def _parse_html(data: bytes) -> tuple[str, str]:
-    from bs4 import BeautifulSoup
-
     if b"\x00" in data[:8192]:
         raise DocRejected("binary content, not HTML (NUL bytes)")
+    from bs4 import BeautifulSoup
+
     soup = BeautifulSoup(data, "html.parser")
     title = soup.title.get_text(strip=True) if soup.title else ""
+    heading = soup.find("h1")
+    title = title or (heading.get_text(strip=True) if heading else "")
+    return _main_text(soup), title
+
+
+_PRE_NEWLINE = "\u23ce"  # stands for a line break inside <pre> while trafilatura reads the page
+_MD_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!|<>~])")
+
+
+def extract_html_text(data: bytes, *, prefer: str = "auto") -> str:
+    """The page's main content as text: headings, paragraphs, lists, tables (cells split by
+    ' | ') and code blocks (line by line); page chrome (navigation, headers, footers,
+    sidebars, breadcrumbs, "Prev | Up | Next" bars) left out.
+
+    A page that marks its content (<main>, role="main", <article>) is read structurally from
+    that element, chrome removed by tag, role and class names. Any other page is read by
+    trafilatura, which finds the content by its text and link density; its Markdown escapes are
+    undone and code blocks keep their lines. prefer="trafilatura" or "structural" forces one.
+    """
+    from bs4 import BeautifulSoup
+
+    return _main_text(BeautifulSoup(data, "html.parser"), prefer=prefer)
+
+
+def _main_text(soup: Any, prefer: str = "auto") -> str:
+    marked = soup.find("main") or soup.find(role="main") or soup.find("article")
+    if prefer == "structural" or (prefer == "auto" and marked is not None):
+        return _strip_html(soup)
+    structural = copy.copy(soup)
+    for pre in soup.find_all("pre"):
+        pre.string = pre.get_text().replace("\n", _PRE_NEWLINE)
+    import trafilatura
+
+    text = trafilatura.extract(
+        str(soup),
+        output_format="markdown",
+        include_tables=True,
+        include_formatting=True,
+        include_links=False,
+        include_images=False,
+        favor_recall=True,
+    )
+    if not text:
+        return _strip_html(structural)
+    return _MD_ESCAPE.sub(r"\1", text.replace(_PRE_NEWLINE, "\n"))
+
+
+def html_to_text(data: bytes) -> str:
+    """The page's text with chrome removed by tag, role and class names only (no content
+    detection): what slmops read from every page before main-content extraction."""
+    from bs4 import BeautifulSoup
+
+    return _strip_html(BeautifulSoup(data, "html.parser"))
+
+
+def _strip_html(soup: Any) -> str:
     for tag in soup(_HTML_CHROME):
         tag.decompose()
     for tag in soup.find_all(role=re.compile("navigation|banner|contentinfo")):
@@ -233,8 +291,7 @@ def _parse_html(data: bytes) -> tuple[str, str]:
         tag.insert_after("\n")
     for cell in root.find_all(["td", "th"]):
         cell.insert_after(" | ")
-    heading = soup.find("h1")
-    return root.get_text(), title or (heading.get_text(strip=True) if heading else "")
+    return str(root.get_text())
 
 
 def _parse_pdf(data: bytes, limits: DocLimits) -> tuple[str, str, int]:

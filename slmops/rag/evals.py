@@ -84,11 +84,15 @@ def generate_questions(nodes: list[dict[str, str]], limit: int = 200) -> list[Ev
     return out[::step][:limit]
 
 
-def evaluate(index: object, questions: list[EvalQuestion], *, k: int, name: str) -> EvalResult:
-    """Rank documents by their best chunk for each question; score the expected ones."""
+def evaluate(
+    index: object, questions: list[EvalQuestion], *, k: int, name: str, mode: str | None = None
+) -> EvalResult:
+    """Rank documents by their best chunk for each question; score the expected ones.
+    `mode`: dense, bm25 or hybrid (unset: the index's default, from the settings)."""
     results = []
+    options = {"mode": mode} if mode else {}
     for q in questions:
-        hits = index.retrieve(q.question, k=k * 3)  # type: ignore[attr-defined]
+        hits = index.retrieve(q.question, k=k * 3, **options)  # type: ignore[attr-defined]
         docs: list[str] = []
         for hit in hits:
             if hit.source not in docs:

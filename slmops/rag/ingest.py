@@ -12,7 +12,8 @@ the same stages wrapped as Prefect tasks (`IngestStages`), so the sequence exist
 4. `publish`: upload the version, then flip `latest` from the previous version to it.
 
 A version's files: `nodes.jsonl` (one chunk per line), `embeddings.npy` (float32, row i is
-line i), `docs.json` (the document table the next run plans against).
+line i), `bm25/` (the BM25 index of the same chunks, row i is line i), `docs.json` (the
+document table the next run plans against), `retrieval-eval.json` (dense, BM25 and hybrid).
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from slmops.errors import ConfigError, SlmopsError
 from slmops.rag.docs import DocLimits, DocRejected, DocSource, ParsedDoc, SkippedDoc, parse_document
+from slmops.rag.hybrid import BM25_DIR, build_bm25
 from slmops.rag.index_files import DOCS, EMBEDDINGS, EVAL_REPORT, NODES, disable_llm
 from slmops.store import open_store
 from slmops.store.base import ObjectStore
@@ -62,6 +64,13 @@ class IngestConfig(BaseModel):
         None,
         description="sentence-transformers model folder "
         "(unset: SLMOPS_EMBED_MODEL, else the bundled MiniLM).",
+    )
+    embed_backend: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "torch",
+        description="What runs the embedding model: torch, onnx (ONNX Runtime, the same vectors "
+        "to float32 rounding, faster on CPU) or onnx-int8 (int8 weights, faster still, vectors "
+        "within about cos 0.99). Part of the model's identity: changing it re-embeds the index. "
+        "The onnx backends need `pip install 'slmops[onnx]'`.",
     )
     limits: DocLimits = Field(
         default_factory=DocLimits,
@@ -115,7 +124,7 @@ def fingerprint(config: IngestConfig) -> str:
     Computed without loading the model, so a run with nothing to do stays cheap."""
     from slmops.rag.embedder import model_id, resolve_model_path
 
-    model = model_id(resolve_model_path(config.embed_model))
+    model = model_id(resolve_model_path(config.embed_model), config.embed_backend)
     basis = f"{config.chunk_size}/{config.chunk_overlap}/{model}"
     return sha256_bytes(basis.encode())[:16]
 
@@ -284,7 +293,7 @@ def prepare(
     if parsed:
         from slmops.rag.embedder import get_embedder
 
-        embedder = get_embedder(config.embed_model)
+        embedder = get_embedder(config.embed_model, backend=config.embed_backend)
         splitter = make_splitter(config, embedder.count_tokens, embedder.max_tokens)
         for n, doc in enumerate(parsed, 1):
             if on_stage:
@@ -394,7 +403,7 @@ def _pending(store: ObjectStore, name: str, config: IngestConfig, workdir: Path)
     from slmops.rag.embedder import model_id, resolve_model_path
 
     chunks = _read_jsonl(workdir / "new_chunks.jsonl")
-    mid = model_id(resolve_model_path(config.embed_model))
+    mid = model_id(resolve_model_path(config.embed_model), config.embed_backend)
     prefix = _checkpoint_prefix(name, mid)
     done = _load_checkpoints(store, prefix) if chunks else {}
     hashes = [sha256_bytes(c["text"].encode()) for c in chunks]
@@ -429,7 +438,7 @@ def embed(
         return stats
     from slmops.rag.embedder import get_embedder
 
-    embedder = get_embedder(config.embed_model)
+    embedder = get_embedder(config.embed_model, backend=config.embed_backend)
     vectors = work.vectors(embedder.dim)
     stats.resumed = len(work.chunks) - len(work.todo)
     if on_progress:
@@ -461,6 +470,7 @@ class EmbedShard(BaseModel):
     checkpoint: str = Field(description="Store key its vectors are written to (npz).")
     chunks: int
     embed_model: str | None
+    embed_backend: str = "torch"
     model_id: str = Field(description="The run's embedding model; a worker with another refuses.")
     batch_size: int
 
@@ -479,7 +489,7 @@ def embed_shard(shard: EmbedShard) -> int:
     if store.exists(shard.checkpoint):
         return 0
     rows = [json.loads(line) for line in store.get_bytes(shard.texts).decode().splitlines()]
-    embedder = get_embedder(shard.embed_model)
+    embedder = get_embedder(shard.embed_model, backend=shard.embed_backend)
     if embedder.model_id != shard.model_id:
         raise ConfigError(
             f"{shard.label}: this worker's embedding model is {embedder.model_id}, the run's is "
@@ -554,6 +564,7 @@ def embed_fanned_out(
                 checkpoint=f"{work.prefix}/{run}-{number:05d}.npz",
                 chunks=len(rows),
                 embed_model=config.embed_model,
+                embed_backend=config.embed_backend,
                 model_id=work.model_id,
                 batch_size=config.batch_size,
             )
@@ -648,6 +659,7 @@ def assemble(store: StoreRef, plan: IngestPlan, workdir: Path) -> Path:
     vectors = vectors[order] if len(order) else vectors
     _write_jsonl(out / NODES, nodes)
     np.save(out / EMBEDDINGS, vectors.astype(np.float32))
+    build_bm25(nodes, out / BM25_DIR)
     table = {
         "fingerprint": plan.fingerprint,
         "docs": [records[p].model_dump() for p in sorted(records)],
@@ -727,18 +739,30 @@ def publish(
 def evaluate_candidate(
     index_dir: Path, name: str, config: IngestConfig, *, questions: str | Path | None, k: int
 ) -> dict[str, float]:
-    """Retrieval metrics of the assembled (not yet published) version; saved beside it."""
+    """Retrieval metrics of the assembled (not yet published) version, saved beside it: each
+    question set in each mode (`curated.dense.*`, `curated.bm25.*`, `curated.hybrid.*`) and
+    in the mode queries use (`curated.*`: SLMOPS_RETRIEVAL_MODE, hybrid by default)."""
+    from slmops.config import get_settings
     from slmops.rag.embedder import get_embedder
     from slmops.rag.evals import evaluate, generate_questions, load_questions, write_report
+    from slmops.rag.hybrid import MODES
     from slmops.rag.retrieval import LoadedIndex
 
-    loaded = LoadedIndex(name, "candidate", index_dir, get_embedder(config.embed_model))
-    results = []
-    if questions:
-        results.append(evaluate(loaded, load_questions(questions), k=k, name="curated"))
+    embedder = get_embedder(config.embed_model, backend=config.embed_backend)
+    loaded = LoadedIndex(name, "candidate", index_dir, embedder)
+    sets = [("curated", load_questions(questions))] if questions else []
     generated = generate_questions(loaded.nodes)
     if generated:
-        results.append(evaluate(loaded, generated, k=k, name="generated"))
+        sets.append(("generated", generated))
+    served = get_settings().retrieval_mode
+    results = []
+    for set_name, asked in sets:
+        by_mode = {
+            mode: evaluate(loaded, asked, k=k, name=f"{set_name}.{mode}", mode=mode)
+            for mode in MODES
+        }
+        results.append(by_mode[served].model_copy(update={"name": set_name}))
+        results += by_mode.values()
     write_report(results, index_dir / EVAL_REPORT)
     return {key: value for r in results for key, value in r.metrics().items()}
 
@@ -812,7 +836,9 @@ def run_ingest(
         )
     t3 = time.perf_counter()
     report.timings.update({"assemble": t2 - t1, "evaluate": t3 - t2})
-    model_id = stats.model_id or get_embedder(config.embed_model).model_id
+    model_id = (
+        stats.model_id or get_embedder(config.embed_model, backend=config.embed_backend).model_id
+    )
     stages.publish(
         store=store,
         report=report,

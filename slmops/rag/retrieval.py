@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from slmops.errors import StoreError
 from slmops.rag.embedder import Embedder, as_llama_index, get_embedder
+from slmops.rag.hybrid import BM25_DIR, Bm25Side, Fusion, Mode, Ranked, fuse
 from slmops.rag.index_files import EMBEDDINGS, NODES, disable_llm
 from slmops.store import ObjectStore, open_store
 from slmops.store.versions import INDEXES, LATEST, VersionedArtifact
@@ -39,8 +40,13 @@ class Retrieved(BaseModel):
     chunk_id: str
 
 
+# Candidates each side contributes to a fused ranking (at least; more when k is larger).
+FUSION_DEPTH = 20
+
+
 class LoadedIndex:
-    """One index version in memory as a llama-index VectorStoreIndex."""
+    """One index version in memory: a llama-index VectorStoreIndex for the dense side and the
+    version's BM25 index for the lexical side."""
 
     def __init__(self, name: str, version: str, folder: Path, embedder: Embedder):
         from llama_index.core import VectorStoreIndex
@@ -67,22 +73,57 @@ class LoadedIndex:
         ]
         # Every node carries its vector: building the index calls no model.
         self.index = VectorStoreIndex(text_nodes, embed_model=as_llama_index(embedder))
+        self.rows = {n["id"]: i for i, n in enumerate(self.nodes)}
+        self.bm25 = Bm25Side(self.nodes, folder / BM25_DIR)
 
-    def retrieve(self, query: str, k: int = 5) -> list[Retrieved]:
+    def dense(self, query: str, n: int) -> Ranked:
+        hits = self.index.as_retriever(similarity_top_k=n).retrieve(query)
+        return [(self.rows[h.node.node_id], float(h.score or 0.0)) for h in hits]
+
+    def retrieve(
+        self,
+        query: str,
+        k: int = 5,
+        *,
+        mode: Mode | None = None,
+        fusion: Fusion | None = None,
+        dense_weight: float | None = None,
+    ) -> list[Retrieved]:
+        """The `k` best chunks for `query`; mode, fusion and weight default to the settings
+        (SLMOPS_RETRIEVAL_MODE, _FUSION, _DENSE_WEIGHT)."""
+        from slmops.config import get_settings
+
         if not query.strip():
             raise ValueError("empty query")
         if not self.nodes:
             return []
-        hits = self.index.as_retriever(similarity_top_k=k).retrieve(query)
+        settings = get_settings()
+        mode = mode or settings.retrieval_mode
+        if mode == "dense":
+            ranked = self.dense(query, k)
+        elif mode == "bm25":
+            ranked = self.bm25.search(query, k)
+        elif mode == "hybrid":
+            depth = max(k, FUSION_DEPTH)
+            ranked = fuse(
+                self.dense(query, depth),
+                self.bm25.search(query, depth),
+                fusion=fusion or settings.retrieval_fusion,
+                dense_weight=(
+                    settings.retrieval_dense_weight if dense_weight is None else dense_weight
+                ),
+            )[:k]
+        else:
+            raise ValueError(f"unknown retrieval mode {mode!r}: use dense, bm25 or hybrid")
         return [
             Retrieved(
-                source=h.node.metadata["source"],
-                title=h.node.metadata["title"],
-                score=float(h.score or 0.0),
-                text=h.node.get_content(),
-                chunk_id=h.node.node_id,
+                source=self.nodes[row]["doc"],
+                title=self.nodes[row]["title"],
+                score=score,
+                text=self.nodes[row]["text"],
+                chunk_id=self.nodes[row]["id"],
             )
-            for h in hits
+            for row, score in ranked
         ]
 
 
@@ -131,7 +172,9 @@ def load_index(
             built_with = manifest.config.get("embed_model")
             if not embed_model and built_with and Path(built_with).is_dir():
                 embed_model = built_with
-            embedder = get_embedder(embed_model)
+            # Queries are embedded as the chunks were: same model, same backend.
+            backend = str(manifest.config.get("embed_backend") or "torch")
+            embedder = get_embedder(embed_model, backend=backend)
             expected = next(
                 (i.version for i in manifest.inputs if i.kind == "embedding-model"), None
             )
