@@ -56,7 +56,7 @@ class Settings(BaseSettings):
         "QueryFusionRetriever modes).",
     )
     retrieval_dense_weight: float = Field(
-        0.5,
+        0.3,
         ge=0.0,
         le=1.0,
         description="Weight of the dense scores in hybrid fusion; BM25 gets the rest "

@@ -14,6 +14,7 @@ from prefect.cache_policies import NONE
 
 from slmops.progress import Tenths
 from slmops.rag import ingest
+from slmops.rag.evals import mode_table
 from slmops.rag.ingest import (
     EmbedShard,
     EmbedStats,
@@ -168,6 +169,9 @@ def report_ingest(store_uri: str, report: IngestReport) -> str:
     ]
     lines += [f"| {stage} | {seconds:.2f} |" for stage, seconds in report.timings.items()]
     if report.retrieval:
+        header, modes = mode_table(report.retrieval)
+        lines += ["", f"| {' | '.join(header)} |", "|---" * len(header) + "|"]
+        lines += [f"| {' | '.join(row)} |" for row in modes]
         lines += [
             "",
             f"| retrieval metric | {report.version} | {plan.previous_version or '-'} | change |",

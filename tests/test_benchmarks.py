@@ -5,15 +5,34 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import embed_fanout, ingest_throughput, router_switch, training_throughput
+from benchmarks import (
+    embed_fanout,
+    html_extraction,
+    ingest_throughput,
+    router_switch,
+    training_throughput,
+)
 
 
 @pytest.mark.slow
 def test_ingest_benchmark_runs_and_reports_its_ratios(capsys: pytest.CaptureFixture[str]) -> None:
-    ingest_throughput.main(["--docs", "12"])
+    ratios = ingest_throughput.main(["--docs", "12"])
     out = capsys.readouterr().out
-    assert "ratio ingest/raw:" in out and "re-ingest, nothing changed:" in out
-    assert "(exact)" in out
+    assert set(ratios) == {"torch", "onnx", "onnx-int8"} and all(r > 0 for r in ratios.values())
+    assert "x raw PyTorch" in out and "re-ingest, nothing changed:" in out
+    assert "(exact)" in out and out.count("dense hit@5") == 3
+
+
+def test_the_extraction_benchmark_shows_the_choice_drops_chrome_and_keeps_content(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    table = html_extraction.main([])
+    for corpus in ("bundled example", "generated chrome"):
+        chosen = table[corpus]["slmops (main content)"]
+        assert chosen.chrome_pages == 0 and chosen.empty == 0, corpus
+        assert chosen.recall / chosen.pages >= 0.99, corpus
+    assert table["generated chrome"]["tag stripping (before)"].chrome_pages > 0
+    assert "readability-lxml" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ from slmops.rag.docs import DocLimits, DocSource
 from slmops.rag.embedder import get_embedder
 from slmops.rag.ingest import EMBEDDINGS, NODES, IngestConfig, IngestReport, run_ingest
 from slmops.store.base import ObjectStore
+from slmops.store.local import LocalStore
 from slmops.store.versions import INDEXES, VersionedArtifact
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "support-bot"
@@ -326,3 +327,44 @@ def test_the_cli_shows_progress_when_its_output_is_a_log(docs: Path, store_uri_e
         next(x for x in lines if x.startswith("embedding"))
     )
     get_settings.cache_clear()
+
+
+def test_page_chrome_never_reaches_a_chunk_and_code_and_tables_do(tmp_path: Path) -> None:
+    """Pages with navigation in four styles (semantic tags, DocBook's "Prev | Up | Next"
+    tables, Sphinx's bars and sidebar, div soup) and the bundled HTML: every chunk is free of
+    the chrome, and the content's code lines and table rows are in the chunks."""
+    from benchmarks.html_extraction import bundled_pages, generated_pages
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    pages = generated_pages() + bundled_pages()
+    for n, page in enumerate(pages):
+        (docs / f"page-{n}.html").write_bytes(page.html)
+    report = run_ingest(
+        str(docs), LocalStore(tmp_path / "s"), "web", workdir=tmp_path / "w", evaluate=False
+    )
+    assert len(report.plan.added) == len(pages) and not report.plan.skipped
+    nodes = [json.loads(x) for x in (tmp_path / "w" / "index" / NODES).read_text().splitlines()]
+    for n, page in enumerate(pages):
+        text = "\n".join(node["text"] for node in nodes if node["doc"] == f"page-{n}.html")
+        leaked = [phrase for phrase in page.chrome if phrase in text]
+        assert not leaked, f"{page.name}: chrome in its chunks: {leaked}"
+        lines = {line.strip(" |") for line in text.splitlines()}
+        assert all(code in lines for code in page.code_lines), page.name
+    generated = "\n".join(n["text"] for n in nodes if n["doc"] == "page-1.html")  # DocBook
+    assert "the old secret stays valid for 24 hours" in " ".join(generated.split())
+    assert "X-Tidewell-Signature | HMAC-SHA256 of the raw body" in generated
+
+
+def test_chunks_are_embedded_with_their_title_and_switching_it_rebuilds(
+    docs: Path, store: ObjectStore, tmp_path: Path
+) -> None:
+    report = ingest(docs, store, tmp_path)
+    nodes, vectors = version_nodes(store, report.version or "")
+    row = next(i for i, n in enumerate(nodes) if n["i"] > 0)  # a chunk from mid-document
+    expected = get_embedder().encode([f"{nodes[row]['title']}\n\n{nodes[row]['text']}"])[0]
+    assert np.abs(vectors[row] - expected).max() < 1e-5
+    plain = ingest(docs, store, tmp_path, config=IngestConfig(embed_title=False))
+    assert plain.plan.rebuild and plain.chunks_embedded == plain.chunks_total
+    nodes, vectors = version_nodes(store, plain.version or "")
+    assert np.abs(vectors[row] - get_embedder().encode([nodes[row]["text"]])[0]).max() < 1e-5

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
+from rich.table import Table
 
 from slmops.cli.common import (
     StageProgress,
@@ -31,15 +32,25 @@ def ingest(
     embed_model: Annotated[
         str | None, typer.Option(help="sentence-transformers model folder.")
     ] = None,
+    embed_backend: Annotated[
+        str,
+        typer.Option(
+            help="What runs the embedder: torch, onnx or onnx-int8 (pip install 'slmops[onnx]')."
+        ),
+    ] = "torch",
     store: StoreOpt = None,
 ) -> None:
     """Ingest documentation into a new index version (the ingest-docs flow, without Prefect)."""
     import tempfile
 
     from slmops.rag.ingest import IngestConfig, run_ingest
+    from slmops.rag.onnx_backend import check_backend
 
     config = IngestConfig(
-        chunk_size=chunk_size, chunk_overlap=chunk_overlap, embed_model=embed_model
+        chunk_size=chunk_size,
+        chunk_overlap=chunk_overlap,
+        embed_model=embed_model,
+        embed_backend=check_backend(embed_backend),
     )
     obj = open_store(store)
     with (
@@ -64,8 +75,23 @@ def ingest(
             highlight=False,
         )
     console.print(report.summary())
-    for key, value in report.retrieval.items():
-        console.print(f"  {key}: {value:g}")
+    if report.retrieval:
+        console.print(retrieval_table(report.retrieval))
+
+
+def retrieval_table(metrics: dict[str, float]) -> Table:
+    """Hit rate and MRR per question set, the three retrieval modes side by side."""
+    from slmops.config import get_settings
+    from slmops.rag.evals import mode_table
+
+    served = get_settings().retrieval_mode
+    table = Table(title=f"retrieval (queries use {served})", title_justify="left")
+    header, rows = mode_table(metrics)
+    for n, column in enumerate(header):
+        table.add_column(column, justify="right" if n else "left")
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 @app.command()
@@ -74,14 +100,23 @@ def query(
     question: Annotated[str, typer.Argument(help="What to look for.")],
     k: Annotated[int, typer.Option("-k", help="How many chunks.")] = 5,
     version: Annotated[str | None, typer.Option(help="A version (default: latest).")] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(help="dense, bm25 or hybrid (default: SLMOPS_RETRIEVAL_MODE, hybrid)."),
+    ] = None,
     store: StoreOpt = None,
 ) -> None:
     """Retrieve the chunks of an index closest to a question, with source and score."""
+    from slmops.config import get_settings
+    from slmops.rag.hybrid import MODES
     from slmops.rag.retrieval import load_index
 
+    if mode is not None and mode not in MODES:
+        raise typer.BadParameter(f"{mode!r}: use one of {', '.join(MODES)}", param_hint="--mode")
     loaded = load_index(index, store=store, version=version)
-    console.print(f"[dim]index {index} version {loaded.version}[/dim]")
-    for rank, hit in enumerate(loaded.retrieve(question, k), 1):
+    used = mode or get_settings().retrieval_mode
+    console.print(f"[dim]index {index} version {loaded.version}, {used} retrieval[/dim]")
+    for rank, hit in enumerate(loaded.retrieve(question, k, mode=used), 1):
         console.print(
             f"[bold]{rank}. {escape(hit.source)}[/bold]  score {hit.score:.3f}  "
             f"({escape(hit.title)})",

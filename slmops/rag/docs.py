@@ -285,6 +285,8 @@ def _strip_html(soup: Any) -> str:
         hints = " ".join(tag.get("class") or []) + " " + str(tag.get("id") or "")
         if _HTML_CHROME_HINTS.search(hints):
             tag.decompose()
+    for permalink in soup.select("a.headerlink"):  # Sphinx's "¶" after each heading
+        permalink.decompose()
     root = soup.find("main") or soup.find("article") or soup.body or soup
     for tag in root.find_all(_HTML_BLOCKS):
         tag.insert_before("\n")

@@ -113,5 +113,40 @@ def evaluate(
     )
 
 
+MODES = ("dense", "bm25", "hybrid")
+
+
+def by_mode(
+    metrics: dict[str, float], k: int
+) -> list[tuple[str, int, dict[str, tuple[float, float]]]]:
+    """(question set, questions, {mode: (hit rate@k, MRR)}) per question set in `metrics`
+    (keys as `evaluate_candidate` writes them, with or without the `retrieval.` prefix)."""
+    plain = {key.removeprefix("retrieval."): value for key, value in metrics.items()}
+    names = sorted({key.split(".")[0] for key in plain if key.endswith(".questions")})
+    return [
+        (
+            name,
+            int(plain[f"{name}.questions"]),
+            {
+                mode: (plain[f"{name}.{mode}.hit_rate@{k}"], plain[f"{name}.{mode}.mrr"])
+                for mode in MODES
+                if f"{name}.{mode}.mrr" in plain
+            },
+        )
+        for name in names
+    ]
+
+
+def mode_table(metrics: dict[str, float]) -> tuple[list[str], list[list[str]]]:
+    """The modes side by side, for people: a header and one row per question set."""
+    k = next((int(key.rsplit("@", 1)[1]) for key in metrics if "@" in key), 5)
+    header = ["questions", *(f"{mode} hit@{k} / MRR" for mode in MODES)]
+    rows = [
+        [f"{name} ({asked})"] + [f"{s[m][0]:.3f} / {s[m][1]:.3f}" if m in s else "-" for m in MODES]
+        for name, asked, s in by_mode(metrics, k)
+    ]
+    return header, rows
+
+
 def write_report(results: list[EvalResult], path: Path) -> None:
     path.write_text(json.dumps([r.model_dump() for r in results], indent=1, ensure_ascii=False))

@@ -76,6 +76,12 @@ class IngestConfig(BaseModel):
         default_factory=DocLimits,
         description="Per-file limits: larger files and longer PDFs are skipped and reported.",
     )
+    embed_title: bool = Field(
+        True,
+        description="Embed each chunk as its document's title, a blank line and its text (the "
+        "title places a chunk from the middle of a page; BM25 indexes it too). Changing it "
+        "re-embeds the index.",
+    )
     checkpoint_every: int = Field(512, ge=1, description="Chunks embedded between checkpoints.")
     allow_empty: bool = Field(
         False,
@@ -126,6 +132,8 @@ def fingerprint(config: IngestConfig) -> str:
 
     model = model_id(resolve_model_path(config.embed_model), config.embed_backend)
     basis = f"{config.chunk_size}/{config.chunk_overlap}/{model}"
+    if config.embed_title:  # indexes made before the setting keep their fingerprint off
+        basis += "/title"
     return sha256_bytes(basis.encode())[:16]
 
 
@@ -379,6 +387,7 @@ class _Pending:
     """The new chunks of a run, what earlier attempts already embedded, and what is left."""
 
     chunks: list[dict[str, Any]]
+    texts: list[str]  # what the embedder reads, row by row
     hashes: list[str]
     done: dict[str, np.ndarray]
     todo: list[int]  # rows still to embed, longest text first
@@ -406,12 +415,18 @@ def _pending(store: ObjectStore, name: str, config: IngestConfig, workdir: Path)
     mid = model_id(resolve_model_path(config.embed_model), config.embed_backend)
     prefix = _checkpoint_prefix(name, mid)
     done = _load_checkpoints(store, prefix) if chunks else {}
-    hashes = [sha256_bytes(c["text"].encode()) for c in chunks]
+    texts = [embed_text(c, config) for c in chunks]
+    hashes = [sha256_bytes(t.encode()) for t in texts]
     todo = [row for row, h in enumerate(hashes) if h not in done]
     # Longest first across the whole run, as sentence-transformers orders one call: batches
     # of similar length waste the least padding, and checkpointing does not break that up.
-    todo.sort(key=lambda r: -len(chunks[r]["text"]))
-    return _Pending(chunks, hashes, done, todo, prefix, mid)
+    todo.sort(key=lambda r: -len(texts[r]))
+    return _Pending(chunks, texts, hashes, done, todo, prefix, mid)
+
+
+def embed_text(chunk: dict[str, Any], config: IngestConfig) -> str:
+    """What the embedder reads for a chunk (its checkpoint key is this text's hash)."""
+    return f"{chunk['title']}\n\n{chunk['text']}" if config.embed_title else chunk["text"]
 
 
 def _checkpoint(store: ObjectStore, key: str, hashes: list[str], vectors: np.ndarray) -> None:
@@ -444,7 +459,7 @@ def embed(
     if on_progress:
         on_progress(stats.resumed, len(work.chunks))
     for rows in work.blocks(config.checkpoint_every):
-        texts = [work.chunks[r]["text"] for r in rows]
+        texts = [work.texts[r] for r in rows]
         batch = embedder.encode(texts, batch_size=config.batch_size)
         vectors[rows] = batch
         stats.embedded += len(rows)
@@ -550,7 +565,7 @@ def embed_fanned_out(
     for number, rows in enumerate(blocks):
         key = f"{inputs}/{number:05d}.jsonl"
         lines = (
-            json.dumps({"hash": work.hashes[r], "text": work.chunks[r]["text"]}, ensure_ascii=False)
+            json.dumps({"hash": work.hashes[r], "text": work.texts[r]}, ensure_ascii=False)
             for r in rows
         )
         store.put_bytes(key, ("\n".join(lines) + "\n").encode())
