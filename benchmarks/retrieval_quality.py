@@ -11,8 +11,9 @@ Questions for an HTML corpus come from the pages themselves, independently of an
 each page's <title>, and each h1-h3 heading that no other page has (a heading shared by pages,
 "Examples" or a sidebar's "Navigation", names no one page), asked alone; the page is the answer.
 For the bundled example: its curated questions. A second set is the one every index version is
-evaluated on: "<title>: <section heading>" from slmops' own chunks (extraction-dependent). Prints hit rate@k and MRR for each, and for
-hybrid each fusion mode and dense weight, so the default is a measured choice.
+evaluated on: "<title>: <section heading>" from slmops' own chunks (extraction-dependent).
+Prints hit rate@k and MRR for each, and for hybrid each fusion mode and dense weight, so the
+default is a measured choice.
 """
 
 from __future__ import annotations
