@@ -141,6 +141,13 @@ def get_embedder(
         return _load(path, device, check_backend(backend))
 
 
+@lru_cache(maxsize=2048)
+def _query_vector(embedder: Embedder, query: str) -> tuple[float, ...]:
+    """A query's vector, embedded once: evaluations ask each question in the dense and the
+    hybrid mode, and a server is asked the same questions again."""
+    return tuple(map(float, embedder.encode([query])[0]))
+
+
 def as_llama_index(embedder: Embedder) -> Any:
     """The same model as a llama-index embedding, for queries against a loaded index."""
     from llama_index.core.embeddings import BaseEmbedding
@@ -154,7 +161,7 @@ def as_llama_index(embedder: Embedder) -> Any:
             self._embedder = inner
 
         def _get_query_embedding(self, query: str) -> list[float]:
-            return list(map(float, self._embedder.encode([query])[0]))
+            return list(_query_vector(self._embedder, query))
 
         async def _aget_query_embedding(self, query: str) -> list[float]:
             return self._get_query_embedding(query)
