@@ -46,15 +46,19 @@ def _tokenize(texts: list[str], stemmer: Any) -> Any:
     return bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False)
 
 
-def build_bm25(nodes: list[dict[str, Any]], folder: Path) -> None:
-    """Write the BM25 index of `nodes` (row i = line i of nodes.jsonl) into `folder`."""
+def _indexed(nodes: list[dict[str, Any]], stemmer: Any) -> Any:
     import bm25s
 
-    folder.mkdir(parents=True, exist_ok=True)
     retriever = bm25s.BM25()
+    retriever.index(_tokenize([bm25_text(n) for n in nodes], stemmer), show_progress=False)
+    return retriever
+
+
+def build_bm25(nodes: list[dict[str, Any]], folder: Path) -> None:
+    """Write the BM25 index of `nodes` (row i = line i of nodes.jsonl) into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
     if nodes:
-        retriever.index(_tokenize([bm25_text(n) for n in nodes], _stemmer()), show_progress=False)
-        retriever.save(str(folder))
+        _indexed(nodes, _stemmer()).save(str(folder))
 
 
 class Bm25Side:
@@ -70,9 +74,7 @@ class Bm25Side:
         if self.size == 0:
             self.retriever = None
         elif self.built_on_load:
-            self.retriever = bm25s.BM25()
-            tokens = _tokenize([bm25_text(n) for n in nodes], self.stemmer)
-            self.retriever.index(tokens, show_progress=False)
+            self.retriever = _indexed(nodes, self.stemmer)
         else:
             self.retriever = bm25s.BM25.load(str(folder))
 
