@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
 
 import pytest
 
@@ -16,6 +17,12 @@ from slmops.store.versions import ADAPTERS, VersionedArtifact
 from slmops.training import adapters
 
 KEY = "claims/train-abc.json"
+
+
+def _sleep_past(store: ObjectStore) -> None:
+    record, _ = read_claim(store, KEY)
+    assert record is not None
+    time.sleep(max(0.0, (record.expires_at - datetime.now(UTC)).total_seconds()) + 0.1)
 
 
 def test_of_racing_runs_exactly_one_gets_the_claim(store: ObjectStore) -> None:
@@ -48,10 +55,12 @@ def test_a_live_claim_is_refused_with_its_holder(store: ObjectStore) -> None:
 
 
 def test_a_crashed_holders_claim_is_taken_over_after_its_lease(store: ObjectStore) -> None:
-    crashed = try_claim(store, KEY, "training abc", ttl=0.5, holder="crashed-run")
+    # The lease is long enough that a slow store's round trip cannot outlast it before the
+    # refused attempt; the wait then runs to its recorded end.
+    crashed = try_claim(store, KEY, "training abc", ttl=3, holder="crashed-run")
     with pytest.raises(ClaimHeldError):
         try_claim(store, KEY, "training abc", ttl=60, holder="successor")
-    time.sleep(0.6)  # the crashed run never renews
+    _sleep_past(store)  # the crashed run never renews
     successor = try_claim(store, KEY, "training abc", ttl=60, holder="successor")
     assert successor.taken_over is not None and successor.taken_over.holder == "crashed-run"
     # The old holder, if it was only paused, finds out before it publishes anything.
@@ -60,9 +69,9 @@ def test_a_crashed_holders_claim_is_taken_over_after_its_lease(store: ObjectStor
 
 
 def test_holding_renews_the_lease_and_releases_it(store: ObjectStore) -> None:
-    claim = try_claim(store, KEY, "training abc", ttl=0.6, holder="worker")
-    with holding(claim, every=0.1):
-        time.sleep(1.2)  # twice the lease: only renewals keep it
+    claim = try_claim(store, KEY, "training abc", ttl=2, holder="worker")
+    with holding(claim, every=0.25):
+        time.sleep(4)  # twice the lease: only renewals keep it
         with pytest.raises(ClaimHeldError):
             try_claim(store, KEY, "training abc", ttl=60, holder="other")
         claim.check()
