@@ -474,6 +474,10 @@ class LocalStack:
         # Prefect answers SQLite's "database is locked" with a bare 503 and logs it only when
         # asked to: the stack's log should say why a client was refused.
         server_env = {**env, "PREFECT_SERVER_LOG_RETRYABLE_ERRORS": "true"}
+        # A run queued behind a deployment's concurrency limit (a manual serve-sync while the
+        # scheduled one runs) is retried after this many seconds, 30 by default: on one machine
+        # that was most of a queued run's wait, the other run long finished.
+        server_env["PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS"] = "5"
         if cfg.database == "postgres":
             server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = self._start_postgres(comps)
         elif cfg.database != "sqlite":

@@ -219,6 +219,14 @@ def test_refine_tune_gates_and_promotes_to_every_replica(served: Served) -> None
     expected = local_answers(served, v1.version, asked)
     assert served_answers(served, asked) == [expected, expected]
     assert all(json.loads(a) for a in expected)  # the smoke test's rule holds, too
+    # The smoke test asked the format cases the gate saw this version answer in the format.
+    from slmops.evaluation.verdicts import verdict_answers
+    from slmops.serving.promotion import gated_answers, smoke_prompts
+
+    gated = gated_answers(verdict_answers(served.store, ADAPTER, v1.version, None))
+    assert gated, "the gate's answers are stored with the verdict"
+    golden, _ = smoke_prompts(served.suites, served.config.smoke_cases, gated)
+    assert golden and all(c.id in gated for c in golden)
     (succeeded,) = audit(served, "promotion.succeeded")
     assert succeeded.details["version"] == v1.version and succeeded.details["previous"] is None
     assert succeeded.trigger.flow_run_id  # started by the refine-tune run, on record
@@ -931,3 +939,42 @@ def test_an_adapter_of_a_new_base_revision_takes_the_traffic_on_its_own_set_and_
     finally:
         router.stop()
         replica2.stop()
+
+
+def test_the_smoke_test_asks_only_what_the_gate_saw_the_version_answer_in_the_format(
+    tmp_path: Path,
+) -> None:
+    """A promotion's golden prompts are format cases the gated version answered validly (its
+    verdict's answers): a case the gate saw it fail proves nothing about the load, and made a
+    good adapter's promotion fail by chance. Without stored answers: the first cases."""
+    from slmops.evaluation.gate import CaseResult
+    from slmops.evaluation.suites import load_suites
+    from slmops.serving.promotion import gated_answers, smoke_prompts
+    from tests.helpers import EXAMPLE
+
+    suites = EXAMPLE / "evals"
+    loaded = load_suites(suites)
+    fmt = loaded.suite_cases("format")
+    first, scorer = smoke_prompts(suites, 3)
+    assert [c.id for c in first] == [c.id for c in fmt[:3]]
+    good = '{"answer": "Open Settings > Inlets.", "sources": [], "confidence": "high"}'
+    cut = '{"answer": "Open Settings > Inl'  # what a reply cut at max_tokens looks like
+    answers = [
+        CaseResult(
+            id=c.id,
+            suite="format",
+            candidate=reply,
+            candidate_scores=scorer.score(c, reply),
+        )
+        for c, reply in zip(fmt[:5], [cut, good, cut, good, good], strict=True)
+    ]
+    gated = gated_answers(answers)
+    assert gated == {fmt[i].id: good for i in (1, 3, 4)}
+    golden, _ = smoke_prompts(suites, 3, gated)
+    assert [c.id for c in golden] == [fmt[i].id for i in (1, 3, 4)]
+    assert gated_answers(None) is None
+    # nothing the gate answered in the format: the first cases again (the gate would not have
+    # passed such a version; a hand-made verdict could)
+    assert [c.id for c in smoke_prompts(suites, 3, gated_answers(answers[:1]))[0]] == [
+        c.id for c in fmt[:3]
+    ]

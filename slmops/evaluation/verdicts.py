@@ -271,3 +271,16 @@ def find_verdict(
     if found is None:
         return None
     return Verdict.model_validate(json.loads(evals.read_file(found.version, "report.json")))
+
+
+def verdict_answers(
+    store: ObjectStore, adapter: str, version: str, champion: str | None
+) -> list[CaseResult] | None:
+    """Every case's answer and scores behind that verdict (its answers.jsonl), or None when
+    there is no verdict or it was stored without them."""
+    evals = VersionedArtifact(store, EVALS, adapter)
+    found = evals.find(VERDICT, f"{version}.vs.{champion or 'none'}")
+    if found is None or "answers.jsonl" not in {f.path for f in found.files}:
+        return None
+    text = evals.read_file(found.version, "answers.jsonl").decode("utf-8")
+    return [CaseResult.model_validate_json(line) for line in text.splitlines() if line.strip()]

@@ -39,7 +39,7 @@ from pydantic import BaseModel, Field
 
 from slmops.errors import ClaimHeldError, ConfigError, ConflictError, SlmopsError, StoreError
 from slmops.evaluation.suites import load_suites
-from slmops.evaluation.verdicts import champion_label, find_verdict
+from slmops.evaluation.verdicts import champion_label, find_verdict, verdict_answers
 from slmops.serving.client import (
     Replica,
     RouterSettings,
@@ -111,6 +111,9 @@ class Staged:
     name: str
     path: Path
     rank: int
+    # The gate's answers for this version that passed on the format suite (case id -> answer):
+    # the smoke test's golden prompts. None: the verdict was stored without its answers.
+    gated: dict[str, str] | None = None
 
 
 @dataclass
@@ -326,31 +329,60 @@ def serving_claim(
         yield held
 
 
-def smoke_prompts(suites: str | Path, count: int) -> tuple[list[Any], Any]:
-    """The first `count` cases of the format suite and a scorer for them."""
+def _smoke_failures(scores: dict[str, float]) -> list[str]:
+    from slmops.evaluation.scorers import ALL_VALID
+
+    return [m for m, v in scores.items() if v < 1.0 and (m == ALL_VALID or "no_" in m)]
+
+
+def smoke_prompts(
+    suites: str | Path, count: int, gated: dict[str, str] | None = None
+) -> tuple[list[Any], Any]:
+    """`count` cases of the format suite and a scorer for them: the first ones the gate saw
+    this version answer in the format (`gated`), or the first ones when that is not known.
+    A case the gated model itself got wrong proves nothing about the load."""
     from slmops.evaluation.scorers import Scorer
 
     loaded = load_suites(suites)
     names = [n for n, spec in loaded.config.suites.items() if spec.kind == "format"]
     if not names:
         raise ConfigError(f"{suites}: no suite of kind 'format' to take smoke-test prompts from")
-    cases = loaded.suite_cases(names[0])[:count]
-    return cases, Scorer(loaded.config, loaded.schema_doc)
+    cases = loaded.suite_cases(names[0])
+    if gated:
+        passed = [c for c in cases if c.id in gated]
+        cases = passed or cases
+    return cases[:count], Scorer(loaded.config, loaded.schema_doc)
 
 
-def _smoke(client: VLLMClient, name: str, suites: str | Path, config: ServingConfig) -> int:
-    from slmops.evaluation.scorers import ALL_VALID
+def gated_answers(answers: list[Any] | None) -> dict[str, str] | None:
+    """The gate's answers (its answers.jsonl rows) that pass the smoke test's rules, by case."""
+    if answers is None:
+        return None
+    # (a case the gate did not score is no evidence either way)
+    return {
+        a.id: a.candidate
+        for a in answers
+        if a.candidate_scores and not _smoke_failures(a.candidate_scores)
+    }
 
-    cases, scorer = smoke_prompts(suites, config.smoke_cases)
-    gen = VLLMGenerator(client, name, max_new_tokens=config.max_new_tokens)
+
+def _smoke(client: VLLMClient, staged: Staged, suites: str | Path, config: ServingConfig) -> int:
+    cases, scorer = smoke_prompts(suites, config.smoke_cases, staged.gated)
+    gen = VLLMGenerator(client, staged.name, max_new_tokens=config.max_new_tokens)
     replies = gen.generate([c.messages for c in cases])
     for case, reply in zip(cases, replies, strict=True):
-        scores = scorer.score(case, reply)
-        failed = [m for m, v in scores.items() if v < 1.0 and (m == ALL_VALID or "no_" in m)]
+        failed = _smoke_failures(scorer.score(case, reply))
         if failed:
+            seen = (staged.gated or {}).get(case.id)
             raise PromotionError(
-                f"smoke test on {client.url}: {name} answered golden prompt {case.id} with "
-                f"{reply[:120]!r}, which fails {', '.join(failed)}"
+                f"smoke test on {client.url}: {staged.name} answered golden prompt {case.id} "
+                f"with {reply[:120]!r}, which fails {', '.join(failed)}"
+                + (
+                    f"; the gate saw this version answer it {seen[:120]!r}: the served "
+                    "adapter does not behave as the one the gate judged"
+                    if seen is not None
+                    else ""
+                )
             )
     return len(cases)
 
@@ -414,6 +446,7 @@ def preflight(
             f"{what} failed the gate against {against}: " + "; ".join(verdict.reasons)
         )
     staged = stage(store, adapter, resolved, config.adapter_dir)
+    staged.gated = gated_answers(verdict_answers(store, adapter, resolved, champion))
     clients = _connect(config, manifest)
     return staged, champion, clients
 
@@ -545,7 +578,7 @@ def _phase1(
         timings["list"] = time.perf_counter() - tick
         step, tick = "smoke", time.perf_counter()
         for client in clients:
-            loaded.smoke[client.url] = _smoke(client, staged.name, suites, clients.config)
+            loaded.smoke[client.url] = _smoke(client, staged, suites, clients.config)
         timings["smoke"] = time.perf_counter() - tick
         log(f"phase 1: {staged.name} loaded, listed and answering on {len(loaded.smoke)} replicas")
         return loaded
