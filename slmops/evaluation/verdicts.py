@@ -266,11 +266,17 @@ def find_verdict(
     store: ObjectStore, adapter: str, version: str, champion: str | None
 ) -> Verdict | None:
     """The stored verdict for `adapter@version` against `champion` (a version, 'base' or None)."""
-    evals = VersionedArtifact(store, EVALS, adapter)
-    found = evals.find(VERDICT, f"{version}.vs.{champion or 'none'}")
+    evals, found = _verdict_run(store, adapter, version, champion)
     if found is None:
         return None
     return Verdict.model_validate(json.loads(evals.read_file(found.version, "report.json")))
+
+
+def _verdict_run(
+    store: ObjectStore, adapter: str, version: str, champion: str | None
+) -> tuple[VersionedArtifact, Manifest | None]:
+    evals = VersionedArtifact(store, EVALS, adapter)
+    return evals, evals.find(VERDICT, f"{version}.vs.{champion or 'none'}")
 
 
 def verdict_answers(
@@ -278,8 +284,7 @@ def verdict_answers(
 ) -> list[CaseResult] | None:
     """Every case's answer and scores behind that verdict (its answers.jsonl), or None when
     there is no verdict or it was stored without them."""
-    evals = VersionedArtifact(store, EVALS, adapter)
-    found = evals.find(VERDICT, f"{version}.vs.{champion or 'none'}")
+    evals, found = _verdict_run(store, adapter, version, champion)
     if found is None or "answers.jsonl" not in {f.path for f in found.files}:
         return None
     text = evals.read_file(found.version, "answers.jsonl").decode("utf-8")
