@@ -141,6 +141,29 @@ def test_the_decision_tree_takes_the_branch_the_figures_call_for(
     assert recommendation in summary
 
 
+def test_the_summary_names_an_arm_that_fails_fewer_cases_than_the_recommended_one() -> None:
+    # The cases need the docs and an adapter, but retrieval makes this model worse (a tiny
+    # model that cannot read its context): the summary must not call RAG + fine-tuning the
+    # best measured option.
+    suites = load_suites(EXAMPLE / "evals")
+    task = AssessTask(name="t", suites="x", adapter="a", examples="x")
+    arms = {
+        "prompt": _arm("prompt", 0.6, 0.3, tokens=60),
+        "prompt+examples": _arm("prompt+examples", 0.4, 0.3, tokens=900),
+        "rag": _arm("rag", 0.6, 0.0, tokens=300),
+        "fine-tuned": _arm("fine-tuned", 0.1, 0.3, tokens=60),
+        "fine-tuned+rag": _arm("fine-tuned+rag", 0.3, 0.2, tokens=300),
+    }
+    recommendation, summary, _ = decide(task, arms, _economy(arms, 4.0), suites, (1.2, 1.2))
+    assert recommendation == "RAG + fine-tuning"
+    assert "best measured option" not in summary
+    assert "fine-tuned fails 40.0%" in summary, summary
+    # ... and when the recommended arm does fail fewest, it says so
+    arms["fine-tuned+rag"] = _arm("fine-tuned+rag", 0.1, 0.2, tokens=300)
+    _, summary, _ = decide(task, arms, _economy(arms, 4.0), suites, (1.2, 1.2))
+    assert "it is the best measured option" in summary, summary
+
+
 @pytest.mark.timeout(1800)
 def test_assess_measures_every_arm_and_recommends_with_evidence(
     prefect_harness: None,

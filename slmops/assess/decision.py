@@ -199,12 +199,22 @@ def decide(
     if chosen is not None and chosen.measured:
         all_iv = chosen.failure["all"]
         meets = all_iv.high <= t
-        summary = f"{recommendation}: the {final} arm fails {_pct(all_iv)} of the cases, " + (
-            f"under the {t:.0%} threshold at {conf:.0%}."
-            if meets
-            else f"still over the {t:.0%} threshold: it is the best measured option, and "
-            "not yet good enough (more training data, a larger base model, or both)."
-        )
+        fewest = min((r for r in arms.values() if r.measured), key=lambda r: r.failure["all"].rate)
+        if meets:
+            verdict = f"under the {t:.0%} threshold at {conf:.0%}."
+        elif fewest.arm == final or fewest.failure["all"].rate >= all_iv.rate:
+            verdict = (
+                f"still over the {t:.0%} threshold: it is the best measured option, and not "
+                "yet good enough (more training data, a larger base model, or both)."
+            )
+        else:  # the tree asks for this arm, and another one fails fewer cases today
+            verdict = (
+                f"still over the {t:.0%} threshold, and not the arm that fails fewest: "
+                f"{fewest.arm} fails {_pct(fewest.failure['all'])}. The cases need "
+                f"{recommendation}; this model does not deliver it yet (more training data, "
+                "a larger base model, or both)."
+            )
+        summary = f"{recommendation}: the {final} arm fails {_pct(all_iv)} of the cases, {verdict}"
     else:
         why = chosen.why_not if chosen else "unknown arm"
         summary = f"{recommendation}: the {final} arm was not measured ({why})"
