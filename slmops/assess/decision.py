@@ -202,7 +202,7 @@ def decide(
         fewest = min((r for r in arms.values() if r.measured), key=lambda r: r.failure["all"].rate)
         if meets:
             verdict = f"under the {t:.0%} threshold at {conf:.0%}."
-        elif fewest.arm == final or fewest.failure["all"].rate >= all_iv.rate:
+        elif fewest.failure["all"].rate >= all_iv.rate:  # the chosen arm fails fewest
             verdict = (
                 f"still over the {t:.0%} threshold: it is the best measured option, and not "
                 "yet good enough (more training data, a larger base model, or both)."
