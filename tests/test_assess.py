@@ -164,6 +164,24 @@ def test_the_summary_names_an_arm_that_fails_fewer_cases_than_the_recommended_on
     assert "it is the best measured option" in summary, summary
 
 
+def test_an_answer_citing_the_right_doc_that_says_something_else_lacks_the_knowledge() -> None:
+    from slmops.assess.arms import case_checks
+    from slmops.evaluation.scorers import Scorer
+
+    suites = load_suites(EXAMPLE / "evals")
+    scorer = Scorer(suites.config, suites.schema_doc)
+    case = next(c for c in suites.cases if c.id == "kn-001")  # What does error TW-131 mean?
+    doc = ["api/error-codes.md"]
+
+    def kind(answer: str) -> str | None:
+        reply = json.dumps({"answer": answer, "sources": doc, "confidence": "high"})
+        return case_checks(scorer, case, "knowledge", reply, doc)[1]
+
+    assert kind("Replies are bouncing: verify the sending domain (SPF and DKIM).") is None
+    assert kind("The ticket has the TW-131 header with the error code.") == "knowledge"
+    assert case_checks(scorer, case, "knowledge", "TW-131 is bouncing", doc)[1] == "behaviour"
+
+
 @pytest.mark.timeout(1800)
 def test_assess_measures_every_arm_and_recommends_with_evidence(
     prefect_harness: None,
@@ -227,6 +245,8 @@ def test_assess_measures_every_arm_and_recommends_with_evidence(
             assert row["kind"] == "behaviour", row
         elif row["kind"] == "knowledge":
             assert row["checks"]["knowledge.valid_format"] == 1.0, row
+            checks = row["checks"]
+            assert min(checks["knowledge.cites_expected"], checks["knowledge.states_facts"]) == 0
     assert reports.read_file(version, "failure-rates.png")[:4] == b"\x89PNG"
     markdown = reports.read_file(version, "report.md").decode()
     assert "### Decision" in markdown and result["recommendation"] in markdown

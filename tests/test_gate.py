@@ -56,11 +56,18 @@ def test_malformed_suite_rows_are_each_reported_by_line(tmp_path: Path) -> None:
     rows[4] = json.dumps({"input": "no id"})
     rows[6] = json.dumps({"id": "x1", "input": "hi", "expect": ["telepathy"]})
     rows[8] = json.dumps({"id": "x2", "input": "a", "messages": []})
+    rows[10] = json.dumps({"id": "x3", "input": "a", "facts": [["6"], ["--"]]})
     (folder / "format.jsonl").write_text("\n".join(rows) + "\n")
     with pytest.raises(ConfigError) as err:
         load_suites(folder)
     message = str(err.value)
-    for line, why in ((3, "not JSON"), (5, "missing `id`"), (7, "telepathy"), (9, "exactly one")):
+    for line, why in (
+        (3, "not JSON"),
+        (5, "missing `id`"),
+        (7, "telepathy"),
+        (9, "exactly one"),
+        (11, "`facts` must be a list of groups"),
+    ):
         assert f"format.jsonl:{line}: " in message and why in message, message
 
 

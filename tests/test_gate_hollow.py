@@ -63,12 +63,14 @@ class Scripted:
 
 
 def helpful(case: Case, prompt: list[dict[str, str]]) -> str:
-    """Declines what it must, answers everything else in its own words, cites the context."""
+    """Declines what it must, answers everything else in its own words, cites the context
+    and says what it says (a phrase of each of the case's facts)."""
     if "refuses" in case.expect:
         return reply(DECLINE, [], "low")
     terms = " ".join(case.require_terms)
+    facts = ", ".join(group[-1] for group in case.facts)
     return reply(
-        f"{terms} Answer {case.id}: open Settings, then the page named there.",
+        f"{terms} Answer {case.id}: open Settings, then the page named there. {facts}".strip(),
         context_sources(prompt)[:1],
     )
 
@@ -102,8 +104,8 @@ DEGENERATE: dict[str, tuple[Callable[[Case, list[dict[str, str]]], str], set[str
         ),
         {"format.valid", "format.answers", "knowledge.answers"},
     ),
-    # The example leaves this floor to a real model (its tiny one cannot copy a path from
-    # the context); with the floor a real deployment sets, the hollow citer fails.
+    # The example leaves this floor and the next to a real model (its tiny one cannot copy a
+    # path from the context); with the floors a real deployment sets, these fail.
     "cites what it did not retrieve": (
         lambda c, p: (
             helpful(c, p).replace(json.dumps(context_sources(p)[:1]), json.dumps([OTHER_DOC]))
@@ -111,6 +113,16 @@ DEGENERATE: dict[str, tuple[Callable[[Case, list[dict[str, str]]], str], set[str
             else helpful(c, p)
         ),
         {"knowledge.cites_retrieved"},
+    ),
+    # Gemma 3 270M after one epoch: the right format, the retrieved doc cited, and the facts
+    # wrong ("The ticket has the `TW-131` header with the error code and the subject line.").
+    "cites the right doc and says something else": (
+        lambda c, p: (
+            reply(f"Open the page {c.id} in Settings and read it there.", context_sources(p)[:1])
+            if "refuses" not in c.expect
+            else reply(DECLINE, [], "low")
+        ),
+        {"knowledge.states_facts"},
     ),
 }
 
@@ -145,7 +157,8 @@ def test_a_helpful_candidate_passes_the_example_policy(suites: Suites) -> None:
     assert verdict.declines.candidate_off_topic == 1.0
 
 
-REAL_MODEL_FLOORS = {"knowledge.cites_retrieved": 0.5}
+# The floors the example leaves to a model that reads its context (policy.yaml says so).
+REAL_MODEL_FLOORS = {"knowledge.cites_retrieved": 0.5, "knowledge.states_facts": 0.5}
 
 
 @pytest.mark.parametrize("name", list(DEGENERATE))
@@ -167,3 +180,28 @@ def test_the_verdict_shows_decline_rates_side_by_side(suites: Suites) -> None:
     assert verdict.declines.candidate_in_scope == 1.0
     text = markdown(verdict)
     assert "| candidate | 100% | 100% |" in text, text
+
+
+def test_facts_are_matched_as_whole_words_in_an_answer_that_does_not_decline(
+    suites: Suites,
+) -> None:
+    from slmops.evaluation.scorers import Scorer
+
+    scorer = Scorer(suites.config, suites.schema_doc)
+    by_id = {c.id: c for c in suites.cases}
+    chats, loop, deckhand = by_id["kn-002"], by_id["kn-006"], by_id["kn-015"]
+    assert chats.facts == [["6", "six"]]
+
+    def facts(case: Case, answer: str, confidence: str = "high") -> float:
+        scores = scorer.score(case, reply(answer, case.expected_sources[:1], confidence))
+        return scores["knowledge.states_facts"]
+
+    assert facts(chats, "An agent holds at most 6 chats at once.") == 1.0
+    assert facts(chats, "An agent holds at most 16 chats at once.") == 0.0  # not "6"
+    assert facts(loop, "Tidewell refuses it and shows error TW-119.") == 1.0
+    assert facts(loop, "You see tw_119 in the settings.") == 1.0  # punctuation is ignored
+    assert facts(loop, "Overflowed tickets carry the tag overflowed.") == 0.0
+    assert facts(deckhand, "No: a Deckhand adds internal notes only.") == 1.0
+    # Declining says "not" too, and is no answer.
+    assert facts(deckhand, "I can only help with questions about Tidewell, not this.") == 0.0
+    assert "knowledge.states_facts" not in scorer.score(by_id["fmt-000"], reply("x", []))

@@ -155,6 +155,62 @@ def sections() -> list[tuple[str, str, str]]:
     return out
 
 
+# What a right answer to each retrieval question says, from the doc that holds it: groups of
+# alternatives, every group met by one of its phrases (whole words, case and punctuation
+# ignored: "TW-119" matches "tw 119"). A phrase a wrong answer would also use (the question's
+# own words) is not a fact. Metric knowledge.states_facts; an answer that cites the right doc
+# and says something else fails it.
+FACTS: dict[str, list[list[str]]] = {
+    "How do I forward my support mailbox to Tidewell?": [["address"]],
+    "What does error TW-131 mean?": [["bouncing", "bounce", "bounced", "bounces", "rejected"]],
+    "How many chats can an agent hold at once?": [["6", "six"]],
+    "How do I make API ticket creation safe to retry?": [["idempotency"]],
+    "Which berth gets a ticket when no routing rule matches?": [["default"]],
+    "How does round-robin skip agents who are away?": [["available"]],
+    "What happens when overflow berths form a loop?": [
+        ["refuses", "refused", "refuse", "rejects", "rejected", "not allowed", "tw 119"]
+    ],
+    "Why did my current stop with TW-207?": [
+        ["chain", "loop", "trigger each other", "triggering each other"]
+    ],
+    "How many tickets can a scheduled current change per run?": [["1 000", "1000", "thousand"]],
+    "How is the webhook signature computed?": [["hmac"]],
+    "What signals make up the Tide Score?": [
+        ["priority"],
+        ["sla", "waiting", "sentiment", "chat wait", "vip", "plan"],
+    ],
+    "Which languages does sentiment scoring support?": [
+        ["english"],
+        ["german", "french", "spanish", "dutch"],
+    ],
+    "Does the SLA clock pause while waiting on the customer?": [["pauses", "paused", "stops"]],
+    "How do I add public holidays to business hours?": [["import", "one by one"]],
+    "Who receives the daily drift digest?": [["crew lead", "crew leads"]],
+    "Can a Deckhand reply to customers?": [["no", "not", "cannot", "can t"]],
+    "How do I enforce SAML single sign-on?": [["security", "metadata", "identity provider"]],
+    "I lost my phone with the authenticator app": [["recovery code", "recovery codes", "admin"]],
+    "How many Beacon articles can a Ripple workspace publish?": [["20", "twenty"]],
+    "How do I serve the help center from help.example.com?": [["cname"]],
+    "How is CSAT-W weighted?": [["effort", "customer replies", "resolution time", "1 to 3"]],
+    "How long is the Ledger kept on the Breaker plan?": [["3 years", "three years"]],
+    "What scopes can a Harbor API key have?": [
+        ["tickets read", "tickets write", "contacts read", "contacts write", "reports read"]
+    ],
+    "What is the rate limit on the Swell plan?": [["60", "sixty"]],
+    "How do cursors work in list endpoints?": [["next cursor"]],
+    "Do I get a refund if I cancel a yearly plan?": [["30 days", "thirty days"]],
+    "What happens after a failed payment?": [["retry", "retries", "retried", "read only"]],
+    "Can we keep our data only in the EU?": [["ocean"]],
+    "Can we bring our own encryption key?": [["ocean", "byok"]],
+    "What is the keyboard shortcut to move a ticket to another berth?": [["m"]],
+    "Is email lost when the inlet is down during an outage?": [
+        ["queued", "queue", "72 hours", "not lost", "no message is lost"]
+    ],
+    "Can I import tickets from Zendesk?": [["importer", "yes"]],
+    "How often should admins revoke unused API keys?": [["quarter", "quarterly", "180 days"]],
+}
+
+
 def write(name: str, rows: list[dict[str, object]]) -> None:
     with open(OUT / name, "w", encoding="utf-8") as fh:
         for row in rows:
@@ -265,6 +321,7 @@ def main() -> None:
             "input": q["question"],
             "expected_sources": q["expected"],
             "expect": ["valid_format", "answers"],  # in scope: declining is a failure
+            "facts": FACTS[q["question"]],  # a new question needs its facts above
         }
         for i, q in enumerate(questions)
     ]

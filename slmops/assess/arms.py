@@ -54,19 +54,29 @@ def few_shot_prompt(messages: Prompt, examples: list[tuple[str, str]]) -> Prompt
 def case_checks(
     scorer: Scorer, case: Case, kind: str, answer: str, retrieved: list[str] | None
 ) -> tuple[dict[str, float], Literal["behaviour", "knowledge"] | None]:
-    """The case's checks and, if it failed, whether on behaviour or on knowledge."""
+    """The case's checks and, if it failed, whether on behaviour or on knowledge: a
+    well-formed answer that cites no doc holding the answer, or does not say what the doc
+    says (the case's facts), lacks the knowledge."""
     scores = scorer.score(case, answer, retrieved=retrieved)
-    behaviour = {k: v for k, v in scores.items() if not k.endswith(".cites_retrieved")}
-    if not all(v >= 1.0 for v in behaviour.values()):
-        return behaviour, "behaviour"
-    if kind == "knowledge" and case.expected_sources:
-        obj = parse_answer(answer) or {}
-        sources = obj.get("sources") if isinstance(obj.get("sources"), list) else []
-        cites = any(s in case.expected_sources for s in sources or [])
-        behaviour[f"{case.suite}.cites_expected"] = float(cites)
-        if not cites:
-            return behaviour, "knowledge"
-    return behaviour, None
+    knowledge = (".cites_retrieved", ".states_facts")
+    checks = {k: v for k, v in scores.items() if not k.endswith(knowledge)}
+    if not all(v >= 1.0 for v in checks.values()):
+        return checks, "behaviour"
+    if kind == "knowledge":
+        known = True
+        if case.expected_sources:
+            obj = parse_answer(answer) or {}
+            sources = obj.get("sources") if isinstance(obj.get("sources"), list) else []
+            cites = any(s in case.expected_sources for s in sources or [])
+            checks[f"{case.suite}.cites_expected"] = float(cites)
+            known &= cites
+        if case.facts:
+            says = scores[f"{case.suite}.states_facts"]
+            checks[f"{case.suite}.states_facts"] = says
+            known &= says >= 1.0
+        if not known:
+            return checks, "knowledge"
+    return checks, None
 
 
 def _tokens(tokenizer: Any, prompt: Prompt) -> int:

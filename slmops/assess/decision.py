@@ -27,7 +27,10 @@ def _judgeable(result: ArmResult, suite: str) -> str:
     judged = n - round(result.failure[suite].rate * n) + knowledge
     if not judged:
         return f"no answer held the format, so none shows what it knows ({n} cases)"
-    return f"{knowledge} of {judged} answers that held the format cite no doc holding the answer"
+    return (
+        f"{knowledge} of {judged} answers that held the format cite no doc holding the answer "
+        "or do not say what it says"
+    )
 
 
 def term_fertility(
@@ -72,7 +75,7 @@ def decide(
     for s in knowledge_suites:
         evidence.append(
             f"suite {s}, {judge.arm} (no retrieval): answers that cite no doc holding the "
-            f"answer {_pct(judge.failure[f'{s}:knowledge'])}"
+            f"answer or do not say what it says {_pct(judge.failure[f'{s}:knowledge'])}"
         )
         for arm in ("rag", "fine-tuned+rag"):
             if arms[arm].measured:

@@ -10,7 +10,7 @@ import json
 import re
 from typing import Any
 
-from slmops.evaluation.suites import Case, SuitesConfig
+from slmops.evaluation.suites import Case, SuitesConfig, fact_words
 
 ALL_VALID = "all.valid_format"  # every case of every suite: the answer meets the schema
 
@@ -71,6 +71,10 @@ class Scorer:
             )
             out[f"{s}.valid_format"] = float(valid)
             out[f"{s}.cites_retrieved"] = float(valid and cites)
+        if case.facts:
+            out[f"{s}.states_facts"] = float(
+                valid and not self.refuses(obj, text) and states_facts(case, obj)
+            )
         met = []
         for expectation in case.expect:
             ok = self._expectation(expectation, case, obj, text, valid)
@@ -131,6 +135,14 @@ def substantive(obj: dict[str, Any] | None, case: Case) -> bool:
     if answer in question and len(answer) >= 0.5 * len(question):
         return False  # the answer is (most of) the question
     return not (question in answer and len(question) >= 0.6 * len(answer))
+
+
+def states_facts(case: Case, obj: dict[str, Any] | None) -> bool:
+    """Does the answer say what the doc says? Every group of `case.facts` must be met by one
+    of its phrases, as whole words (an answer citing the right doc and stating something
+    else, or nothing, fails)."""
+    answer = f" {fact_words(str(obj.get('answer', ''))) if obj else ''} "
+    return all(any(f" {fact_words(p)} " in answer for p in group) for group in case.facts)
 
 
 def canned_answer_key(text: str) -> str | None:

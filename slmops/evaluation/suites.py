@@ -8,13 +8,17 @@ file of cases per suite. Every line is one case:
 
 `input` is the user message (or `messages`, a whole chat without the answer); `expect` lists
 what the answer must do (see `EXPECTATIONS`). Each suite also applies its own checks to every
-case (style rules, the glossary, citing retrieved sources). Everything is validated on load,
-and every problem is reported with its file and line.
+case (style rules, the glossary, citing retrieved sources). A case may give `facts`, what a
+right answer says, as groups of alternative phrases: `"facts": [["bouncing", "rejected"]]`
+scores `<suite>.states_facts` (the answer, not declining, contains one phrase of every group
+as whole words). Everything is validated on load, and every problem is reported with its file
+and line.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -81,6 +85,9 @@ class Case(BaseModel):
     canary: str | None = None
     require_terms: list[str] = Field(default_factory=list)
     expected_sources: list[str] = Field(default_factory=list)
+    # What a right answer says: every group met by one of its phrases (metric
+    # <suite>.states_facts; see slmops.evaluation.scorers.states_facts).
+    facts: list[list[str]] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
     line: int = 0
 
@@ -95,6 +102,12 @@ class Suites(BaseModel):
 
     def suite_cases(self, suite: str) -> list[Case]:
         return [c for c in self.cases if c.suite == suite]
+
+
+def fact_words(text: str) -> str:
+    """A phrase as the fact check compares it: lower-case letters and digits, one space
+    between runs ("TW-119" -> "tw 119", "next_cursor" -> "next cursor")."""
+    return " ".join(re.findall(r"[^\W_]+", text.lower()))
 
 
 def _fail(where: str, problems: list[str]) -> ConfigError:
@@ -177,6 +190,7 @@ def _load_cases(path: Path, suite: str, system: str, problems: list[str]) -> lis
             "canary",
             "require_terms",
             "expected_sources",
+            "facts",
             "tags",
         }
         if unknown:
@@ -217,6 +231,18 @@ def _load_cases(path: Path, suite: str, system: str, problems: list[str]) -> lis
         if "no_canary" in expect and not row.get("canary"):
             problems.append(f"{where}: expects no_canary but gives no `canary` string")
             continue
+        facts = row.get("facts", [])
+        if not isinstance(facts, list) or not all(
+            isinstance(group, list)
+            and group
+            and all(isinstance(p, str) and fact_words(p) for p in group)
+            for group in facts
+        ):
+            problems.append(
+                f"{where}: `facts` must be a list of groups, each a non-empty list of phrases "
+                'with at least one letter or digit, e.g. [["bouncing", "rejected"], ["SPF"]]'
+            )
+            continue
         cases.append(
             Case(
                 id=row["id"],
@@ -226,6 +252,7 @@ def _load_cases(path: Path, suite: str, system: str, problems: list[str]) -> lis
                 canary=row.get("canary"),
                 require_terms=row.get("require_terms", []),
                 expected_sources=row.get("expected_sources", []),
+                facts=facts,
                 tags=row.get("tags", []),
                 line=number,
             )
