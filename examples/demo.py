@@ -465,7 +465,10 @@ def ask(questions: list[str], model: str = ADAPTER) -> None:
                     else "; says what the doc says"
                     if says
                     else "; does NOT say what the doc says (it would name: "
-                    + "; ".join(" or ".join(group) for group in case.facts)
+                    + "; ".join(
+                        " or ".join(group[:3]) + (" ..." if len(group) > 3 else "")
+                        for group in case.facts
+                    )
                     + ")"
                 )
             )

@@ -76,6 +76,46 @@ def test_the_shape_counts_what_peft_and_the_model_card_count() -> None:
     assert lora_params(LLAMA_8B, 16, "q_proj,v_proj") == 16 * 32 * (4096 + 4096 + 4096 + 1024)
 
 
+# Gemma 3 270M as slmops converts it from the registry's GGUF (config.json, the keys that
+# matter), trained with LoRA r=16 all-linear on CPU on train-full.jsonl's four longest rows
+# (4 x 405 tokens, every batch): peak RSS 7.1 GB on 2026-12-03 (torch 2.13 CPU, transformers
+# 5.24, trl 1.16.0, peft 0.21.2): 2.3 GB with the model loaded, 5.2 GB at the end of the
+# forward pass, 6.9-7.1 GB in the loss (one epoch on random batches: 6.9 GB). The Llama-style
+# count without its extra norms and the loss's tiles estimated 4.8 GB.
+GEMMA_3_270M = {
+    "model_type": "gemma3_text",
+    "hidden_size": 640,
+    "intermediate_size": 2048,
+    "num_hidden_layers": 18,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 1,
+    "head_dim": 256,
+    "vocab_size": 262144,
+    "tie_word_embeddings": True,
+}
+
+
+def test_gemma_3_on_cpu_counts_its_four_norms_and_the_loss_tiles() -> None:
+    shape = ModelShape.from_config(GEMMA_3_270M)
+    assert (shape.norms, shape.qk_norm) == (4, True)
+    assert shape.params == pytest.approx(268e6, rel=0.01)  # the model card's 270M
+    assert (LLAMA_8B.norms, LLAMA_8B.qk_norm) == (2, False)
+    est = estimate_peak(
+        shape,
+        method="lora",
+        device="cpu",
+        rank=16,
+        target_modules="all-linear",
+        micro_batch=4,
+        seq_len=405,
+        gradient_checkpointing=False,
+        liger=False,
+    )
+    assert 1.0 <= est.total_gb / 7.1 <= 1.1, est
+    # 8 fp32 tiles of 1,620 tokens x 32,768 vocabulary columns: 1.7 GB over the forward pass.
+    assert est.logits_gb == pytest.approx(1.70, abs=0.01)
+
+
 @pytest.mark.parametrize(("shape", "method", "micro", "ckpt", "liger", "measured"), MEASURED)
 def test_the_estimate_is_close_to_the_measured_peak_and_never_below_it(
     shape: str, method: str, micro: int, ckpt: bool, liger: bool, measured: float

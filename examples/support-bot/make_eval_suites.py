@@ -186,7 +186,7 @@ FACTS: dict[str, list[list[str]]] = {
     "Does the SLA clock pause while waiting on the customer?": [["pauses", "paused", "stops"]],
     "How do I add public holidays to business hours?": [["import", "one by one"]],
     "Who receives the daily drift digest?": [["crew lead", "crew leads"]],
-    "Can a Deckhand reply to customers?": [["no", "not", "cannot", "can t"]],
+    "Can a Deckhand reply to customers?": [["no", "not", "cannot", "can't"]],
     "How do I enforce SAML single sign-on?": [["security", "metadata", "identity provider"]],
     "I lost my phone with the authenticator app": [["recovery code", "recovery codes", "admin"]],
     "How many Beacon articles can a Ripple workspace publish?": [["20", "twenty"]],

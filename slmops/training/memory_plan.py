@@ -57,6 +57,23 @@ CHECKPOINTING_COST = 0.35
 # and for QLoRA dequantizing every weight once per pass): fitted to QLoRA's 3,530 -> 4,262
 # tokens/s from micro-batch 4 to 8 on the 8B shape.
 MICRO_BATCH_OVERHEAD_TOKENS = {"lora": 600, "qlora": 2400}
+# trl's loss (1.16, pinned) computes log-probabilities in tiles of up to 4,096 tokens x 32,768
+# vocabulary columns. On a GPU a Triton kernel folds each tile in place; elsewhere (CPU) torch
+# ops do, and the backward holds about this many tile-sized fp32 tensors at once (Gemma 3 270M,
+# 262k vocabulary, 4 x 405 tokens on CPU: 1.7 GB over the end of the forward pass, 8 tiles of
+# 0.21 GB; with 8,192-column tiles 0.46 GB).
+LOSS_TILE = (4096, 32768)
+CPU_LOSS_TILES = 8
+# Norms per decoder layer and whether q and k are normed too, by model_type, for families that
+# differ from Llama's two norms (Gemma 2/3 norm before and after attention and the MLP).
+LAYER_NORMS = {
+    "gemma2": (4, False),
+    "gemma3": (4, True),
+    "gemma3_text": (4, True),
+    "qwen3": (2, True),
+    "qwen3_moe": (2, True),
+    "olmo2": (2, True),
+}
 # Llama-style names; a target the shape does not know is counted as hidden -> hidden.
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -76,11 +93,15 @@ class ModelShape(BaseModel):
     head_dim: int
     vocab: int
     tied_embeddings: bool
+    norms: int = Field(2, description="RMSNorms per decoder layer (Llama 2, Gemma 3 4).")
+    qk_norm: bool = Field(False, description="q and k are normed per head (Gemma 3, Qwen3).")
 
     @classmethod
     def from_config(cls, config: dict[str, Any], where: str = "config.json") -> ModelShape:
-        """Read a Hugging Face config (Llama, Mistral, Qwen2, Phi-3 style keys)."""
+        """Read a Hugging Face config (Llama, Mistral, Qwen2, Phi-3 style keys; Gemma 2/3,
+        Qwen3 and OLMo2 norms by model_type)."""
         config = config.get("text_config", config)  # multimodal configs nest the LM's
+        norms, qk_norm = LAYER_NORMS.get(str(config.get("model_type", "")), (2, False))
         missing = [
             key
             for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size")
@@ -104,6 +125,8 @@ class ModelShape(BaseModel):
             head_dim=int(config.get("head_dim") or hidden // n_heads),
             vocab=int(config["vocab_size"]),
             tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+            norms=norms,
+            qk_norm=qk_norm,
         )
 
     @classmethod
@@ -158,7 +181,10 @@ class Estimate(BaseModel):
     weights_gb: float = Field(description="Frozen base weights.")
     trainable_gb: float = Field(description="LoRA weights, their gradients and Adam states.")
     activations_gb: float = Field(description="Saved for backward, plus one layer's work.")
-    logits_gb: float = Field(description="What the loss holds (fused LM head: no logits).")
+    working_gb: float = Field(0.0, description="One layer's backward work (in activations_gb).")
+    logits_gb: float = Field(
+        description="What the loss holds (fused LM head: no whole logits; on CPU its tiles)."
+    )
     total_gb: float
 
 
@@ -252,11 +278,14 @@ def lora_params(shape: ModelShape, rank: int, target_modules: str) -> int:
 
 def _layer_bytes_per_token(shape: ModelShape, compute: int) -> float:
     """Bytes one decoder layer saves for backward per token: norms keep their input, an fp32
-    copy and their output; attention its input cast, q/k/v, their post-RoPE copies and its
-    output; the MLP its input cast, gate, up, the activation and the product."""
+    copy and their output (q and k norms too, where the family has them); attention its input
+    cast, q/k/v, their post-RoPE copies and its output; the MLP its input cast, gate, up, the
+    activation and the product."""
     h, i = shape.hidden, shape.intermediate
     q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-    norms = 2 * (2 * compute * h + 4 * h)
+    norms = shape.norms * (2 * compute * h + 4 * h)
+    if shape.qk_norm:
+        norms += (2 * compute + 4) * (q + kv)
     attention = compute * (h + 2 * (q + 2 * kv) + q)
     mlp = compute * (h + 4 * i)
     return float(norms + attention + mlp)
@@ -294,8 +323,11 @@ def estimate_peak(
     # The loss: trl's SFTTrainer (1.16, pinned) computes it with a fused LM head, and liger with
     # its fused linear cross-entropy, in chunks; neither materializes the logits (a 1B-shape
     # QLoRA step of 8 x 1,100 tokens peaked at 3.0 GB where the bf16 logits alone are 2.3 GB).
-    # What stays is the hidden states' gradient in fp32.
+    # What stays is the hidden states' gradient in fp32, and on CPU the tiles (LOSS_TILE).
     logits = tokens * shape.hidden * 4
+    if device == "cpu":
+        rows, columns = min(tokens, LOSS_TILE[0]), min(shape.vocab, LOSS_TILE[1])
+        logits += CPU_LOSS_TILES * rows * columns * 4
     overhead = CPU_PROCESS_BYTES if device == "cpu" else 0.0
     # Logits live at the end of the forward pass, one layer's work during backward.
     total = weights + trainable + kept + max(logits, working) + overhead
@@ -303,6 +335,7 @@ def estimate_peak(
         weights_gb=round(weights / GB, 2),
         trainable_gb=round(trainable / GB, 2),
         activations_gb=round((kept + working) / GB, 2),
+        working_gb=round(working / GB, 2),
         logits_gb=round(logits / GB, 2),
         total_gb=round(total / GB, 2),
     )
@@ -543,8 +576,9 @@ def plan_markdown(plan: MemoryPlan, table: bool = True) -> list[str]:
         f"- budget {plan.budget_gb:.2f} GB ({plan.budget_source}), of which "
         f"{plan.usable_gb:.2f} GB planned for",
         f"- estimated peak {est.total_gb:.2f} GB = weights {est.weights_gb:.2f} + LoRA with "
-        f"gradients and optimizer {est.trainable_gb:.2f} + activations {est.activations_gb:.2f}"
-        f" or the loss's {est.logits_gb:.2f}, whichever is larger at the peak"
+        f"gradients and optimizer {est.trainable_gb:.2f} + activations saved "
+        f"{est.activations_gb - est.working_gb:.2f} + the larger of one layer's backward work "
+        f"({est.working_gb:.2f}) and the loss's ({est.logits_gb:.2f})"
         + (" + the process itself" if plan.device == "cpu" else ""),
     ]
     if plan.measured_peak_gb is not None:
