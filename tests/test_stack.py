@@ -688,6 +688,92 @@ def test_nothing_is_lost_across_down_and_up(stack: LocalStack) -> None:
     assert store.read_versioned("datasets/kept/aliases/latest.json")[1] == etag
 
 
+def test_up_settles_the_runs_a_stopped_worker_left(stack: LocalStack) -> None:
+    """What `up` does before starting a worker, on a pool of its own (the stack's worker
+    keeps its pool): a run whose process is gone is Crashed and frees its deployment's
+    concurrency slot; of the scheduled runs that fell due meanwhile the latest is kept."""
+    from datetime import UTC, datetime, timedelta
+
+    def iso(minutes_ago: float) -> str:
+        return (datetime.now(UTC) - timedelta(minutes=minutes_ago)).isoformat()
+
+    def state(run_id: str) -> tuple[str, str]:
+        run = api(stack, f"flow_runs/{run_id}")
+        assert isinstance(run, dict)
+        return run["state_type"], run["state_name"]
+
+    def slots(deployment: dict[str, Any]) -> int:
+        limits = api(stack, "v2/concurrency_limits/filter", {"limit": 200})
+        assert isinstance(limits, list)
+        [limit] = [c for c in limits if c["name"] == f"deployment:{deployment['id']}"]
+        return int(limit["active_slots"])
+
+    api(stack, "work_pools/", {"name": "stranded", "type": "process"})
+    flow = api(stack, "flows/", {"name": "stranded-flow"})
+    assert isinstance(flow, dict)
+
+    def deployment(name: str, limit: int | None) -> dict[str, Any]:
+        body = {"name": name, "flow_id": flow["id"], "work_pool_name": "stranded"}
+        made = api(stack, "deployments/", {**body, "concurrency_limit": limit})
+        assert isinstance(made, dict)
+        return made
+
+    def run(dep: dict[str, Any], minutes_ago: float = 0, key: str | None = None) -> str:
+        body: dict[str, Any] = {"idempotency_key": key} if key else {}
+        if minutes_ago:
+            scheduled = {"scheduled_time": iso(minutes_ago)}
+            body["state"] = {"type": "SCHEDULED", "name": "Scheduled", "state_details": scheduled}
+        made = api(stack, f"deployments/{dep['id']}/create_flow_run", body)
+        assert isinstance(made, dict)
+        return str(made["id"])
+
+    def start(run_id: str, pid: int) -> None:
+        for kind in ("PENDING", "RUNNING"):  # through orchestration: PENDING takes the slot
+            body = {"state": {"type": kind, "name": kind.title()}}
+            api(stack, f"flow_runs/{run_id}/set_state", body)
+        prefect_api(
+            stack.config.prefect_api_url,
+            f"flow_runs/{run_id}",
+            {"infrastructure_pid": str(pid)},
+            method="PATCH",
+        )
+
+    sync, train = deployment("every-5-minutes", 1), deployment("manual", None)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    stranded = run(sync)
+    start(stranded, int(gone.stdout))
+    assert state(stranded) == ("RUNNING", "Running") and slots(sync) == 1
+    alive, reused = run(train), run(train)
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)"],
+        env={**os.environ, "PREFECT__FLOW_RUN_ID": alive},
+    )
+    try:
+        start(alive, process.pid)
+        start(reused, process.pid)  # a pid now running another flow run is not this run's
+        due = [run(sync, m, f"scheduled {sync['id']} schedule {m}") for m in (20, 15, 10)]
+        by_hand = run(sync, 30)
+
+        settled = stack.reconcile_runs(pool="stranded")
+
+        assert state(stranded) == ("CRASHED", "Crashed") and state(reused)[0] == "CRASHED"
+        assert state(alive) == ("RUNNING", "Running")
+        assert slots(sync) == 0  # the next run of every-5-minutes can start
+        assert [state(r) for r in due] == [("CANCELLED", "Skipped")] * 2 + [
+            ("SCHEDULED", "Scheduled")
+        ]
+        assert state(by_hand) == ("SCHEDULED", "Scheduled")
+        assert len(settled.crashed) == 2 and len(settled.skipped) == 2
+        assert stack.reconcile_runs(pool="stranded") == type(settled)()  # settled once
+    finally:
+        process.kill()
+
+
 def test_down_stops_only_what_up_started(stack: LocalStack) -> None:
     bystander = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True
