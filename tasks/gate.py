@@ -59,9 +59,12 @@ def run_gate(
 
 
 @task(name="has-verdict", **RETRIES)
-def has_verdict(store_uri: str, adapter: str, version: str) -> bool:
-    """Has `adapter@version` been judged against the current champion already?"""
-    return refine_tune.has_verdict(store_uri, adapter, version)
+def has_verdict(
+    store_uri: str, adapter: str, version: str, suites: str | None = None, policy: str | None = None
+) -> bool:
+    """Has `adapter@version` been judged against the current champion already, under these
+    suites and policy?"""
+    return refine_tune.has_verdict(store_uri, adapter, version, suites, policy)
 
 
 @task(name="report-gate")

@@ -729,7 +729,7 @@ def test_up_settles_the_runs_a_stopped_worker_left(stack: LocalStack) -> None:
 
     def start(run_id: str, pid: int) -> None:
         for kind in ("PENDING", "RUNNING"):  # through orchestration: PENDING takes the slot
-            body = {"state": {"type": kind, "name": kind.title()}}
+            body: dict[str, object] = {"state": {"type": kind, "name": kind.title()}}
             api(stack, f"flow_runs/{run_id}/set_state", body)
         prefect_api(
             stack.config.prefect_api_url,

@@ -434,6 +434,33 @@ def test_refine_tune_gates_the_new_adapter(trained: tuple[S3Store, Manifest, lis
     assert "Gate PASSED" in report and "data:image/png;base64," in report
 
 
+def test_a_verdict_made_under_other_rules_is_not_reused(
+    trained: tuple[S3Store, Manifest, list[str]], tmp_path: Path
+) -> None:
+    """refine-tune gates an adapter it finds already trained unless a verdict exists; one made
+    under other cases or another policy does not count."""
+    import shutil
+
+    from slmops.evaluation.verdicts import find_verdict
+    from slmops.training.refine_tune import judged_under
+
+    store, manifest, _ = trained
+    verdict = find_verdict(store, "support-bot", manifest.version, None)  # the fixture's gate
+    assert verdict is not None and verdict.rules_sha256
+    policy = EVALS / "policy.yaml"
+    assert judged_under(verdict, EVALS, policy)
+    moved = tmp_path / "evals"
+    shutil.copytree(EVALS, moved)
+    assert judged_under(verdict, moved, moved / "policy.yaml")  # where they are is no rule
+    stricter = tmp_path / "stricter.yaml"
+    stricter.write_text(policy.read_text().replace("format.valid: 0.90", "format.valid: 0.95"))
+    assert not judged_under(verdict, EVALS, stricter)
+    with (moved / "knowledge.jsonl").open("a") as cases:
+        cases.write('{"id": "kn-new", "input": "Where is the Ledger?", "facts": [["settings"]]}\n')
+    assert not judged_under(verdict, moved, policy)
+    assert not judged_under(verdict.model_copy(update={"rules_sha256": None}), EVALS, policy)
+
+
 def test_a_good_adapter_passes_against_the_base_model(
     trained: tuple[S3Store, Manifest, list[str]],
 ) -> None:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 import traceback
 from collections import Counter
@@ -113,6 +114,19 @@ class Verdict(BaseModel):
     base_model: str | None = None
     base_revision: str | None = None
     declines: DeclineRates | None = None
+    rules_sha256: str | None = Field(
+        None,
+        description="The suites (every case, the settings, the schema) and the policy that "
+        "judged it (`rules_digest`): refine-tune does not reuse a verdict made under other rules.",
+    )
+
+
+def rules_digest(suites: Suites, policy: GatePolicy) -> str:
+    """What decides a verdict besides the answers: every case, the suites' settings and answer
+    schema, and the policy (not where the folder is)."""
+    digest = hashlib.sha256(suites.model_dump_json(exclude={"folder"}).encode())
+    digest.update(policy.model_dump_json().encode())
+    return digest.hexdigest()
 
 
 def known_metrics(suites: Suites) -> dict[str, int]:
@@ -433,5 +447,6 @@ def run_gate(
         generation=generation,
         timings=timings,
         declines=declines,
+        rules_sha256=rules_digest(suites, policy),
     )
     return verdict, cases

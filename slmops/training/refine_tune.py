@@ -373,13 +373,36 @@ def report_training(store_uri: str, manifest: Manifest, reused: bool) -> str:
     )
 
 
-def has_verdict(store_uri: str, adapter: str, version: str) -> bool:
-    """Has `adapter@version` been judged against the current champion already?"""
+def has_verdict(
+    store_uri: str,
+    adapter: str,
+    version: str,
+    suites: str | Path | None = None,
+    policy: str | Path | None = None,
+) -> bool:
+    """Has `adapter@version` been judged against the current champion already, under these
+    suites and policy (when given)? A verdict made under other cases or rules (a floor raised,
+    a case added) does not count: the gate runs again (on stored answers: minutes less)."""
     from slmops.evaluation.verdicts import champion_label, find_verdict
     from slmops.store import open_store
 
     store = open_store(store_uri)
-    return find_verdict(store, adapter, version, champion_label(store, adapter, "auto")) is not None
+    verdict = find_verdict(store, adapter, version, champion_label(store, adapter, "auto"))
+    if verdict is None or suites is None or policy is None:
+        return verdict is not None
+    return judged_under(verdict, suites, policy)
+
+
+def judged_under(verdict: Any, suites: str | Path, policy: str | Path) -> bool:
+    """Was `verdict` made under these suites and this policy (the same cases and rules)?"""
+    from slmops.evaluation.gate import known_metrics, rules_digest
+    from slmops.evaluation.policy import load_policy
+    from slmops.evaluation.suites import load_suites
+
+    loaded = load_suites(suites)
+    return bool(
+        verdict.rules_sha256 == rules_digest(loaded, load_policy(policy, known_metrics(loaded)))
+    )
 
 
 def gate(params: RefineTuneParams, store_uri: str, version: str, trigger: Trigger) -> Any:
@@ -513,7 +536,11 @@ def run_refine_tune(
         )
         stages.report(store_uri=store_uri, manifest=existing, reused=True)
         if params.gate and not stages.has_verdict(
-            store_uri=store_uri, adapter=params.adapter, version=existing.version
+            store_uri=store_uri,
+            adapter=params.adapter,
+            version=existing.version,
+            suites=params.suites,
+            policy=params.policy,
         ):
             record = stages.gate(params, store_uri, existing.version, trigger)
             _promote_if_allowed(params, store_uri, record, trigger, stages, log)
