@@ -433,6 +433,7 @@ def ask(questions: list[str], model: str = ADAPTER) -> None:
                     {"role": "user", "content": question},
                 ],
                 [(h.source, h.text) for h in hits],
+                suites.config.suites["knowledge"].context_chars,  # as the gate shows them
             )
             t0 = time.perf_counter()
             answer = client.chat(model, prompt)

@@ -71,6 +71,26 @@ def test_malformed_suite_rows_are_each_reported_by_line(tmp_path: Path) -> None:
         assert f"format.jsonl:{line}: " in message and why in message, message
 
 
+def test_knowledge_prompts_show_as_much_of_each_chunk_as_the_suite_says(suites: Suites) -> None:
+    from slmops.evaluation.gate import build_prompts
+
+    text = "Bouncing replies. " * 40  # 720 characters
+    case = next(c for c in suites.cases if c.suite == "knowledge")
+
+    def shown(chars: int | None) -> str:
+        spec = suites.config.suites["knowledge"].model_copy(update={"context_chars": chars})
+        config = suites.config.model_copy(update={"suites": {"knowledge": spec}})
+        one = suites.model_copy(update={"config": config, "cases": [case]})
+        prompts, retrieved = build_prompts(one, lambda index, query, k: [("a.md", text)] * k)
+        assert retrieved == [["a.md"] * spec.k]
+        return prompts[0][-1]["content"]
+
+    assert suites.config.suites["knowledge"].context_chars == 240  # the tiny model's window
+    whole = " ".join(text.split())
+    assert shown(240).count(f"[a.md] {whole[:240]}\n") == 3 and whole not in shown(240)
+    assert shown(None).count(whole) == 3  # unset: every chunk whole
+
+
 def test_a_policy_with_an_unknown_metric_or_impossible_threshold_is_refused(
     suites: Suites, tmp_path: Path
 ) -> None:

@@ -55,9 +55,9 @@ def run_assessment(
     if task.max_cases_per_suite:
         kept = _first_per_suite(cases, task.max_cases_per_suite)
         cases = [c for c in cases if c.id in kept]
-    index_name = task.index or next(
-        (s.index for s in suites.config.suites.values() if s.kind == "knowledge" and s.index), None
-    )
+    knowledge = [s for s in suites.config.suites.values() if s.kind == "knowledge"]
+    index_name = task.index or next((s.index for s in knowledge if s.index), None)
+    chars = next((s.context_chars for s in knowledge), None)  # as the gate shows the chunks
     examples = pick_examples(task.path(task.examples), task.few_shot)
 
     art = VersionedArtifact(store, ADAPTERS, task.adapter)
@@ -83,7 +83,10 @@ def run_assessment(
         "prompt+examples": [few_shot_prompt(c.messages, examples) for c in cases],
     }
     if index is not None:
-        rag = [with_context(c.messages, hits) for c, hits in zip(cases, retrieved_all, strict=True)]
+        rag = [
+            with_context(c.messages, hits, chars)
+            for c, hits in zip(cases, retrieved_all, strict=True)
+        ]
         prompts["rag"] = rag
         prompts["fine-tuned+rag"] = rag
     prompts["fine-tuned"] = prompts["prompt"]

@@ -37,7 +37,6 @@ from slmops.generation import Generator, Prompt
 
 Retrieve = Callable[[str, str, int], list[tuple[str, str]]]  # (index, query, k) -> [(src, text)]
 Progress = Callable[[str, int, int], None]  # (stage, done, of)
-CONTEXT_CHARS = 240  # of each retrieved chunk shown to the model (the tiny model's window)
 
 
 class RuleCheck(BaseModel):
@@ -158,15 +157,16 @@ def build_prompts(
         if retrieve is None or spec.index is None:
             raise ValueError(f"suite {case.suite!r} needs retrieval from an index")
         hits = retrieve(spec.index, case.messages[-1]["content"], spec.k)
-        prompts.append(with_context(case.messages, hits))
+        prompts.append(with_context(case.messages, hits, spec.context_chars))
         retrieved.append([src for src, _ in hits])
     return prompts, retrieved
 
 
-def with_context(messages: Prompt, hits: list[tuple[str, str]]) -> Prompt:
-    """The prompt with retrieved chunks ([source] text) put before the user's question."""
+def with_context(messages: Prompt, hits: list[tuple[str, str]], chars: int | None = None) -> Prompt:
+    """The prompt with retrieved chunks ([source] text, the first `chars` characters of each,
+    or all of it) put before the user's question."""
     question = messages[-1]["content"]
-    context = "\n".join(f"[{src}] {' '.join(text.split())[:CONTEXT_CHARS]}" for src, text in hits)
+    context = "\n".join(f"[{src}] {' '.join(text.split())[:chars]}" for src, text in hits)
     user = {"role": "user", "content": f"Context:\n{context}\n\nQuestion: {question}"}
     return [*messages[:-1], user]
 

@@ -68,6 +68,13 @@ class SuiteSpec(BaseModel):
     )
     index: str | None = Field(None, description="Knowledge suites: the index to retrieve from.")
     k: int = Field(3, ge=1, le=20, description="Knowledge suites: chunks retrieved per case.")
+    context_chars: int | None = Field(
+        None,
+        ge=1,
+        description="Knowledge suites: how many characters of each retrieved chunk the prompt "
+        "shows (unset: the whole chunk). As the model is trained and served: a cut sized for a "
+        "small window can cut off the answer.",
+    )
 
 
 class SuitesConfig(BaseModel):
