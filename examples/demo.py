@@ -411,7 +411,7 @@ def ask(questions: list[str], model: str = ADAPTER) -> None:
     printed."""
     from slmops.config import get_settings
     from slmops.evaluation.gate import with_context
-    from slmops.evaluation.scorers import Scorer, parse_answer, states_facts
+    from slmops.evaluation.scorers import Scorer, parse_answer
     from slmops.evaluation.suites import load_suites
     from slmops.rag.retrieval import retrieve
     from slmops.serving.client import VLLMClient, load_serving_config
@@ -445,7 +445,9 @@ def ask(questions: list[str], model: str = ADAPTER) -> None:
             cites = bool(cited) and all(src in retrieved for src in cited)
             good += valid and not declined and cites
             case = facts.get(question)
-            says = case is not None and valid and not declined and states_facts(case, obj)
+            says = case is not None and bool(
+                scorer.score(case, answer, retrieved)[f"{case.suite}.states_facts"]
+            )
             right += says
             print(f"   Q: {question}")
             print(f"      retrieved: {', '.join(retrieved)}")
