@@ -9,13 +9,14 @@ any Hugging Face model (transformers, peft, vLLM). A different seed or layer cou
 revision of the same model, which is how tests simulate a base-model release.
 
 The weights are not left random: the model is pretrained (every weight, next-token loss) on the
-bundled docs for a few hundred steps, as a real base model has read text like the one it will
-serve. A LoRA adapter on a random base learns the answer format but not the job (it declines
-everything or repeats one answer); on this base it learns both in about 100 steps. The
-pretrained weights are cached by the hash of everything that decides them (this file's code,
-the corpus, the torch version) in the user's cache folder (`~/.cache/slmops/tiny-models/<hash>`,
-or under XDG_CACHE_HOME, or SLMOPS_TINY_MODEL_CACHE), so the cost (about 4-6 minutes on 2
-cores) is paid once per machine, not once per clone, and `make clean` keeps it.
+bundled docs and on conversations about them for 1,000 steps, as a real base model has read
+text like the one it will serve. A LoRA adapter on a random base learns the answer format but
+not the job (it declines everything or repeats one answer); on this base it passes the gate
+after about 100 steps. The pretrained weights are cached by the hash of everything that decides
+them (this file's code, the corpus, the torch version) in the user's cache folder
+(`~/.cache/slmops/tiny-models/<hash>`, or under XDG_CACHE_HOME, or SLMOPS_TINY_MODEL_CACHE), so
+the cost (about 10-12 minutes on 2 cores) is paid once per machine, not once per clone, and
+`make clean` keeps it.
 """
 
 from __future__ import annotations
@@ -33,12 +34,22 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_DOCS = ROOT / "examples" / "support-bot" / "docs"
-PRETRAIN: dict[str, Any] = {"steps": 600, "seq": 256, "batch": 8, "lr": 3e-3, "warmup": 20}
+# Each step: `batch` sequences of `seq` tokens, `passages` of them whole conversations with
+# retrieved passages (ContextChats), the rest windows of the docs and the plain chats.
+PRETRAIN: dict[str, Any] = {
+    "steps": 1000,
+    "seq": 384,
+    "batch": 10,
+    "passages": 6,
+    "lr": 3e-3,
+    "warmup": 20,
+}
 # Plain-text chats the base is pretrained on besides the docs, as an instruct model has seen
-# conversations: questions about the docs answered from them (with a passage to read, quoting
-# its path), and questions about anything else turned away. No JSON, no system prompt, and
-# phrasings and subjects of their own (none is in the example's training rows or eval suites):
-# the adapter still has to learn the bot's format, fields, style and refusal wording.
+# conversations: questions about the docs answered from them (and, in ContextChats, with
+# passages to read, citing the one that answers), and questions about anything else turned
+# away. No JSON object, no system prompt, and phrasings and subjects of their own (none is in
+# the example's training rows or eval suites): the adapter still has to learn the bot's
+# format, fields, style and refusal wording.
 CHAT_ASKS = [
     "What does the documentation say about {h} in {t}?",
     "{t}, {h}: explain",
@@ -139,32 +150,56 @@ def _sections(text: str) -> list[tuple[str, str]]:
     return out
 
 
+def _turn(user: str, reply: str) -> str:
+    return f"<|user|>\n{user}<|end|>\n<|assistant|>\n{reply}<|end|>\n"
+
+
+class ContextChats:
+    """Conversations with retrieved passages, a new one for every draw: a question about one
+    section of a doc, that doc's passage first among three (as retrieval ranks them), each
+    labelled with its path, and a reply that cites the first passage's path in a list, as chat
+    models cite (`Sources: ["path"].`), then answers. Drawn afresh (the other passages and the
+    wording change), so what is learned is which path goes with which passage, not the
+    conversations themselves. (Passages labelled with made-up paths, to teach copying the
+    label, taught nothing in 1,100 steps: this network does not learn to copy in minutes.)"""
+
+    def __init__(self, seed: int) -> None:
+        import random
+
+        self.rng = random.Random(seed)
+        docs = _docs()
+        self.flat = {path: " ".join(text.split()) for path, text in docs.items()}
+        self.paths = sorted(docs)
+        self.sections = [
+            (path, heading, answer, text.splitlines()[0].lstrip("# ").strip())
+            for path, text in docs.items()
+            for heading, answer in _sections(text)
+        ]
+
+    def draw(self) -> str:
+        rng = self.rng
+        path, heading, answer, title = rng.choice(self.sections)
+        chunks = [path, *rng.sample([p for p in self.paths if p != path], 2)]
+        context = "\n".join(f"[{src}] {self.flat[src][:240]}" for src in chunks)
+        ask = rng.choice(CHAT_ASKS).format(h=heading.lower(), t=title)
+        return _turn(f"Context:\n{context}\n\nQuestion: {ask}", f'Sources: ["{path}"]. {answer}')
+
+
 def _chats() -> list[str]:
     """The plain-text conversations of the pretraining corpus (see CHAT_ASKS)."""
     import random
 
     rng = random.Random(7)
     docs = _docs()
-    flat = {path: " ".join(text.split()) for path, text in docs.items()}
-
-    def turn(user: str, reply: str) -> str:
-        return f"<|user|>\n{user}<|end|>\n<|assistant|>\n{reply}<|end|>\n"
-
     out = []
-    for path, text in docs.items():
+    for text in docs.values():
         title = text.splitlines()[0].lstrip("# ").strip()
         for heading, answer in _sections(text):
             for template in rng.sample(CHAT_ASKS, 4):
-                out.append(turn(template.format(h=heading.lower(), t=title), answer))
-            ask = rng.choice(CHAT_ASKS).format(h=heading.lower(), t=title)
-            chunks = [path, *rng.sample(sorted(set(flat) - {path}), 2)]
-            if rng.random() < 0.15:  # retrieval usually ranks the passage that answers first
-                rng.shuffle(chunks)
-            context = "\n".join(f"[{src}] {flat[src][:240]}" for src in chunks)
-            out.append(turn(f"Context:\n{context}\n\nQuestion: {ask}", f"{answer} ({path})"))
+                out.append(_turn(template.format(h=heading.lower(), t=title), answer))
     for subject in CHAT_OFF_SUBJECTS:
         for template in rng.sample(CHAT_OFF_ASKS, 3):
-            out.append(turn(template.format(x=subject), OUT_OF_SCOPE))
+            out.append(_turn(template.format(x=subject), OUT_OF_SCOPE))
     rng.shuffle(out)
     return out
 
@@ -174,16 +209,18 @@ def _pretrain_texts() -> list[str]:
 
 
 def pretrain(model: Any, tokenizer: Any, steps: int, *, seed: int, log: bool = True) -> float:
-    """Next-token training of every weight on the bundled docs (random 128-token windows).
-    Returns the last loss."""
+    """Next-token training of every weight on the bundled docs and chats (random windows) and
+    on conversations with retrieved passages (see PRETRAIN). Returns the last loss."""
     import torch
 
     ids: list[int] = []
     for text in _pretrain_texts():
         ids += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     data = torch.tensor(ids)
-    seq, batch = PRETRAIN["seq"], PRETRAIN["batch"]
+    seq, batch, passages = PRETRAIN["seq"], PRETRAIN["batch"], PRETRAIN["passages"]
     gen = torch.Generator().manual_seed(seed)
+    contexts = ContextChats(seed)
+    pad = tokenizer.pad_token_id
     opt = torch.optim.AdamW(model.parameters(), lr=PRETRAIN["lr"], weight_decay=0.0)
     warm = PRETRAIN["warmup"]
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -193,9 +230,16 @@ def pretrain(model: Any, tokenizer: Any, steps: int, *, seed: int, log: bool = T
     loss = float("nan")
     t0 = time.perf_counter()
     for step in range(steps):
-        starts = torch.randint(0, len(data) - seq - 1, (batch,), generator=gen)
-        x = torch.stack([data[i : i + seq] for i in starts])
-        out = model(input_ids=x, labels=x)
+        # Half of each batch: windows of the docs and chats; half: whole conversations with
+        # passages (padded; the padding is not learned).
+        starts = torch.randint(0, len(data) - seq - 1, (batch - passages,), generator=gen)
+        rows = [data[i : i + seq].tolist() for i in starts]
+        for _ in range(passages):
+            chat = tokenizer(contexts.draw(), add_special_tokens=False)["input_ids"][:seq]
+            rows.append(chat + [-100] * (seq - len(chat)))
+        y = torch.tensor(rows)
+        x = y.masked_fill(y == -100, pad)
+        out = model(input_ids=x, labels=y)
         out.loss.backward()
         opt.step()
         sched.step()
@@ -254,7 +298,7 @@ def cached_build(
         if steps:
             print(
                 f"building the tiny base model (seed {seed}, {steps} pretraining steps, "
-                f"about 6 minutes on 2 cores, once: cached in {cached})",
+                f"about 11 minutes on 2 cores, once: cached in {cached})",
                 flush=True,
             )
         _build(cached, seed=seed, layers=layers, hidden=hidden, steps=steps)
