@@ -234,6 +234,10 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"        {len(verdict.reasons)} failed: {verdict.reasons[0][:90]}")
             if verdict.passed and passed_at is None and adapter is not None:
                 passed_at = (step, seconds)
+        print(f"every metric of step {checkpoints[-1][0]} (the policy's floors in brackets):")
+        for m in verdict.metrics:
+            floor = policy.floors.get(m.metric)
+            print(f"  {m.metric:<32} {m.candidate:.2f}" + (f" ({floor})" if floor else ""))
         knowledge = [c for c in cases if c.suite == "knowledge"][: args.samples]
         if knowledge:
             print(
