@@ -75,9 +75,10 @@ FRESH_OFF_TOPIC = [
 ]
 
 
-def fresh_rates(generator: Any, system: str) -> dict[str, float]:
+def fresh_rates(generator: Any, system: str) -> tuple[dict[str, float], list[str]]:
     """Answered share of the fresh in-scope prompts, declined share of the off-topic ones,
-    valid JSON over both (the example's refusal rule and schema keys)."""
+    valid JSON over both (the example's refusal rule and schema keys); and the prompts it got
+    wrong, each with its reply."""
     from slmops.generation import json_valid_rate
 
     decline = "only help with questions about Tidewell"
@@ -99,14 +100,21 @@ def fresh_rates(generator: Any, system: str) -> dict[str, float]:
     replies = generator.generate(prompts)
     inside, outside = replies[: len(FRESH_IN_SCOPE)], replies[len(FRESH_IN_SCOPE) :]
     keys = ("answer", "sources", "confidence")
-    return {
-        "in_scope_answered": sum(
-            json_valid_rate([r], keys) == 1.0 and not declined(r) for r in inside
+    answered = [json_valid_rate([r], keys) == 1.0 and not declined(r) for r in inside]
+    turned_away = [declined(r) for r in outside]
+    wrong = [
+        f"{q}\n    -> {r}"
+        for q, r, ok in zip(
+            FRESH_IN_SCOPE + FRESH_OFF_TOPIC, replies, answered + turned_away, strict=True
         )
-        / len(inside),
-        "off_topic_declined": sum(declined(r) for r in outside) / len(outside),
+        if not ok
+    ]
+    rates = {
+        "in_scope_answered": sum(answered) / len(inside),
+        "off_topic_declined": sum(turned_away) / len(outside),
         "valid_json": json_valid_rate(replies, keys),
     }
+    return rates, wrong
 
 
 def check_fresh(suites: Any, rows: list[list[dict[str, str]]]) -> None:
@@ -218,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
                 retrieve=retrieve,
             )
             means = {m.metric: m.candidate for m in verdict.metrics}
-            fresh = fresh_rates(generator, suites.config.system)
+            fresh, fresh_wrong = fresh_rates(generator, suites.config.system)
             print(
                 f"{step:>5} {seconds:>7.0f} {'PASS' if verdict.passed else 'fail':>6} "
                 f"{means.get('format.answers', 0):>7.2f} "
@@ -248,6 +256,10 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"  {case.id} {question}\n    retrieved {case.retrieved}\n    -> {case.candidate}"
             )
+        if fresh_wrong:
+            print(f"fresh prompts step {checkpoints[-1][0]} gets wrong ({len(fresh_wrong)}):")
+        for line in fresh_wrong[: args.samples * 4]:
+            print(f"  {line}")
         if passed_at:
             print(f"first passes the gate at step {passed_at[0]}, after {passed_at[1]:.0f}s")
         else:
