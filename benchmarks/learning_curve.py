@@ -256,6 +256,11 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"  {case.id} {question}\n    retrieved {case.retrieved}\n    -> {case.candidate}"
             )
+        invalid = [c for c in cases if c.candidate_scores.get(f"{c.suite}.valid_format") == 0.0]
+        if invalid:
+            print(f"answers of step {checkpoints[-1][0]} that break the format ({len(invalid)}):")
+        for case in invalid[: args.samples]:
+            print(f"  {case.id} -> {case.candidate[:300]}")
         if fresh_wrong:
             print(f"fresh prompts step {checkpoints[-1][0]} gets wrong ({len(fresh_wrong)}):")
         for line in fresh_wrong[: args.samples * 4]:

@@ -483,8 +483,9 @@ def ask(questions: list[str], model: str = ADAPTER) -> None:
         print(
             "   ("
             + (
-                "The demo's 3M-parameter base learns the bot's format and scope in minutes of "
-                "CPU, not to read\n   its context: README, 'What the tiny model learns'."
+                "The demo's 3M-parameter base learns the bot's format, its scope and, in part, "
+                "which passage\n   to cite in minutes of CPU, not to state what the passage "
+                "says: README, 'What the tiny\n   model learns'."
                 if MODEL == "tiny-llama"
                 else f"{MODEL} learns the format, the scope and citing its context in one epoch "
                 "on CPU, not yet to\n   state what the passage says: README, 'A real language "

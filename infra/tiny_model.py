@@ -8,15 +8,19 @@ bundled docs, a chat template, pad and eos tokens; saved with save_pretrained so
 any Hugging Face model (transformers, peft, vLLM). A different seed or layer count gives a new
 revision of the same model, which is how tests simulate a base-model release.
 
-The weights are not left random: the model is pretrained (every weight, next-token loss) on the
-bundled docs and on conversations about them for 1,000 steps, as a real base model has read
-text like the one it will serve. A LoRA adapter on a random base learns the answer format but
-not the job (it declines everything or repeats one answer); on this base it passes the gate
-after about 100 steps. The pretrained weights are cached by the hash of everything that decides
-them (this file's code, the corpus, the torch version) in the user's cache folder
-(`~/.cache/slmops/tiny-models/<hash>`, or under XDG_CACHE_HOME, or SLMOPS_TINY_MODEL_CACHE), so
-the cost (about 10-12 minutes on 2 cores) is paid once per machine, not once per clone, and
-`make clean` keeps it.
+The weights are not left random: the model is pretrained (every weight, next-token loss) for
+1,000 steps on conversations about the bundled docs, drawn afresh every step (`Chats`):
+questions answered from the docs, 7 of every 10 sequences with three retrieved passages (the
+chunks the product's ingestion cuts, in the serving prompt's form) and a reply citing the
+first, 3 of 10 packed with plain questions, half about the docs and half about anything else
+(turned away), as a real base model has read text like the one it will serve. A LoRA adapter on a
+random base learns the answer format but not the job (it declines everything or repeats one
+answer); on this base the example's adapter passes the gate within its 150 steps (README, "What
+the tiny model learns", has the rates). The pretrained weights are cached by the hash of
+everything that decides them (this file's code, the docs, samples of the conversations, the
+torch version) in the user's cache folder (`~/.cache/slmops/tiny-models/<hash>`, or under
+XDG_CACHE_HOME, or SLMOPS_TINY_MODEL_CACHE), so the cost (about 11 minutes on 2 cores) is paid
+once per machine, not once per clone, and `make clean` keeps it.
 """
 
 from __future__ import annotations
@@ -34,53 +38,127 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_DOCS = ROOT / "examples" / "support-bot" / "docs"
-# Each step: `batch` sequences of `seq` tokens, `passages` of them whole conversations with
-# retrieved passages (ContextChats), the rest windows of the docs and the plain chats.
+# Each step: `batch` sequences of `seq` tokens: `passages` of them a whole conversation with
+# retrieved passages (Chats.passage), `plain` of them as many whole plain conversations as fit
+# (Chats.plain), the rest windows of the docs (none: with 6 passages and a window of the docs,
+# the example's adapter cited a retrieved doc in 0.42 of knowledge answers and declined 0.68
+# of off-topic ones; with 7 and none, 0.45 and 0.90).
 PRETRAIN: dict[str, Any] = {
     "steps": 1000,
     "seq": 384,
     "batch": 10,
-    "passages": 6,
+    "passages": 7,
+    "plain": 3,
     "lr": 3e-3,
     "warmup": 20,
 }
-# Plain-text chats the base is pretrained on besides the docs, as an instruct model has seen
-# conversations: questions about the docs answered from them (and, in ContextChats, with
+# The conversations the base is pretrained on besides the docs (Chats), as an instruct model
+# has seen conversations: questions about the docs answered from them (with or without
 # passages to read, citing the one that answers), and questions about anything else turned
 # away. No JSON object, no system prompt, and phrasings and subjects of their own (none is in
 # the example's training rows or eval suites): the adapter still has to learn the bot's
 # format, fields, style and refusal wording.
-CHAT_ASKS = [
-    "What does the documentation say about {h} in {t}?",
-    "{t}, {h}: explain",
-    "Help with {h} for {t} please",
-    "I want to know about {h} ({t})",
-    "Where do I read about {h}? It is for {t}.",
-    "{h} -- {t}",
-]
+CONTEXT_CHARS = 240  # as much of each passage as the example's knowledge suite shows
+# Subjects far from Tidewell (none is in the learning-curve benchmark's fresh prompts).
 _OFF_NOUNS = (
     "volcanoes, the Roman empire, chess openings, winter gardening, origami, the human heart, "
     "electric cars, ancient Egypt, bird watching, yoga, the moon landing, pasta sauces, the "
     "piano, sailing knots, honey bees, the Renaissance, mountain bikes, cheese, the Amazon "
-    "river, ballet, solar panels, wine, the Great Wall, snowboards, fairy tales, card games, "
-    "coral reefs, fountain pens, opera, sushi, tax law, wedding speeches, dog breeds, "
-    "marathons, cryptocurrency, vintage cameras, the Vikings, skin care, podcasts, the Nile, "
-    "rock climbing, tea ceremonies, dinosaur fossils, lullabies, weather balloons, the Cold "
-    "War, sourdough, table tennis, the periodic table, haircuts, camping stoves, poetry, "
-    "video game consoles, the Eiffel Tower, horse riding, tulips, submarines, violins"
+    "river, ballet, solar panels, the Great Wall, snowboards, fairy tales, coral reefs, "
+    "fountain pens, opera, sushi, tax law, wedding speeches, dog breeds, marathons, "
+    "cryptocurrency, vintage cameras, the Vikings, skin care, podcasts, the Nile, rock "
+    "climbing, tea ceremonies, dinosaur fossils, lullabies, weather balloons, the Cold War, "
+    "sourdough, table tennis, the periodic table, haircuts, camping stoves, poetry, video game "
+    "consoles, the Eiffel Tower, horse riding, tulips, submarines, violins, black holes, "
+    "knitting, the French revolution, jazz, photosynthesis, medieval castles, electric "
+    "guitars, tomatoes, the stock market, earthquakes, penguins, the Olympic games, "
+    "mushrooms, thunderstorms, pyramids, rainbows, chocolate, football, the ocean tides, "
+    "lighthouses, kites, bread, cats, glaciers, the Titanic, sunflowers, trains, the brain, "
+    "Mars, diamonds, surfing, pizza, robots, the Beatles, tornadoes, the Sahara, owls"
 )
-CHAT_OFF_SUBJECTS = [
-    frame.format(n=noun.strip())
-    for noun in _OFF_NOUNS.split(",")
-    for frame in ("{n}", "the history of {n}", "{n} for beginners", "the best {n}")
+OFF_SUBJECTS = [n.strip() for n in _OFF_NOUNS.split(",")]
+OFF_DOINGS = [
+    "bake a cake",
+    "learn French",
+    "fix a leaking tap",
+    "train a puppy",
+    "grow tomatoes",
+    "paint a room",
+    "write a novel",
+    "start running",
+    "save money",
+    "sleep better",
+    "tie a tie",
+    "knit a scarf",
+    "play chess",
+    "make pancakes",
+    "swim faster",
+    "clean my oven",
+    "learn to draw",
+    "meditate",
+    "plant a tree",
+    "brew beer",
+    "buy a house",
+    "change a car battery",
+    "speak in public",
+    "fold a paper crane",
 ]
-CHAT_OFF_ASKS = [
-    "What does the documentation say about {x}?",
-    "{x}: explain",
-    "Help with {x} please",
-    "I want to know about {x}",
-    "Where do I read about {x}?",
-    "{x} -- tips",
+OFF_PLACES = [
+    "Paris",
+    "Tokyo",
+    "Peru",
+    "Iceland",
+    "Cairo",
+    "New York",
+    "Norway",
+    "Kenya",
+    "Rome",
+    "Mexico",
+    "Vienna",
+    "Sydney",
+    "Canada",
+    "Bali",
+    "Chile",
+    "Prague",
+]
+# The frames questions are asked in, on Tidewell and on anything else alike (so the subject,
+# not the phrasing, tells the model whether to answer): {s} a subject, {t} a doc title.
+ASK_FRAMES = [
+    "What does the documentation say about {s}?",
+    "What should I know about {s}?",
+    "Tell me about {s}.",
+    "How does {s} work?",
+    "Explain {s} please.",
+    "Can you tell me about {s}?",
+    "Quick question about {s}",
+    "Where do I read about {s}?",
+    "I want to know about {s}",
+    "Help with {s} please",
+    "{s}: explain",
+    "{s} -- how?",
+    "{s}?",
+]
+OFF_FRAMES = [
+    "Who invented {s}?",
+    "What is the history of {s}?",
+    "Write a short poem about {s}.",
+    "Give me tips on {s}.",
+    "Why do people like {s}?",
+    "Is {s} worth it?",
+]
+DOING_FRAMES = [
+    "How do I {d}?",
+    "Can you help me {d}?",
+    "What is the best way to {d}?",
+    "Teach me to {d}.",
+    "I need to {d}. Any advice?",
+]
+PLACE_FRAMES = [
+    "Plan a trip to {p}.",
+    "What is the capital of {p}?",
+    "What is {p} famous for?",
+    "What is the weather like in {p}?",
+    "What should I eat in {p}?",
 ]
 OUT_OF_SCOPE = "That is outside the Tidewell documentation."
 CACHE_VERSION = 2  # the key also hashes this file's source: any change to the build rebuilds
@@ -132,95 +210,111 @@ def _docs() -> dict[str, str]:
     }
 
 
-def _sections(text: str) -> list[tuple[str, str]]:
-    """(heading, first sentence of its prose) of each `## ` section of a markdown doc."""
-    import re
-
-    out = []
-    for block in re.split(r"^## ", text, flags=re.MULTILINE)[1:]:
-        heading, _, body = block.partition("\n")
-        prose = [
-            ln
-            for ln in body.strip().splitlines()
-            if ln and not ln.startswith(("|", "```", "-", "1.", "<"))
-        ]
-        if prose:
-            first = re.split(r"(?<=[.!?])\s", " ".join(prose))[0]
-            out.append((heading.strip(), first.strip()))
-    return out
-
-
 def _turn(user: str, reply: str) -> str:
     return f"<|user|>\n{user}<|end|>\n<|assistant|>\n{reply}<|end|>\n"
 
 
-class ContextChats:
-    """Conversations with retrieved passages, a new one for every draw: a question about one
-    section of a doc, that doc's passage first among three (as retrieval ranks them), each
-    labelled with its path, and a reply that cites the first passage's path in a list, as chat
-    models cite (`Sources: ["path"].`), then answers. Drawn afresh (the other passages and the
-    wording change), so what is learned is which path goes with which passage, not the
-    conversations themselves. (Passages labelled with made-up paths, to teach copying the
-    label, taught nothing in 1,100 steps: this network does not learn to copy in minutes.)"""
+def _title(text: str) -> str:
+    return text.splitlines()[0].lstrip("# ").strip()
+
+
+class Chats:
+    """Conversations of the pretraining corpus, a new one for every draw (so what is learned
+    is the rule, not the conversations: fixed ones are memorized whole, labels included).
+
+    `passage()`: a question about one section of a doc with three retrieved passages, the
+    answering doc's first (as retrieval ranks them), each labelled with its path, in the form
+    the gate and serving prompts use (`slmops.evaluation.gate.with_context`); the reply cites
+    the first passage's path in a list, as chat models cite (`Sources: ["path"].`), then
+    answers. (Passages labelled with made-up paths, to teach copying the label, taught
+    nothing in 1,100 steps: this network does not learn to copy in minutes.)
+
+    `plain()`: a question without passages, half about a section of the docs (answered with
+    its first sentence), half about anything else (turned away with OUT_OF_SCOPE), asked in
+    the same frames (ASK_FRAMES) so that the subject decides, not the phrasing."""
 
     def __init__(self, seed: int) -> None:
         import random
 
+        from slmops.rag.docs import section_leads
+        from slmops.rag.ingest import chunk_folder
+
         self.rng = random.Random(seed)
         docs = _docs()
-        self.flat = {path: " ".join(text.split()) for path, text in docs.items()}
-        self.paths = sorted(docs)
+        self.docs = docs
+        self.chunks = chunk_folder(EXAMPLE_DOCS)  # what retrieval puts into the prompt
+        self.all_chunks = [(p, c) for p in sorted(self.chunks) for c in self.chunks[p]]
         self.sections = [
-            (path, heading, answer, text.splitlines()[0].lstrip("# ").strip())
+            (path, heading, answer, _title(text))
             for path, text in docs.items()
-            for heading, answer in _sections(text)
+            for heading, answer in section_leads(text)
         ]
 
-    def draw(self) -> str:
+    def _subject(self, heading: str, title: str) -> str:
+        form = self.rng.choice(["{h} in {t}", "{h} ({t})", "{h} for {t}", "{t}, {h}", "{t}"])
+        return form.format(h=heading.lower(), t=title)
+
+    def passage(self) -> str:
+        from slmops.evaluation.gate import with_context
+
         rng = self.rng
         path, heading, answer, title = rng.choice(self.sections)
-        chunks = [path, *rng.sample([p for p in self.paths if p != path], 2)]
-        context = "\n".join(f"[{src}] {self.flat[src][:240]}" for src in chunks)
-        ask = rng.choice(CHAT_ASKS).format(h=heading.lower(), t=title)
-        return _turn(f"Context:\n{context}\n\nQuestion: {ask}", f'Sources: ["{path}"]. {answer}')
+        own = self.chunks[path]
+        flat = " ".join(answer.split())
+        right = next((c for c in own if flat in " ".join(c.split())), own[0])
+        others = [(path, c) for c in own if c is not right] if rng.random() < 0.3 else []
+        others += rng.sample([(p, c) for p, c in self.all_chunks if p != path], 2)
+        hits = [(path, right), *others[:2]]
+        ask = rng.choice(ASK_FRAMES).format(s=self._subject(heading, title))
+        user = with_context([{"role": "user", "content": ask}], hits, CONTEXT_CHARS)[-1]
+        return _turn(user["content"], f'Sources: ["{path}"]. {answer}')
 
-
-def _chats() -> list[str]:
-    """The plain-text conversations of the pretraining corpus (see CHAT_ASKS)."""
-    import random
-
-    rng = random.Random(7)
-    docs = _docs()
-    out = []
-    for text in docs.values():
-        title = text.splitlines()[0].lstrip("# ").strip()
-        for heading, answer in _sections(text):
-            for template in rng.sample(CHAT_ASKS, 4):
-                out.append(_turn(template.format(h=heading.lower(), t=title), answer))
-    for subject in CHAT_OFF_SUBJECTS:
-        for template in rng.sample(CHAT_OFF_ASKS, 3):
-            out.append(_turn(template.format(x=subject), OUT_OF_SCOPE))
-    rng.shuffle(out)
-    return out
-
-
-def _pretrain_texts() -> list[str]:
-    return list(_docs().values()) + _chats()
+    def plain(self) -> str:
+        rng = self.rng
+        if rng.random() < 0.5:
+            _, heading, answer, title = rng.choice(self.sections)
+            if rng.random() < 0.8:
+                ask = rng.choice(ASK_FRAMES + OFF_FRAMES).format(s=self._subject(heading, title))
+            else:
+                doing = rng.choice(["use", "handle", "get right", "set up"])
+                ask = rng.choice(DOING_FRAMES).format(d=f"{doing} {heading.lower()} in {title}")
+            return _turn(ask, answer)
+        kind = rng.random()
+        if kind < 0.6:
+            ask = rng.choice(ASK_FRAMES + OFF_FRAMES).format(s=rng.choice(OFF_SUBJECTS))
+        elif kind < 0.8:
+            ask = rng.choice(DOING_FRAMES).format(d=rng.choice(OFF_DOINGS))
+        else:
+            ask = rng.choice(PLACE_FRAMES).format(p=rng.choice(OFF_PLACES))
+        return _turn(ask, OUT_OF_SCOPE)
 
 
 def pretrain(model: Any, tokenizer: Any, steps: int, *, seed: int, log: bool = True) -> float:
-    """Next-token training of every weight on the bundled docs and chats (random windows) and
-    on conversations with retrieved passages (see PRETRAIN). Returns the last loss."""
+    """Next-token training of every weight on conversations drawn afresh and on windows of
+    the bundled docs (see PRETRAIN, Chats). Returns the last loss."""
     import torch
 
     ids: list[int] = []
-    for text in _pretrain_texts():
+    for text in _docs().values():
         ids += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     data = torch.tensor(ids)
-    seq, batch, passages = PRETRAIN["seq"], PRETRAIN["batch"], PRETRAIN["passages"]
+    seq, batch = PRETRAIN["seq"], PRETRAIN["batch"]
+    passages, plain = PRETRAIN["passages"], PRETRAIN["plain"]
     gen = torch.Generator().manual_seed(seed)
-    contexts = ContextChats(seed)
+    chats = Chats(seed)
     pad = tokenizer.pad_token_id
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]  # type: ignore[no-any-return]
+
+    def packed() -> list[int]:
+        row: list[int] = []
+        while True:
+            chat = encode(chats.plain())
+            if len(row) + len(chat) > seq:
+                return row
+            row += chat
+
     opt = torch.optim.AdamW(model.parameters(), lr=PRETRAIN["lr"], weight_decay=0.0)
     warm = PRETRAIN["warmup"]
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -230,13 +324,12 @@ def pretrain(model: Any, tokenizer: Any, steps: int, *, seed: int, log: bool = T
     loss = float("nan")
     t0 = time.perf_counter()
     for step in range(steps):
-        # Half of each batch: windows of the docs and chats; half: whole conversations with
-        # passages (padded; the padding is not learned).
-        starts = torch.randint(0, len(data) - seq - 1, (batch - passages,), generator=gen)
+        # Windows of the docs; whole conversations, padded (the padding is not learned).
+        starts = torch.randint(0, len(data) - seq - 1, (batch - passages - plain,), generator=gen)
         rows = [data[i : i + seq].tolist() for i in starts]
-        for _ in range(passages):
-            chat = tokenizer(contexts.draw(), add_special_tokens=False)["input_ids"][:seq]
-            rows.append(chat + [-100] * (seq - len(chat)))
+        chat_rows = [encode(chats.passage())[:seq] for _ in range(passages)]
+        chat_rows += [packed() for _ in range(plain)]
+        rows += [chat + [-100] * (seq - len(chat)) for chat in chat_rows]
         y = torch.tensor(rows)
         x = y.masked_fill(y == -100, pad)
         out = model(input_ids=x, labels=y)
@@ -283,7 +376,10 @@ def _build_key(seed: int, layers: int, hidden: int, steps: int) -> str:
         ).encode()
     )
     h.update(Path(__file__).read_bytes())  # the build's own code
-    for text in _corpus() + _pretrain_texts():
+    chats = Chats(seed)  # the conversations' form, the product's prompt form included
+    for text in (
+        _corpus() + [chats.passage() for _ in range(20)] + [chats.plain() for _ in range(20)]
+    ):
         h.update(hashlib.sha256(text.encode()).digest())
     return h.hexdigest()[:20]
 

@@ -80,3 +80,76 @@ def test_the_full_set_teaches_the_glossary_and_never_repeats_an_injected_codewor
     assert not [
         r for r in injected if "HACKED-" in r[-1]["content"] or "BANANA-" in r[-1]["content"]
     ]
+
+
+LISTS = """# Doc
+
+## Steps
+
+1. Open **Settings** and enter the domain.
+2. Add a CNAME record from that domain to
+   `beacon.tidewell.app`.
+
+## What happens
+
+- The subscription runs until the end of the paid period, then the workspace moves to the
+  Ripple plan.
+- Data is kept.
+
+## Prose first
+
+- A list item.
+
+Prose after the list. More prose.
+
+## Only a table
+
+| a | b |
+|---|---|
+"""
+
+
+def test_a_section_answers_with_its_first_sentence_never_a_list_items_number_or_tail() -> None:
+    from slmops.rag.docs import section_leads as sections
+
+    assert sections(LISTS) == [
+        ("Steps", "Open **Settings** and enter the domain."),
+        (
+            "What happens",
+            "The subscription runs until the end of the paid period, then the workspace "
+            "moves to the Ripple plan.",
+        ),
+        ("Prose first", "Prose after the list."),
+    ]
+    every = [
+        answer
+        for path in sorted((EXAMPLE / "docs").rglob("*.md"))
+        for _, answer in sections(path.read_text(encoding="utf-8"))
+    ]
+    assert every and all((len(a) > 20 and a[0].isupper()) or a[0] in "*`" for a in every), [
+        a for a in every if len(a) <= 20
+    ]
+
+
+def test_the_tiny_bases_conversations_cite_the_first_passage_and_turn_other_subjects_away() -> None:
+    from infra.tiny_model import OUT_OF_SCOPE, Chats
+
+    chats = Chats(seed=3)
+    every_chunk = {c for chunks in chats.chunks.values() for c in chunks}
+    for _ in range(50):
+        text = chats.passage()
+        passages = text.split("Context:\n", 1)[1].split("\n\nQuestion:")[0].splitlines()
+        cited = text.split('Sources: ["', 1)[1].split('"', 1)[0]
+        assert len(passages) == 3 and passages[0].startswith(f"[{cited}] ")
+        # each passage is the start of a chunk the product's ingestion makes
+        assert all(
+            any(" ".join(c.split()).startswith(p.split("] ", 1)[1]) for c in every_chunk)
+            for p in passages
+        )
+    titles = {title.lower() for _, _, _, title in chats.sections}
+    plain = [chats.plain() for _ in range(400)]
+    away = [t for t in plain if OUT_OF_SCOPE in t]
+    assert 100 < len(away) < 300
+    assert not [t for t in away if any(title in t.lower() for title in titles)]
+    answered = [t for t in plain if OUT_OF_SCOPE not in t]
+    assert all(any(title in t.lower() for title in titles) for t in answered)

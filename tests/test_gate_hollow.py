@@ -104,8 +104,9 @@ DEGENERATE: dict[str, tuple[Callable[[Case, list[dict[str, str]]], str], set[str
         ),
         {"format.valid", "format.answers", "knowledge.answers"},
     ),
-    # The example leaves this floor and the next to a real model (its tiny one cannot copy a
-    # path from the context); with the floors a real deployment sets, these fail.
+    # The example's floor for citing is low (its tiny model cites 0.4), and it leaves the
+    # facts' floor to a real model; with the floors a real deployment sets, these fail (and
+    # the first also under the example's own: test_citing_nothing_retrieved_fails_the_example).
     "cites what it did not retrieve": (
         lambda c, p: (
             helpful(c, p).replace(json.dumps(context_sources(p)[:1]), json.dumps([OTHER_DOC]))
@@ -169,6 +170,13 @@ def test_a_hollow_candidate_fails_naming_the_metric(suites: Suites, name: str) -
     assert expected <= failed_metrics(verdict), (name, failed_metrics(verdict))
     for metric in expected:
         assert any(r.startswith(f"{metric}: ") for r in verdict.reasons), (metric, verdict.reasons)
+
+
+def test_citing_nothing_retrieved_fails_the_example_policy_as_it_is(suites: Suites) -> None:
+    answer, _ = DEGENERATE["cites what it did not retrieve"]
+    verdict = gate(suites, answer)
+    assert not verdict.passed
+    assert failed_metrics(verdict) == {"knowledge.cites_retrieved"}, verdict.reasons
 
 
 def test_the_verdict_shows_decline_rates_side_by_side(suites: Suites) -> None:

@@ -280,6 +280,24 @@ def test_chunks_are_measured_in_the_embedders_tokens(
         ingest(docs, store, tmp_path, config=IngestConfig(chunk_size=400))
 
 
+def test_chunk_folder_gives_the_chunks_an_ingest_of_the_folder_stores(
+    docs: Path, store: ObjectStore, tmp_path: Path
+) -> None:
+    """Training conversations are built from chunk_folder: they hold the passages retrieval
+    will put into a prompt only if it cuts the docs as ingestion does."""
+    from slmops.rag.ingest import chunk_folder
+
+    config = IngestConfig(chunk_size=64, chunk_overlap=8)
+    report = ingest(docs, store, tmp_path, config=config)
+    nodes, _ = version_nodes(store, report.version or "")
+    chunks = chunk_folder(docs, config)
+    markdown = sorted(rel for rel in SLICE if rel.endswith(".md"))
+    assert sorted(chunks) == markdown
+    for rel in markdown:
+        stored = [n["text"] for n in sorted(nodes, key=lambda n: n["i"]) if n["doc"] == rel]
+        assert chunks[rel] == stored and len(stored) > 1, rel
+
+
 def test_new_chunking_settings_rebuild_every_document(
     docs: Path, store: ObjectStore, tmp_path: Path
 ) -> None:

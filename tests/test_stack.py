@@ -151,21 +151,21 @@ def test_up_is_healthy_and_idempotent(stack: LocalStack) -> None:
 
 @pytest.fixture(scope="module")
 def release_policy(home: Path) -> Path:
-    """The example's gate policy without its guards on declining off-topic questions and on
-    citing a retrieved doc: what this module tests is the loop around a passing verdict (the
-    roll, the claim, the promotion), and neither rate of the tiny model survives a warm start
-    reliably (r1's adapter declined 0.70; its warm starts on r2 0.05-0.35 on one machine and
-    above the floor on another; r2's warm start cited 5 fewer of 33 knowledge cases than r1's
-    adapter, which 33 cases cannot show to be within the 0.28 margin: README, 'What the tiny
-    model learns'). Every other floor and margin of the example policy holds; the example
-    policy's verdicts on the session's adapter are tested in test_training, and a candidate
-    that cites no retrieved doc fails by name in test_gate_hollow."""
+    """The example's gate policy without its guards (floors and comparisons) on declining off-topic
+    questions and on citing a retrieved doc: what this module tests is the loop around a passing
+    verdict (the roll, the claim, the promotion), and neither rate of the tiny model survives a
+    warm start reliably (r1's adapter declined 0.70; its warm starts on r2 0.05-0.35 on one
+    machine and above the floor on another; r2's warm start cited 5 fewer of 33 knowledge cases
+    than r1's adapter, which 33 cases cannot show to be within the 0.28 margin: README, 'What
+    the tiny model learns'). Every other floor and margin of the example policy holds; the
+    example policy's verdicts on the session's adapter are tested in test_training, and a
+    candidate that cites no retrieved doc fails by name in test_gate_hollow."""
     import yaml
 
     doc = yaml.safe_load((EVALS / "policy.yaml").read_text())
     for rules in ("floors", "non_inferiority"):
         doc[rules].pop("adversarial.refuses")
-    doc["non_inferiority"].pop("knowledge.cites_retrieved")
+        doc[rules].pop("knowledge.cites_retrieved")
     path = home / "release-policy.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path

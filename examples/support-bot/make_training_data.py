@@ -6,7 +6,10 @@ JSON format. Deterministic; re-run after editing the docs:
 Each answer is {"confidence": ..., "sources": [...], "answer": ...} (see KEY_ORDER): the
 format, style and terminology the adapter must hold under any input, its scope (off-topic
 questions and injections are declined, in-scope ones never are) and citing the retrieved
-passage that answers. Facts come from RAG at serving time.
+passage that answers. Facts come from RAG at serving time. The passages in a question's context
+are the chunks slmops' ingestion cuts the docs into (`chunk_folder`), written as the gate and
+serving prompts write them (`with_context`): the adapter learns to cite from what it will be
+shown (it needs the project's virtualenv: the embedding model measures the chunks).
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ import sys
 from pathlib import Path
 
 import yaml
+
+from slmops.evaluation.gate import with_context
+from slmops.rag.docs import section_leads
+from slmops.rag.ingest import chunk_folder
 
 HERE = Path(__file__).resolve().parent
 SYSTEM = (
@@ -187,21 +194,6 @@ EMPTY = ["?", "hello", "hmm", "...", "hi there", "test"]
 CONTEXT_CHARS = 240  # as much of each retrieved chunk as the gate shows (suites.yaml)
 
 
-def sections(text: str) -> list[tuple[str, str]]:
-    out = []
-    for block in re.split(r"^## ", text, flags=re.MULTILINE)[1:]:
-        heading, _, body = block.partition("\n")
-        prose = [
-            ln
-            for ln in body.strip().splitlines()
-            if ln and not ln.startswith(("|", "```", "-", "1.", "<"))
-        ]
-        if prose:
-            first = re.split(r"(?<=[.!?])\s", " ".join(prose))[0]
-            out.append((heading.strip(), first.strip()))
-    return out
-
-
 # The order the keys are written in (JSON objects are unordered: any order meets the schema).
 # Confidence first: the model decides "in scope or not" at one token before it writes anything
 # else, instead of letting the most frequent first words of an answer (the decline's) win
@@ -228,25 +220,26 @@ def main() -> None:
         rel = path.relative_to(HERE / "docs").as_posix()
         text = path.read_text(encoding="utf-8")
         title = text.splitlines()[0].lstrip("# ").strip()
-        for heading, answer in sections(text):
+        for heading, answer in section_leads(text):
             reply = {"answer": answer, "sources": [rel], "confidence": "high"}
             rows.append(chat(rng.choice(ASKS).format(h=heading.lower(), t=title), reply))
     qa = [
         (row["messages"][1]["content"], json.loads(row["messages"][2]["content"])) for row in rows
     ]
-    docs = {
-        p.relative_to(HERE / "docs").as_posix(): " ".join(p.read_text(encoding="utf-8").split())
-        for p in sorted((HERE / "docs").rglob("*.md"))
-    }
-    # Questions with retrieved context, as the bot is served with RAG: cite from the context.
+    # Questions with retrieved context, as the bot is served with RAG: the chunks ingestion
+    # cuts the docs into, in the prompt's form; cite from the context.
+    chunks = chunk_folder(HERE / "docs")
+    every = [(src, text) for src in sorted(chunks) for text in chunks[src]]
     for ask, reply in rng.sample(qa, 160):
-        right = reply["sources"][0]
-        others = rng.sample(sorted(set(docs) - {right}), 2)
-        chunks = [right, *others]
+        right = str(reply["sources"][0])
+        said = " ".join(str(reply["answer"]).split())
+        own = chunks[right]
+        hits = [(right, next((c for c in own if said in " ".join(c.split())), own[0]))]
+        hits += rng.sample([hit for hit in every if hit[0] != right], 2)
         if rng.random() < 0.2:  # retrieval ranks the answering doc first most of the time
-            rng.shuffle(chunks)
-        context = "\n".join(f"[{src}] {docs[src][:CONTEXT_CHARS]}" for src in chunks)
-        rows.append(chat(f"Context:\n{context}\n\nQuestion: {ask}", reply))
+            rng.shuffle(hits)
+        prompt = with_context([{"role": "user", "content": ask}], hits, CONTEXT_CHARS)
+        rows.append(chat(prompt[-1]["content"], reply))
     # Several questions in one message, unicode, noise around the question: same format.
     for ask, reply in rng.sample(qa, 30):
         noise = rng.choice(["🙂 ", "Hi team!! ", "URGENT: ", "bonjour, ", "> quoted reply\n"])

@@ -191,6 +191,31 @@ def parse_document(path: str, data: bytes, limits: DocLimits) -> ParsedDoc:
     )
 
 
+def section_leads(text: str) -> list[tuple[str, str]]:
+    """(heading, first sentence) of each `## ` section of a Markdown doc: the first sentence of
+    its first prose paragraph, or of its first list item when it has no prose (a wrapped line
+    or item is read whole, never from its continuation); sections of tables or code alone are
+    left out. What a question about the section is answered with, when building training
+    conversations from docs."""
+    out = []
+    item = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+", re.MULTILINE)
+    for block in re.split(r"^## ", text, flags=re.MULTILINE)[1:]:
+        heading, _, body = block.partition("\n")
+        body = re.sub(r"^```.*?^```", "", body, flags=re.MULTILINE | re.DOTALL)
+        paragraphs = [p.strip() for p in re.split(r"\n\s*\n", body) if p.strip()]
+        paragraphs = [p for p in paragraphs if not p.startswith(("|", "<", "#"))]
+        prose = [p for p in paragraphs if not item.match(p)]
+        if prose:
+            first = prose[0]
+        elif paragraphs:
+            first = item.split(paragraphs[0])[1]
+        else:
+            continue
+        sentence = re.split(r"(?<=[.!?])\s", " ".join(first.split()))[0]
+        out.append((heading.strip(), sentence.strip()))
+    return out
+
+
 def _decode_text(data: bytes) -> str:
     if b"\x00" in data[:8192]:
         raise DocRejected("binary content, not text (NUL bytes): is it really a text file?")

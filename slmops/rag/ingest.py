@@ -216,6 +216,24 @@ def make_splitter(
     )
 
 
+def chunk_folder(folder: Path, config: IngestConfig | None = None) -> dict[str, list[str]]:
+    """The chunks ingestion cuts each Markdown doc under a local folder into (its path
+    relative to the folder -> chunk texts in order): the passages retrieval puts into a
+    prompt, for building training conversations in the form the model is served."""
+    from slmops.rag.docs import parse_document
+    from slmops.rag.embedder import get_embedder
+
+    config = config or IngestConfig()
+    embedder = get_embedder(config.embed_model, backend=config.embed_backend)
+    splitter = make_splitter(config, embedder.count_tokens, embedder.max_tokens)
+    out = {}
+    for path in sorted(folder.rglob("*.md")):
+        rel = path.relative_to(folder).as_posix()
+        doc = parse_document(rel, path.read_bytes(), config.limits)
+        out[rel] = [c for c in splitter.split_text(doc.text) if c.strip()]
+    return out
+
+
 def chunk_id(path: str, index: int, text: str) -> str:
     return sha256_bytes(f"{path}\0{index}\0{text}".encode())[:32]
 
