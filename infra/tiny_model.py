@@ -305,7 +305,8 @@ def pretrain(model: Any, tokenizer: Any, steps: int, *, seed: int, log: bool = T
     pad = tokenizer.pad_token_id
 
     def encode(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False)["input_ids"]  # type: ignore[no-any-return]
+        tokens: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return tokens
 
     def packed() -> list[int]:
         row: list[int] = []
