@@ -240,13 +240,11 @@ class Chats:
         from slmops.rag.ingest import chunk_folder
 
         self.rng = random.Random(seed)
-        docs = _docs()
-        self.docs = docs
         self.chunks = chunk_folder(EXAMPLE_DOCS)  # what retrieval puts into the prompt
         self.all_chunks = [(p, c) for p in sorted(self.chunks) for c in self.chunks[p]]
         self.sections = [
             (path, heading, answer, _title(text))
-            for path, text in docs.items()
+            for path, text in _docs().items()
             for heading, answer in section_leads(text)
         ]
 
