@@ -6,6 +6,7 @@ backends and its queries are embedded the way its chunks were.
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -13,7 +14,13 @@ import numpy as np
 import pytest
 
 from slmops.errors import ConfigError
-from slmops.rag.embedder import Embedder, default_model_path, get_embedder, model_id
+from slmops.rag.embedder import (
+    Embedder,
+    default_model_path,
+    get_embedder,
+    model_id,
+    token_counter,
+)
 from slmops.rag.ingest import IngestConfig, IngestReport, run_ingest
 from slmops.rag.retrieval import load_index
 from slmops.store.local import LocalStore
@@ -44,6 +51,23 @@ def test_onnx_gives_the_pytorch_vectors_and_int8_stays_close(texts: list[str]) -
     assert np.allclose(np.linalg.norm(int8, axis=1), 1.0, atol=1e-5)
     # The same text anywhere in a batch gets the same vector (order is restored).
     assert np.allclose(get_embedder(backend="onnx").encode(texts[::-1])[::-1], fp32, atol=1e-6)
+
+
+def test_the_tokenizer_alone_counts_and_bounds_tokens_as_the_loaded_model(
+    texts: list[str], tmp_path: Path
+) -> None:
+    """chunk_folder cuts chunks without loading the weights: the same counts and window."""
+    count, window = token_counter()
+    embedder = get_embedder()
+    assert window == embedder.max_tokens == 254
+    assert all(count(t) == embedder.count_tokens(t) for t in texts)
+    # A folder that does not declare its window in sentence_bert_config.json: the model's.
+    folder = tmp_path / "model"
+    shutil.copytree(default_model_path(), folder)
+    (folder / "sentence_bert_config.json").unlink()
+    count, window = token_counter(str(folder))
+    assert window == get_embedder(str(folder)).max_tokens
+    assert count(texts[0]) == embedder.count_tokens(texts[0])
 
 
 def test_the_backend_is_part_of_the_model_identity() -> None:

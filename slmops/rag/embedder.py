@@ -11,8 +11,10 @@ index never holds vectors of two backends, and queries are embedded the way its 
 
 from __future__ import annotations
 
+import json
 import os
 import threading
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -139,6 +141,39 @@ def get_embedder(
     path = resolve_model_path(model)
     with _LOCK:
         return _load(path, device, check_backend(backend))
+
+
+@lru_cache(maxsize=4)
+def _counter(path: Path) -> tuple[Any, int] | None:
+    config = path / "sentence_bert_config.json"
+    if not config.is_file():
+        return None
+    window = json.loads(config.read_text(encoding="utf-8")).get("max_seq_length")
+    if not isinstance(window, int):
+        return None
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True), window - 2
+
+
+def token_counter(model: str | None = None) -> tuple[Callable[[str], list[int]], int]:
+    """`Embedder.count_tokens` and `Embedder.max_tokens` for a model folder, from its
+    tokenizer and sentence_bert_config.json alone: cutting text into chunks without loading
+    the weights (seconds per process). Loads the embedder where the folder does not declare
+    its window."""
+    path = resolve_model_path(model)
+    found = _counter(path)
+    if found is None:
+        embedder = get_embedder(model)
+        return embedder.count_tokens, embedder.max_tokens
+    tokenizer, window = found
+
+    def count(text: str) -> list[int]:
+        ids: list[int] = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        return ids
+
+    return count, window
 
 
 @lru_cache(maxsize=2048)

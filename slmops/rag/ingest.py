@@ -221,11 +221,10 @@ def chunk_folder(folder: Path, config: IngestConfig | None = None) -> dict[str, 
     relative to the folder -> chunk texts in order): the passages retrieval puts into a
     prompt, for building training conversations in the form the model is served."""
     from slmops.rag.docs import parse_document
-    from slmops.rag.embedder import get_embedder
+    from slmops.rag.embedder import token_counter
 
     config = config or IngestConfig()
-    embedder = get_embedder(config.embed_model, backend=config.embed_backend)
-    splitter = make_splitter(config, embedder.count_tokens, embedder.max_tokens)
+    splitter = make_splitter(config, *token_counter(config.embed_model))
     out = {}
     for path in sorted(folder.rglob("*.md")):
         rel = path.relative_to(folder).as_posix()
