@@ -15,7 +15,7 @@ import json
 import os
 import threading
 from collections.abc import Callable
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +76,7 @@ class Embedder:
         if dim is None or self.model.max_seq_length is None:
             raise ConfigError(f"{model_path} does not declare its embedding size and window")
         self.dim = int(dim)
-        # Tokens the model reads per text: its window less the two special tokens.
-        self.max_tokens = int(self.model.max_seq_length) - 2
+        self.max_tokens = _text_window(self.model.max_seq_length)
         self.backend = check_backend(backend)
         self.model_id = model_id(model_path, backend)
         self.encoded = 0  # texts sent through the model in this process
@@ -91,8 +90,7 @@ class Embedder:
 
     def count_tokens(self, text: str) -> list[int]:
         """Token ids without special tokens: what the splitter measures chunks with."""
-        ids: list[int] = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-        return ids
+        return _token_ids(self.tokenizer, text)
 
     def encode(self, texts: list[str], *, batch_size: int = 64) -> np.ndarray:
         if not texts:
@@ -154,7 +152,7 @@ def _counter(path: Path) -> tuple[Any, int] | None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True), window - 2
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True), _text_window(window)
 
 
 def token_counter(model: str | None = None) -> tuple[Callable[[str], list[int]], int]:
@@ -168,12 +166,17 @@ def token_counter(model: str | None = None) -> tuple[Callable[[str], list[int]],
         embedder = get_embedder(model)
         return embedder.count_tokens, embedder.max_tokens
     tokenizer, window = found
+    return partial(_token_ids, tokenizer), window
 
-    def count(text: str) -> list[int]:
-        ids: list[int] = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-        return ids
 
-    return count, window
+def _token_ids(tokenizer: Any, text: str) -> list[int]:
+    ids: list[int] = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    return ids
+
+
+def _text_window(max_seq_length: int) -> int:
+    """Tokens the model reads per text: its window less the two special tokens."""
+    return int(max_seq_length) - 2
 
 
 @lru_cache(maxsize=2048)
