@@ -83,12 +83,13 @@ $(VENV)/.gemma-installed: $(VENV)/.installed
 # ~/.cache/slmops/tiny-models/, shared by every clone; minutes on 2 cores the first time, then
 # instant).
 tiny-base: setup
-	$(BIN)/python -c "from infra.tiny_model import cached_build; print('tiny base model:', cached_build())"
+	$(BIN)/python -m infra.tiny_model
 
-# Everything, real servers included; the 15 slowest tests are listed at the end. The two
-# installs download in parallel, then lint and the base model's pretraining share the cores.
+# Everything, real servers included; the 15 slowest tests are listed at the end. The installs
+# run in parallel with lint; on a machine that has not built the tiny base yet, pytest builds
+# it in the background while the tests that do not need it run (tests/conftest.py).
 test:
-	$(MAKE) --jobs=3 --output-sync=target lint vllm tiny-base router postgres k8s-schema
+	$(MAKE) --jobs=3 --output-sync=target lint vllm router postgres k8s-schema
 	$(BIN)/pytest --durations=15
 
 # The inner loop: no training, no vLLM, no stack (a few minutes).

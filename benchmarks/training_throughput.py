@@ -216,7 +216,8 @@ def _build_shape(shape: str, out: str) -> dict[str, Any]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from infra.tiny_model import build_tiny_model, build_tokenizer
+    from infra.tiny_model import build_tiny_model
+    from infra.tiny_weights import build_tokenizer
 
     if shape == "tiny":
         build_tiny_model(out)

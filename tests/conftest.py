@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,14 @@ if TYPE_CHECKING:
 SLOW_FIXTURES = {"trained", "vllm_replicas"}
 
 
+def _needs_base(item: pytest.Item) -> bool:
+    return "tiny_base" in getattr(item, "fixturenames", ())
+
+
+def _module(item: pytest.Item) -> str:
+    return item.nodeid.split("::")[0]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         needs = set(getattr(item, "fixturenames", ()))
@@ -56,21 +65,98 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.vllm)
         if "s3_endpoint" in needs:
             item.add_marker(pytest.mark.s3)
+    # The modules with a test that needs the tiny base run last, each whole (its module
+    # fixtures set up once): on a machine that has not built the base yet, it builds in the
+    # background while the others run (pytest_collection_finish).
+    late = {_module(item) for item in items if _needs_base(item)}
+    items[:] = [i for i in items if _module(i) not in late] + [
+        i for i in items if _module(i) in late
+    ]
+
+
+# The background build of the tiny base: its process, its log, and why it failed.
+_BASE_BUILD: dict[str, Any] = {}
+
+
+def _reporter(config: pytest.Config) -> Any:
+    return config.pluginmanager.get_plugin("terminalreporter")
+
+
+def _say(config: pytest.Config, line: str) -> None:
+    reporter = _reporter(config)
+    if reporter is not None:
+        reporter.ensure_newline()
+        reporter.write_line(line)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Pretrain the tiny base before any test runs when a selected test needs it: the first
-    build on a machine takes minutes (then it is cached by content hash), and inside a test
-    it would count against that test's timeout."""
+    """When a selected test needs the tiny base and this machine has not built it (minutes
+    the first time, then cached by content hash), start its build in a background process at
+    low priority: the tests that do not need it run meanwhile, and the first that does waits
+    for it before its timeout starts (pytest_runtest_protocol)."""
     if session.config.option.collectonly:
         return
-    if any("tiny_base" in getattr(item, "fixturenames", ()) for item in session.items):
-        from infra.tiny_model import cached_build
+    needing = sum(_needs_base(item) for item in session.items)
+    if not needing:
+        return
+    from infra.tiny_model import cache_path, is_built
 
-        path = cached_build(seed=1)
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(f"tiny base model: {path}")
+    cached = cache_path(seed=1)
+    if is_built(cached):
+        _say(session.config, f"tiny base model: {cached}")
+        return
+    log = cached.with_name(cached.name + ".log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            ["nice", "-n", "10", sys.executable, "-m", "infra.tiny_model", "--seed", "1"],
+            cwd=Path(__file__).resolve().parent.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    _BASE_BUILD.update(proc=proc, log=log, started=time.monotonic())
+    _say(
+        session.config,
+        f"tiny base model: not built on this machine yet; building it in the background "
+        f"(about 11 minutes of 2 cores, once; log: {log}) while the "
+        f"{len(session.items) - needing} tests that do not need it run first",
+    )
+
+
+def _last_line(log: Path, marker: str) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if marker in line]
+    return lines[-1].strip() if lines else ""
+
+
+def _wait_for_base(config: pytest.Config) -> None:
+    proc: subprocess.Popen[bytes] = _BASE_BUILD.pop("proc")
+    log: Path = _BASE_BUILD["log"]
+    while True:
+        try:
+            rc = proc.wait(timeout=60)
+            break
+        except subprocess.TimeoutExpired:
+            step = _last_line(log, "step ") or "tokenizer and conversations"
+            waited = time.monotonic() - _BASE_BUILD["started"]
+            _say(config, f"waiting for the tiny base model's build ({waited:.0f}s in): {step}")
+    took = time.monotonic() - _BASE_BUILD["started"]
+    if rc != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        _BASE_BUILD["failed"] = f"the tiny base model's build failed (exit {rc}; {log}):\n{tail}"
+        _say(config, f"tiny base model: build FAILED after {took:.0f}s (see {log})")
+    else:
+        _say(config, f"tiny base model: built in {took:.0f}s in the background")
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, Any, None]:
+    """The first test that needs the tiny base waits here for its background build, outside
+    the test's timeout (pytest-timeout's own wrapper runs inside this one)."""
+    if "proc" in _BASE_BUILD and _needs_base(item):
+        _wait_for_base(item.config)
+    yield
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -162,13 +248,22 @@ _SESSION_DIR.mkdir(parents=True, exist_ok=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     import shutil
 
+    proc = _BASE_BUILD.pop("proc", None)
+    if proc is not None and proc.poll() is None:  # the session ended before a test needed it
+        proc.terminate()
+        proc.wait(timeout=30)
+        _say(session.config, "tiny base model: its background build stopped with the session")
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Llama base model, built once per test session (about 5 s)."""
+    """The tiny Llama base model, copied once per test session from the machine's cache (the
+    background build fills it the first time: pytest_collection_finish)."""
     from infra.tiny_model import build_tiny_model
+
+    if "failed" in _BASE_BUILD:
+        pytest.fail(_BASE_BUILD["failed"], pytrace=False)
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama", seed=1)
 

@@ -3,6 +3,8 @@ noisy on shared machines and belong in the benchmark's own output)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from benchmarks import (
@@ -55,10 +57,11 @@ def test_the_router_benchmark_moves_traffic_without_a_failed_request(
 
 @pytest.mark.slow
 def test_the_training_benchmark_on_a_model_shape_runs_on_cpu(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], tiny_base: Path
 ) -> None:
     # The GPU comparison's code path (model of a shape, rows from the docs, runs in fresh
-    # processes, the table and the goals), on the tiny shape and two of its five runs.
+    # processes, the table and the goals), on the tiny shape and two of its five runs. (The
+    # tiny shape is the machine's cached tiny base, which `tiny_base` has built first.)
     training_throughput.main(
         [
             "--shape",

@@ -24,7 +24,7 @@ import yaml
 
 from slmops.evaluation.gate import with_context
 from slmops.rag.docs import section_leads
-from slmops.rag.ingest import chunk_folder
+from slmops.rag.ingest import chunk_folder, chunk_holding
 
 HERE = Path(__file__).resolve().parent
 SYSTEM = (
@@ -232,9 +232,7 @@ def main() -> None:
     every = [(src, text) for src in sorted(chunks) for text in chunks[src]]
     for ask, reply in rng.sample(qa, 160):
         right = str(reply["sources"][0])
-        said = " ".join(str(reply["answer"]).split())
-        own = chunks[right]
-        hits = [(right, next((c for c in own if said in " ".join(c.split())), own[0]))]
+        hits = [(right, chunk_holding(chunks[right], str(reply["answer"])))]
         hits += rng.sample([hit for hit in every if hit[0] != right], 2)
         if rng.random() < 0.2:  # retrieval ranks the answering doc first most of the time
             rng.shuffle(hits)

@@ -233,6 +233,14 @@ def chunk_folder(folder: Path, config: IngestConfig | None = None) -> dict[str, 
     return out
 
 
+def chunk_holding(chunks: list[str], sentence: str) -> str:
+    """The first of a doc's chunks (`chunk_folder`) that holds `sentence` (line breaks and runs
+    of spaces aside), else its first chunk: the passage retrieval shows for a question the
+    sentence answers."""
+    flat = " ".join(sentence.split())
+    return next((c for c in chunks if flat in " ".join(c.split())), chunks[0])
+
+
 def chunk_id(path: str, index: int, text: str) -> str:
     return sha256_bytes(f"{path}\0{index}\0{text}".encode())[:32]
 

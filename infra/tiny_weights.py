@@ -1,0 +1,383 @@
+"""Everything that decides the tiny base model's weights: its tokenizer, its architecture and
+its pretraining (corpus and loop). `infra.tiny_model` builds, caches and publishes it.
+
+This module's source is part of the build's cache key (with the docs, samples of the
+conversations and the torch version): any edit here rebuilds the base on every machine (about
+11 minutes on 2 cores), an edit to `infra.tiny_model` (the cache, the lock, the CLI) does not.
+
+The weights are not left random: the model is pretrained (every weight, next-token loss) for
+1,000 steps on conversations about the bundled docs, drawn afresh every step (`Chats`):
+questions answered from the docs, 7 of every 10 sequences with three retrieved passages (the
+chunks the product's ingestion cuts, in the serving prompt's form) and a reply citing the
+first, 3 of 10 packed with plain questions, half about the docs and half about anything else
+(turned away), as a real base model has read text like the one it will serve. A LoRA adapter on a
+random base learns the answer format but not the job (it declines everything or repeats one
+answer); on this base the example's adapter passes the gate within its 150 steps (README, "What
+the tiny model learns", has the rates).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_DOCS = ROOT / "examples" / "support-bot" / "docs"
+# Each step: `passages` sequences of one whole conversation with retrieved passages each
+# (Chats.passage) and `plain` sequences of as many whole plain conversations as fit in `seq`
+# tokens (Chats.plain). (6 passages, 3 plain and a window of the docs: the example's adapter
+# cited a retrieved doc in 0.42 of knowledge answers and declined 0.68 of off-topic ones; 7, 3
+# and no window: 0.45 and 0.90.)
+PRETRAIN: dict[str, Any] = {
+    "steps": 1000,
+    "seq": 384,
+    "passages": 7,
+    "plain": 3,
+    "lr": 3e-3,
+    "warmup": 20,
+}
+# The conversations the base is pretrained on besides the docs (Chats), as an instruct model
+# has seen conversations: questions about the docs answered from them (with or without
+# passages to read, citing the one that answers), and questions about anything else turned
+# away. No JSON object, no system prompt, and phrasings and subjects of their own (none is in
+# the example's training rows or eval suites): the adapter still has to learn the bot's
+# format, fields, style and refusal wording.
+CONTEXT_CHARS = 240  # as much of each passage as the example's knowledge suite shows
+# Subjects far from Tidewell (none is in the learning-curve benchmark's fresh prompts).
+_OFF_NOUNS = (
+    "volcanoes, the Roman empire, chess openings, winter gardening, origami, the human heart, "
+    "electric cars, ancient Egypt, bird watching, yoga, the moon landing, pasta sauces, the "
+    "piano, sailing knots, honey bees, the Renaissance, mountain bikes, cheese, the Amazon "
+    "river, ballet, solar panels, the Great Wall, snowboards, fairy tales, coral reefs, "
+    "fountain pens, opera, sushi, tax law, wedding speeches, dog breeds, marathons, "
+    "cryptocurrency, vintage cameras, the Vikings, skin care, podcasts, the Nile, rock "
+    "climbing, tea ceremonies, dinosaur fossils, lullabies, weather balloons, the Cold War, "
+    "sourdough, table tennis, the periodic table, haircuts, camping stoves, poetry, video game "
+    "consoles, the Eiffel Tower, horse riding, tulips, submarines, violins, black holes, "
+    "knitting, the French revolution, jazz, photosynthesis, medieval castles, electric "
+    "guitars, tomatoes, the stock market, earthquakes, penguins, the Olympic games, "
+    "mushrooms, thunderstorms, pyramids, rainbows, chocolate, football, the ocean tides, "
+    "lighthouses, kites, bread, cats, glaciers, the Titanic, sunflowers, trains, the brain, "
+    "Mars, diamonds, surfing, pizza, robots, the Beatles, tornadoes, the Sahara, owls"
+)
+OFF_SUBJECTS = [n.strip() for n in _OFF_NOUNS.split(",")]
+OFF_DOINGS = [
+    "bake a cake",
+    "learn French",
+    "fix a leaking tap",
+    "train a puppy",
+    "grow tomatoes",
+    "paint a room",
+    "write a novel",
+    "start running",
+    "save money",
+    "sleep better",
+    "tie a tie",
+    "knit a scarf",
+    "play chess",
+    "make pancakes",
+    "swim faster",
+    "clean my oven",
+    "learn to draw",
+    "meditate",
+    "plant a tree",
+    "brew beer",
+    "buy a house",
+    "change a car battery",
+    "speak in public",
+    "fold a paper crane",
+]
+OFF_PLACES = [
+    "Paris",
+    "Tokyo",
+    "Peru",
+    "Iceland",
+    "Cairo",
+    "New York",
+    "Norway",
+    "Kenya",
+    "Rome",
+    "Mexico",
+    "Vienna",
+    "Sydney",
+    "Canada",
+    "Bali",
+    "Chile",
+    "Prague",
+]
+# The frames questions are asked in, on Tidewell and on anything else alike (so the subject,
+# not the phrasing, tells the model whether to answer): {s} a subject, {t} a doc title.
+ASK_FRAMES = [
+    "What does the documentation say about {s}?",
+    "What should I know about {s}?",
+    "Tell me about {s}.",
+    "How does {s} work?",
+    "Explain {s} please.",
+    "Can you tell me about {s}?",
+    "Quick question about {s}",
+    "Where do I read about {s}?",
+    "I want to know about {s}",
+    "Help with {s} please",
+    "{s}: explain",
+    "{s} -- how?",
+    "{s}?",
+]
+OFF_FRAMES = [
+    "Who invented {s}?",
+    "What is the history of {s}?",
+    "Write a short poem about {s}.",
+    "Give me tips on {s}.",
+    "Why do people like {s}?",
+    "Is {s} worth it?",
+]
+DOING_FRAMES = [
+    "How do I {d}?",
+    "Can you help me {d}?",
+    "What is the best way to {d}?",
+    "Teach me to {d}.",
+    "I need to {d}. Any advice?",
+]
+PLACE_FRAMES = [
+    "Plan a trip to {p}.",
+    "What is the capital of {p}?",
+    "What is {p} famous for?",
+    "What is the weather like in {p}?",
+    "What should I eat in {p}?",
+]
+OUT_OF_SCOPE = "That is outside the Tidewell documentation."
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+SPECIAL = ["<|pad|>", "<|bos|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
+
+
+def _corpus() -> list[str]:
+    texts = [p.read_text(encoding="utf-8") for p in sorted(EXAMPLE_DOCS.rglob("*.md"))]
+    # JSON punctuation the support bot answers in, so it tokenises compactly.
+    texts.append('{"answer": "", "sources": [], "confidence": "high"} ' * 50)
+    return texts
+
+
+def build_tokenizer(vocab_size: int = 2048) -> object:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    core.train_from_iterator(_corpus(), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<|pad|>",
+        bos_token="<|bos|>",
+        eos_token="<|end|>",
+        model_max_length=512,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def _docs() -> dict[str, str]:
+    return {
+        p.relative_to(EXAMPLE_DOCS).as_posix(): p.read_text(encoding="utf-8")
+        for p in sorted(EXAMPLE_DOCS.rglob("*.md"))
+    }
+
+
+def _turn(user: str, reply: str) -> str:
+    return f"<|user|>\n{user}<|end|>\n<|assistant|>\n{reply}<|end|>\n"
+
+
+def _title(text: str) -> str:
+    return text.splitlines()[0].lstrip("# ").strip()
+
+
+@functools.cache
+def _chunks() -> dict[str, list[str]]:
+    """The chunks ingestion cuts the bundled docs into (once per process: the build's key and
+    its pretraining both draw conversations from them)."""
+    from slmops.rag.ingest import chunk_folder
+
+    return chunk_folder(EXAMPLE_DOCS)
+
+
+class Chats:
+    """Conversations of the pretraining corpus, a new one for every draw (so what is learned
+    is the rule, not the conversations: fixed ones are memorized whole, labels included).
+
+    `passage()`: a question about one section of a doc with three retrieved passages, the
+    answering doc's first (as retrieval ranks them), each labelled with its path, in the form
+    the gate and serving prompts use (`slmops.evaluation.gate.with_context`); the reply cites
+    the first passage's path in a list, as chat models cite (`Sources: ["path"].`), then
+    answers. (Passages labelled with made-up paths, to teach copying the label, taught
+    nothing in 1,100 steps: this network does not learn to copy in minutes.)
+
+    `plain()`: a question without passages, half about a section of the docs (answered with
+    its first sentence), half about anything else (turned away with OUT_OF_SCOPE), asked in
+    the same frames (ASK_FRAMES) so that the subject decides, not the phrasing."""
+
+    def __init__(self, seed: int) -> None:
+        import random
+
+        from slmops.rag.docs import section_leads
+
+        self.rng = random.Random(seed)
+        self.chunks = _chunks()  # what retrieval puts into the prompt
+        self.all_chunks = [(p, c) for p in sorted(self.chunks) for c in self.chunks[p]]
+        self.sections = [
+            (path, heading, answer, _title(text))
+            for path, text in _docs().items()
+            for heading, answer in section_leads(text)
+        ]
+
+    def _subject(self, heading: str, title: str) -> str:
+        form = self.rng.choice(["{h} in {t}", "{h} ({t})", "{h} for {t}", "{t}, {h}", "{t}"])
+        return form.format(h=heading.lower(), t=title)
+
+    def passage(self) -> str:
+        from slmops.evaluation.gate import with_context
+        from slmops.rag.ingest import chunk_holding
+
+        rng = self.rng
+        path, heading, answer, title = rng.choice(self.sections)
+        own = self.chunks[path]
+        right = chunk_holding(own, answer)
+        others = [(path, c) for c in own if c is not right] if rng.random() < 0.3 else []
+        others += rng.sample([(p, c) for p, c in self.all_chunks if p != path], 2)
+        hits = [(path, right), *others[:2]]
+        ask = rng.choice(ASK_FRAMES).format(s=self._subject(heading, title))
+        user = with_context([{"role": "user", "content": ask}], hits, CONTEXT_CHARS)[-1]
+        return _turn(user["content"], f'Sources: ["{path}"]. {answer}')
+
+    def plain(self) -> str:
+        rng = self.rng
+        if rng.random() < 0.5:
+            _, heading, answer, title = rng.choice(self.sections)
+            if rng.random() < 0.8:
+                ask = rng.choice(ASK_FRAMES + OFF_FRAMES).format(s=self._subject(heading, title))
+            else:
+                doing = rng.choice(["use", "handle", "get right", "set up"])
+                ask = rng.choice(DOING_FRAMES).format(d=f"{doing} {heading.lower()} in {title}")
+            return _turn(ask, answer)
+        kind = rng.random()
+        if kind < 0.6:
+            ask = rng.choice(ASK_FRAMES + OFF_FRAMES).format(s=rng.choice(OFF_SUBJECTS))
+        elif kind < 0.8:
+            ask = rng.choice(DOING_FRAMES).format(d=rng.choice(OFF_DOINGS))
+        else:
+            ask = rng.choice(PLACE_FRAMES).format(p=rng.choice(OFF_PLACES))
+        return _turn(ask, OUT_OF_SCOPE)
+
+
+def pretrain(model: Any, tokenizer: Any, steps: int, *, seed: int, log: bool = True) -> float:
+    """Next-token training of every weight on conversations drawn afresh (see PRETRAIN,
+    Chats). Returns the last loss."""
+    import torch
+
+    seq, passages, plain = PRETRAIN["seq"], PRETRAIN["passages"], PRETRAIN["plain"]
+    chats = Chats(seed)
+    pad = tokenizer.pad_token_id
+
+    def encode(text: str) -> list[int]:
+        tokens: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return tokens
+
+    def packed() -> list[int]:
+        row: list[int] = []
+        while True:
+            chat = encode(chats.plain())
+            if len(row) + len(chat) > seq:
+                return row
+            row += chat
+
+    opt = torch.optim.AdamW(model.parameters(), lr=PRETRAIN["lr"], weight_decay=0.0)
+    warm = PRETRAIN["warmup"]
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, 1 - s / steps)
+    )
+    model.train()
+    loss = float("nan")
+    t0 = time.perf_counter()
+    for step in range(steps):
+        # Whole conversations, padded (the padding is not learned).
+        chat_rows = [encode(chats.passage())[:seq] for _ in range(passages)]
+        chat_rows += [packed() for _ in range(plain)]
+        rows = [chat + [-100] * (seq - len(chat)) for chat in chat_rows]
+        y = torch.tensor(rows)
+        x = y.masked_fill(y == -100, pad)
+        out = model(input_ids=x, labels=y)
+        out.loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        loss = out.loss.item()
+        if log and ((step + 1) % 50 == 0 or step + 1 == steps):
+            print(
+                f"  pretraining the tiny base on the bundled docs: step {step + 1}/{steps}, "
+                f"loss {loss:.2f}, {time.perf_counter() - t0:.0f}s",
+                flush=True,
+            )
+    model.eval()
+    return loss
+
+
+def new_model(tokenizer: Any, *, seed: int, layers: int, hidden: int) -> Any:
+    """A Llama of `layers` x `hidden` for `tokenizer`, its weights drawn from `seed`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def pretrained(*, seed: int, layers: int, hidden: int, steps: int) -> tuple[Any, Any]:
+    """(model, tokenizer): the base, pretrained for `steps` (0: random weights)."""
+    tokenizer = build_tokenizer()
+    model = new_model(tokenizer, seed=seed, layers=layers, hidden=hidden)
+    if steps:
+        pretrain(model, tokenizer, steps, seed=seed)
+    return model, tokenizer
+
+
+def save(model: Any, tokenizer: Any, folder: Path) -> None:
+    """The folder a Hugging Face model loads from: weights, tokenizer, chat template and a
+    greedy generation config."""
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    config = model.config
+    (folder / "generation_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token_id": config.bos_token_id,
+                "eos_token_id": config.eos_token_id,
+                "pad_token_id": config.pad_token_id,
+                "do_sample": False,
+            },
+            indent=2,
+        )
+    )

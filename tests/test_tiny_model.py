@@ -1,0 +1,59 @@
+"""The tiny base's cache: one build of a key at a time on a machine, and a build that dies
+leaves nothing a second process would take for the model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_a_second_process_waits_for_the_build_in_progress_and_takes_over_a_dead_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLMOPS_TINY_MODEL_CACHE", str(tmp_path))
+    from infra import tiny_model
+
+    one, two = (tiny_model.cache_path(seed=s, pretrain_steps=2) for s in (1, 2))
+    code = (
+        "from infra.tiny_model import cached_build\n"
+        "for seed in (1, 2):\n"
+        "    print('found', cached_build(seed=seed, pretrain_steps=2), flush=True)\n"
+    )
+    out: list[str] = []
+
+    def until(marker: str) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.append(line)
+            if marker in line:
+                return
+        pytest.fail(f"the second process never said {marker!r}:\n{''.join(out)}")
+
+    with tiny_model._build_lock(two):
+        with tiny_model._build_lock(one):
+            proc = subprocess.Popen(
+                [sys.executable, "-c", code],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            until(f"build in progress (pid {os.getpid()}) into {one}")
+            # This process builds `one` while the other waits for it.
+            tiny_model._build(one, seed=1, layers=4, hidden=256, steps=2)
+        until(f"found {one}")  # found, not built again
+        until(f"into {two}")  # and waits for `two`
+    # `two` released without a build, as by a build that died: the waiting process builds it.
+    rest, _ = proc.communicate(timeout=300)
+    text = "".join(out) + rest
+    assert proc.returncode == 0, text
+    assert f"found {one}" in text and f"found {two}" in text, text
+    building = [line for line in text.splitlines() if line.startswith("building the tiny base")]
+    assert len(building) == 1 and str(two) in building[0], text
+    assert tiny_model.is_built(one) and tiny_model.is_built(two)
