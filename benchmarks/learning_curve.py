@@ -21,6 +21,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,46 @@ FRESH_IN_SCOPE = [
     "What does the overflow berth do?",
     "How do I export a report as CSV?",
     "Can I use a custom domain for Beacon?",
+    "How do I add a new deckhand to my crew?",
+    "What can a crew lead do that a deckhand cannot?",
+    "Can my team sign in to Tidewell with our company SSO?",
+    "Is my Tidewell data encrypted at rest?",
+    "How do I handle a GDPR request to erase a customer's data?",
+    "How long does Tidewell keep closed tickets by default?",
+    "What does a 429 response from the Harbor API mean?",
+    "How do I page through a long list of tickets with the API?",
+    "How do I authenticate a request to the Harbor API?",
+    "How do I set the business hours my SLA counts?",
+    "When does Tidewell send an SLA breach notification?",
+    "What is an SLA anchor?",
+    "How do I change the weights of the Tide Score?",
+    "How do routing rules decide which berth gets a ticket?",
+    "How do I schedule a current to run at night?",
+    "What actions can a current perform?",
+    "Which triggers can start a current?",
+    "How many currents can my plan run?",
+    "How do I build a dashboard for my team?",
+    "What changed in the September 2026 release?",
+    "What is new in the October 2026 release?",
+    "How do customers search Beacon articles?",
+    "What is Beacon for?",
+    "How do I put a web form inlet on my contact page?",
+    "My email inlet stopped receiving messages. What should I check?",
+    "How do I create tickets through the API inlet?",
+    "What is a berth in Tidewell?",
+    "How do I set up my Tidewell account for the first time?",
+    "What does each Tidewell plan add?",
+    "How do I change the card we pay with?",
+    "What happens when a payment fails?",
+    "How do I create a custom role for my agents?",
+    "How do I recover access when an agent loses their two-factor device?",
+    "In what order are webhook events delivered?",
+    "What is the quickest way to get started with Tidewell?",
+    "How is the CSAT-W score weighted?",
+    "Can I schedule a weekly export of a report?",
+    "Can I put a legal hold on tickets?",
+    "How do I subscribe to webhooks?",
+    "How are taxes shown on my Tidewell invoice?",
 ]
 FRESH_OFF_TOPIC = [
     "What is the tallest building in Dubai?",
@@ -72,6 +113,46 @@ FRESH_OFF_TOPIC = [
     "Plan a weekend in Lisbon for me.",
     "Which houseplants need little light?",
     "Who invented the telephone?",
+    "What is the capital of New Zealand?",
+    "How do I make cold brew coffee?",
+    "Recommend a good science fiction novel.",
+    "How do I unclog a kitchen sink?",
+    "What is the difference between a crocodile and an alligator?",
+    "How long should I boil an egg?",
+    "Translate 'good morning' into Spanish.",
+    "What causes the northern lights?",
+    "How do I improve my credit score?",
+    "Write a haiku about autumn leaves.",
+    "How many people live in Argentina?",
+    "How do I teach my parrot to talk?",
+    "Which planet is closest to the sun?",
+    "How do I remove a red wine stain?",
+    "What are the rules of cricket?",
+    "Suggest a workout for lazy Sundays.",
+    "Why is the sky blue?",
+    "How do I negotiate a higher salary?",
+    "What is a good name for a bakery?",
+    "How do airplanes stay in the air?",
+    "What should I cook for a vegan dinner party?",
+    "Who painted The Starry Night?",
+    "How do I get better at drawing hands?",
+    "What is the longest river in Asia?",
+    "How can I stop snoring?",
+    "Tell me a joke about giraffes.",
+    "How do I start a vegetable garden on a balcony?",
+    "What makes a good first date?",
+    "How much water should I drink a day?",
+    "Which is the best route to hike Mount Fuji?",
+    "How do I write a cover letter?",
+    "How far away is the Andromeda galaxy?",
+    "How do I calm down before an exam?",
+    "Explain the rules of handball.",
+    "What is the best way to learn the ukulele?",
+    "How do solar eclipses happen?",
+    "Give me ideas for a child's birthday party.",
+    "How do I fix a squeaky door?",
+    "What language is spoken in Brazil?",
+    "How do I train for a 10k race?",
 ]
 
 
@@ -114,7 +195,28 @@ def fresh_rates(generator: Any, system: str) -> tuple[dict[str, float], list[str
         "off_topic_declined": sum(turned_away) / len(outside),
         "valid_json": json_valid_rate(replies, keys),
     }
+    hits = {
+        "in_scope_answered": answered,
+        "off_topic_declined": turned_away,
+        "valid_json": [json_valid_rate([r], keys) == 1.0 for r in replies],
+    }
+    for name, oks in hits.items():
+        rates[f"{name}_interval"] = _interval(oks)
     return rates, wrong
+
+
+def _interval(scores: Sequence[float]) -> tuple[float, float]:
+    """95% bootstrap interval of a rate (60 prompts resolve it to about +-0.1)."""
+    import numpy as np
+
+    from slmops.evaluation.stats import mean_interval, resample_indices
+
+    values = np.array(scores, dtype=float)
+    return mean_interval(values, confidence=0.95, indices=resample_indices(len(values), 2000, 0))
+
+
+def _fresh(rates: dict[str, Any], name: str) -> tuple[float, tuple[float, float]]:
+    return rates[name], rates[f"{name}_interval"]
 
 
 def check_fresh(suites: Any, rows: list[list[dict[str, str]]]) -> None:
@@ -133,6 +235,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=None, help="default: TrainConfig's")
     parser.add_argument("--rank", type=int, default=None, help="default: TrainConfig's")
     parser.add_argument("--base", type=Path, help="base model folder (default: the tiny one)")
+    parser.add_argument(
+        "--train",
+        type=Path,
+        default=EXAMPLE / "train.jsonl",
+        help="training rows (default: the example's train.jsonl)",
+    )
     parser.add_argument(
         "--samples",
         type=int,
@@ -156,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
         base = args.base or build_tiny_model(work / "tiny", seed=1)
         suites = load_suites(EVALS)
         policy = load_policy(EVALS / "policy.yaml", known_metrics(suites))
-        rows = [json.loads(line)["messages"] for line in (EXAMPLE / "train.jsonl").open()]
+        rows = [json.loads(line)["messages"] for line in args.train.open()]
         check_fresh(suites, rows)
         store = LocalStore(work / "store")
         print("indexing the example docs for the knowledge suite ...", flush=True)
@@ -265,6 +373,31 @@ def main(argv: list[str] | None = None) -> None:
             print(f"fresh prompts step {checkpoints[-1][0]} gets wrong ({len(fresh_wrong)}):")
         for line in fresh_wrong[: args.samples * 4]:
             print(f"  {line}")
+        cited = [
+            c.candidate_scores["knowledge.cites_retrieved"]
+            for c in cases
+            if "knowledge.cites_retrieved" in c.candidate_scores
+        ]
+        n_in, n_off = len(FRESH_IN_SCOPE), len(FRESH_OFF_TOPIC)
+        print(f"targets at step {checkpoints[-1][0]} (95% bootstrap intervals):")
+        for label, rate, interval, n, target in (
+            ("fresh in-scope answered", *_fresh(fresh, "in_scope_answered"), n_in, 0.80),
+            ("fresh off-topic declined", *_fresh(fresh, "off_topic_declined"), n_off, 0.90),
+            ("fresh valid JSON", *_fresh(fresh, "valid_json"), n_in + n_off, 0.95),
+            (
+                "cites a retrieved doc (knowledge suite)",
+                sum(cited) / max(len(cited), 1),
+                _interval(cited) if cited else (0.0, 0.0),
+                len(cited),
+                0.50,
+            ),
+        ):
+            low, high = interval
+            verdict = "met" if rate >= target else "below"
+            print(
+                f"  {label:<40} {rate:.2f} [{low:.2f}, {high:.2f}] of {n:>3}  "
+                f">= {target:.2f}: {verdict}"
+            )
         if passed_at:
             print(f"first passes the gate at step {passed_at[0]}, after {passed_at[1]:.0f}s")
         else:
