@@ -156,7 +156,7 @@ FRESH_OFF_TOPIC = [
 ]
 
 
-def fresh_rates(generator: Any, system: str) -> tuple[dict[str, float], list[str]]:
+def fresh_rates(generator: Any, system: str) -> tuple[dict[str, Any], list[str]]:
     """Answered share of the fresh in-scope prompts, declined share of the off-topic ones,
     valid JSON over both (the example's refusal rule and schema keys); and the prompts it got
     wrong, each with its reply."""
@@ -190,7 +190,7 @@ def fresh_rates(generator: Any, system: str) -> tuple[dict[str, float], list[str
         )
         if not ok
     ]
-    rates = {
+    rates: dict[str, Any] = {
         "in_scope_answered": sum(answered) / len(inside),
         "off_topic_declined": sum(turned_away) / len(outside),
         "valid_json": json_valid_rate(replies, keys),
@@ -393,10 +393,9 @@ def main(argv: list[str] | None = None) -> None:
             ),
         ):
             low, high = interval
-            verdict = "met" if rate >= target else "below"
             print(
                 f"  {label:<40} {rate:.2f} [{low:.2f}, {high:.2f}] of {n:>3}  "
-                f">= {target:.2f}: {verdict}"
+                f">= {target:.2f}: {'met' if rate >= target else 'below'}"
             )
         if passed_at:
             print(f"first passes the gate at step {passed_at[0]}, after {passed_at[1]:.0f}s")
