@@ -96,8 +96,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     for it before its timeout starts (pytest_runtest_protocol)."""
     if session.config.option.collectonly:
         return
-    needing = sum(_needs_base(item) for item in session.items)
-    if not needing:
+    if not any(_needs_base(item) for item in session.items):
         return
     from infra.tiny_model import cache_path, is_built
 
@@ -115,11 +114,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             stderr=subprocess.STDOUT,
         )
     _BASE_BUILD.update(proc=proc, log=log, started=time.monotonic())
+    late = {_module(item) for item in session.items if _needs_base(item)}
+    first = sum(_module(item) not in late for item in session.items)
     _say(
         session.config,
         f"tiny base model: not built on this machine yet; building it in the background "
-        f"(about 11 minutes of 2 cores, once; log: {log}) while the "
-        f"{len(session.items) - needing} tests that do not need it run first",
+        f"(about 11 minutes of 2 cores, once; log: {log}) while the {first} tests of the "
+        f"modules that do not need it run first",
     )
 
 
