@@ -3,15 +3,18 @@ training steps, on the example's tiny base and training data.
 
     python -m benchmarks.learning_curve                  # the example's recipe, 150 steps
     python -m benchmarks.learning_curve --steps 300 --every 50 --lr 0.003
+    python -m benchmarks.learning_curve --every 150 --seed 1      # another draw of the adapter
 
 Trains once with a checkpoint every `--every` steps, then judges the base model and every
 checkpoint with the real gate (the example's suites and policy, floors only, retrieval from
 the example docs indexed into a scratch store) and on prompts written for this benchmark
-alone (in `FRESH_IN_SCOPE` / `FRESH_OFF_TOPIC`: in no suite and no training row). Prints per
-checkpoint: training seconds so far, the gate's verdict and its helpfulness metrics, and the
-fresh prompts' answer, decline and valid-JSON rates; then the first step that passes the gate
-and the seconds it took. The targets for the default demo adapter: in-scope answered >= 0.80,
-off-topic declined >= 0.90, valid JSON >= 0.95, cites a retrieved doc >= 0.50.
+alone (in `FRESH_IN_SCOPE` / `FRESH_OFF_TOPIC`: in no suite and no training row). Prints
+first the base's own scope decision on those prompts, in its own chat form (what the adapter
+starts from; a tiny base only); then per checkpoint: training seconds so far, the gate's
+verdict and its helpfulness metrics, and the fresh prompts' answer, decline and valid-JSON
+rates; then the first step that passes the gate and the seconds it took. The targets for the
+default demo adapter: in-scope answered >= 0.80, off-topic declined >= 0.90, valid JSON >=
+0.95, cites a retrieved doc >= 0.50.
 """
 
 from __future__ import annotations
@@ -156,6 +159,39 @@ FRESH_OFF_TOPIC = [
 ]
 
 
+def base_scope(base: Path) -> tuple[float, float] | None:
+    """The base's own scope decision before any adapter: the share of fresh in-scope prompts it
+    answers and of off-topic ones it turns away with the tiny base's sentence, asked in its own
+    chat form (no system prompt, no JSON). What an adapter starts from: low rates here mean
+    the base, not the adapter's rows, fails to tell the docs' subjects from others. None for
+    a base that is not one of the tiny bases (another chat form, no such sentence)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from infra.tiny_weights import CHAT_TEMPLATE, OUT_OF_SCOPE
+
+    tokenizer: Any = AutoTokenizer.from_pretrained(base)
+    if tokenizer.chat_template != CHAT_TEMPLATE:
+        return None
+    model = AutoModelForCausalLM.from_pretrained(base).eval()
+    width = len(tokenizer(OUT_OF_SCOPE, add_special_tokens=False)["input_ids"])
+
+    def turned_away(question: str) -> bool:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+        )
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = model.generate(
+                ids, max_new_tokens=width, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+        return tokenizer.decode(out[0, ids.shape[1] :]).startswith(OUT_OF_SCOPE[:12])
+
+    answered = sum(not turned_away(q) for q in FRESH_IN_SCOPE) / len(FRESH_IN_SCOPE)
+    declined = sum(turned_away(q) for q in FRESH_OFF_TOPIC) / len(FRESH_OFF_TOPIC)
+    return answered, declined
+
+
 def fresh_rates(generator: Any, system: str) -> tuple[dict[str, Any], list[str]]:
     """Answered share of the fresh in-scope prompts, declined share of the off-topic ones,
     valid JSON over both (the example's refusal rule and schema keys); and the prompts it got
@@ -234,6 +270,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--every", type=int, default=25, help="checkpoint every N steps")
     parser.add_argument("--lr", type=float, default=None, help="default: TrainConfig's")
     parser.add_argument("--rank", type=int, default=None, help="default: TrainConfig's")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="the adapter's seed (default: TrainConfig's)"
+    )
     parser.add_argument("--base", type=Path, help="base model folder (default: the tiny one)")
     parser.add_argument(
         "--train",
@@ -266,6 +305,13 @@ def main(argv: list[str] | None = None) -> None:
         policy = load_policy(EVALS / "policy.yaml", known_metrics(suites))
         rows = [json.loads(line)["messages"] for line in args.train.open()]
         check_fresh(suites, rows)
+        scope = base_scope(Path(base))
+        if scope:
+            print(
+                f"the base alone, in its own chat form (before any adapter): fresh in-scope "
+                f"answered {scope[0]:.2f}, fresh off-topic turned away {scope[1]:.2f}",
+                flush=True,
+            )
         store = LocalStore(work / "store")
         print("indexing the example docs for the knowledge suite ...", flush=True)
         run_ingest(
@@ -278,10 +324,12 @@ def main(argv: list[str] | None = None) -> None:
             overrides["learning_rate"] = args.lr
         if args.rank is not None:
             overrides["rank"] = args.rank
+        if args.seed is not None:
+            overrides["seed"] = args.seed
         config = TrainConfig(**overrides)
         print(
             f"training {args.steps} steps (lr {config.learning_rate}, rank {config.rank}, "
-            f"batch {config.batch_size}), a checkpoint every {args.every} ...",
+            f"batch {config.batch_size}, seed {config.seed}), a checkpoint every {args.every} ...",
             flush=True,
         )
         t0 = time.perf_counter()

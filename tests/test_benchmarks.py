@@ -11,6 +11,7 @@ from benchmarks import (
     embed_fanout,
     html_extraction,
     ingest_throughput,
+    learning_curve,
     router_switch,
     training_throughput,
 )
@@ -83,6 +84,21 @@ def test_the_training_benchmark_on_a_model_shape_runs_on_cpu(
         "slmops qlora / trl defaults qlora: " in out
         and "n/a (a run" not in out.split("slmops qlora / trl")[1].split("\n")[0]
     )
+
+
+@pytest.mark.slow
+def test_the_learning_curve_reads_the_bases_own_scope_decision(
+    tiny_base: Path, tmp_path: Path
+) -> None:
+    # The tiny base, before any adapter, answers some fresh in-scope prompts and turns some
+    # off-topic ones away (a random one would answer all and turn none away).
+    scope = learning_curve.base_scope(tiny_base)
+    assert scope and scope[0] > 0.3 and scope[1] > 0.3, scope
+    # Another chat form (a base that is not one of the tiny ones): no figure, not a wrong one.
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / name).write_bytes((tiny_base / name).read_bytes())
+    (tmp_path / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    assert learning_curve.base_scope(tmp_path) is None
 
 
 def test_the_gpu_shapes_say_they_need_a_gpu() -> None:
