@@ -202,15 +202,6 @@ CONTEXT_CHARS = 240  # as much of each retrieved chunk as the gate shows (suites
 KEY_ORDER = ("confidence", "sources", "answer")
 
 
-def as_answer(lead: str) -> str:
-    """A section's first sentence as a whole answer: one that introduces a list or a code block
-    ("... open **Overflow** and choose:") ends with a period instead. (An answer that ends
-    with a colon teaches the model to go on after it: the adapter learned the chat widget's
-    "... before the closing `</body>` tag:" as one of its most frequent answers and wrote noise
-    after its colon, breaking the JSON of 7 of the 40 format cases with two of three seeds.)"""
-    return lead[:-1] + "." if lead.endswith(":") else lead
-
-
 def chat(user: str, reply: dict[str, object]) -> dict[str, object]:
     ordered = {k: reply[k] for k in KEY_ORDER}
     return {
@@ -229,8 +220,8 @@ def main() -> None:
         rel = path.relative_to(HERE / "docs").as_posix()
         text = path.read_text(encoding="utf-8")
         title = text.splitlines()[0].lstrip("# ").strip()
-        for heading, lead in section_leads(text):
-            reply = {"answer": as_answer(lead), "sources": [rel], "confidence": "high"}
+        for heading, answer in section_leads(text):
+            reply = {"answer": answer, "sources": [rel], "confidence": "high"}
             rows.append(chat(rng.choice(ASKS).format(h=heading.lower(), t=title), reply))
     qa = [
         (row["messages"][1]["content"], json.loads(row["messages"][2]["content"])) for row in rows
@@ -241,8 +232,7 @@ def main() -> None:
     every = [(src, text) for src in sorted(chunks) for text in chunks[src]]
     for ask, reply in rng.sample(qa, 160):
         right = str(reply["sources"][0])
-        # (the lead's last character aside: as_answer may have changed it)
-        hits = [(right, chunk_holding(chunks[right], str(reply["answer"])[:-1]))]
+        hits = [(right, chunk_holding(chunks[right], str(reply["answer"])))]
         hits += rng.sample([hit for hit in every if hit[0] != right], 2)
         if rng.random() < 0.2:  # retrieval ranks the answering doc first most of the time
             rng.shuffle(hits)
