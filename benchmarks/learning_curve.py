@@ -165,30 +165,22 @@ def base_scope(base: Path) -> tuple[float, float] | None:
     chat form (no system prompt, no JSON). What an adapter starts from: low rates here mean
     the base, not the adapter's rows, fails to tell the docs' subjects from others. None for
     a base that is not one of the tiny bases (another chat form, no such sentence)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from infra.tiny_weights import CHAT_TEMPLATE, OUT_OF_SCOPE
+    from slmops.generation import LocalGenerator
 
     tokenizer: Any = AutoTokenizer.from_pretrained(base)
     if tokenizer.chat_template != CHAT_TEMPLATE:
         return None
-    model = AutoModelForCausalLM.from_pretrained(base).eval()
     width = len(tokenizer(OUT_OF_SCOPE, add_special_tokens=False)["input_ids"])
-
-    def turned_away(question: str) -> bool:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
-        )
-        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        with torch.no_grad():
-            out = model.generate(
-                ids, max_new_tokens=width, do_sample=False, pad_token_id=tokenizer.pad_token_id
-            )
-        return tokenizer.decode(out[0, ids.shape[1] :]).startswith(OUT_OF_SCOPE[:12])
-
-    answered = sum(not turned_away(q) for q in FRESH_IN_SCOPE) / len(FRESH_IN_SCOPE)
-    declined = sum(turned_away(q) for q in FRESH_OFF_TOPIC) / len(FRESH_OFF_TOPIC)
+    replies = LocalGenerator(base, max_new_tokens=width).generate(
+        [[{"role": "user", "content": q}] for q in FRESH_IN_SCOPE + FRESH_OFF_TOPIC]
+    )
+    away = [r.startswith(OUT_OF_SCOPE[:12]) for r in replies]
+    inside, outside = away[: len(FRESH_IN_SCOPE)], away[len(FRESH_IN_SCOPE) :]
+    answered = inside.count(False) / len(inside)
+    declined = outside.count(True) / len(outside)
     return answered, declined
 
 
