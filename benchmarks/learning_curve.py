@@ -12,9 +12,13 @@ alone (in `FRESH_IN_SCOPE` / `FRESH_OFF_TOPIC`: in no suite and no training row)
 first the base's own scope decision on those prompts, in its own chat form (what the adapter
 starts from; a tiny base only); then per checkpoint: training seconds so far, the gate's
 verdict and its helpfulness metrics, and the fresh prompts' answer, decline and valid-JSON
-rates; then the first step that passes the gate and the seconds it took. The targets for the
-default demo adapter: in-scope answered >= 0.80, off-topic declined >= 0.90, valid JSON >=
-0.95, cites a retrieved doc >= 0.50.
+rates, and the scope decision's AUC (how well the score of "high" against "low" confidence
+ranks the fresh in-scope prompts above the off-topic ones, whatever the line); then the first
+step that passes the gate and the seconds it took, and whether any line on that score meets
+both scope targets (if none does, no data mix that only moves the line can meet them: the
+subjects are not told apart well enough). The targets for the default demo adapter: in-scope
+answered >= 0.80, off-topic declined >= 0.90, valid JSON >= 0.95, cites a retrieved doc >=
+0.50.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "support-bot"
@@ -159,12 +163,70 @@ FRESH_OFF_TOPIC = [
 ]
 
 
-def base_scope(base: Path) -> tuple[float, float] | None:
-    """The base's own scope decision before any adapter: the share of fresh in-scope prompts it
-    answers and of off-topic ones it turns away with the tiny base's sentence, asked in its own
-    chat form (no system prompt, no JSON). What an adapter starts from: low rates here mean
-    the base, not the adapter's rows, fails to tell the docs' subjects from others. None for
-    a base that is not one of the tiny bases (another chat form, no such sentence)."""
+class Scope(NamedTuple):
+    """A scope decision on the fresh prompts: the share of in-scope ones answered and of
+    off-topic ones turned away as decoded, and how well the decision's score tells the two
+    apart whatever the line: `auc` (the chance that an in-scope prompt scores above an
+    off-topic one; 0.5 is a coin) and `best` (in-scope answered, off-topic declined) at the
+    line that maximizes their sum. A low `auc` is a model that cannot tell the subjects apart;
+    a high `auc` with low rates is one whose line sits in the wrong place."""
+
+    answered: float
+    declined: float
+    auc: float
+    best: tuple[float, float]
+
+
+# The default demo adapter's targets on the fresh prompts (module docstring).
+IN_SCOPE_TARGET, OFF_TOPIC_TARGET = 0.80, 0.90
+
+
+class Separation(NamedTuple):
+    """How well a score tells in-scope prompts (should score high) from off-topic ones:
+    `auc`, the chance that an in-scope prompt scores above an off-topic one (0.5 is a coin);
+    `best`, (in-scope answered, off-topic declined) at the line that maximizes their sum; and
+    `reach`, whether some line meets both targets."""
+
+    auc: float
+    best: tuple[float, float]
+    reach: bool
+
+
+def separation(inside: Sequence[float], outside: Sequence[float]) -> Separation:
+    pairs = [(a > b) + 0.5 * (a == b) for a in inside for b in outside]
+    points = [
+        (sum(a > t for a in inside) / len(inside), sum(b <= t for b in outside) / len(outside))
+        for t in sorted({*inside, *outside, float("-inf")})
+    ]
+    return Separation(
+        auc=sum(pairs) / len(pairs),
+        best=max(points, key=sum),
+        reach=any(a >= IN_SCOPE_TARGET and d >= OFF_TOPIC_TARGET for a, d in points),
+    )
+
+
+def _next_token_logits(generator: Any, prompts: list[list[dict[str, str]]], lead: str) -> Any:
+    """The logits of the token after each prompt's generation tag plus `lead`."""
+    import torch
+
+    tokenizer, model = generator.tokenizer, generator.model
+    extra: list[int] = tokenizer(lead, add_special_tokens=False)["input_ids"] if lead else []
+    rows = []
+    with torch.no_grad():
+        for prompt in prompts:
+            ids = torch.tensor([generator._encode(prompt) + extra])
+            rows.append(model(input_ids=ids).logits[0, -1])
+    return torch.stack(rows)
+
+
+def base_scope(base: Path) -> Scope | None:
+    """The base's own scope decision before any adapter, on the fresh prompts asked in its own
+    chat form (no system prompt, no JSON): answered / turned away with the tiny base's
+    sentence as decoded, and the separation of its score (1 - the probability that the
+    reply starts with that sentence's first token). What an adapter starts from: a low AUC
+    means the base, not the adapter's rows, fails to tell the docs' subjects from others.
+    None for a base that is not one of the tiny bases (another chat form, no such
+    sentence)."""
     from transformers import AutoTokenizer
 
     from infra.tiny_weights import CHAT_TEMPLATE, OUT_OF_SCOPE
@@ -173,15 +235,41 @@ def base_scope(base: Path) -> tuple[float, float] | None:
     tokenizer: Any = AutoTokenizer.from_pretrained(base)
     if tokenizer.chat_template != CHAT_TEMPLATE:
         return None
-    width = len(tokenizer(OUT_OF_SCOPE, add_special_tokens=False)["input_ids"])
-    replies = LocalGenerator(base, max_new_tokens=width).generate(
-        [[{"role": "user", "content": q}] for q in FRESH_IN_SCOPE + FRESH_OFF_TOPIC]
-    )
-    away = [r.startswith(OUT_OF_SCOPE[:12]) for r in replies]
+    sentence = tokenizer(OUT_OF_SCOPE, add_special_tokens=False)["input_ids"]
+    generator = LocalGenerator(base, max_new_tokens=len(sentence))
+    prompts = [[{"role": "user", "content": q}] for q in FRESH_IN_SCOPE + FRESH_OFF_TOPIC]
+    away = [r.startswith(OUT_OF_SCOPE[:12]) for r in generator.generate(prompts)]
     inside, outside = away[: len(FRESH_IN_SCOPE)], away[len(FRESH_IN_SCOPE) :]
-    answered = inside.count(False) / len(inside)
-    declined = outside.count(True) / len(outside)
-    return answered, declined
+    scores = (1 - _next_token_logits(generator, prompts, "").softmax(-1)[:, sentence[0]]).tolist()
+    split = separation(scores[: len(FRESH_IN_SCOPE)], scores[len(FRESH_IN_SCOPE) :])
+    answered, declined = inside.count(False) / len(inside), outside.count(True) / len(outside)
+    return Scope(answered, declined, split.auc, split.best)
+
+
+# The example's answers open with their confidence (make_training_data.py's KEY_ORDER): the
+# token after this decides whether the adapter answers ("high") or declines ("low").
+DECISION_LEAD = '{"confidence": "'
+
+
+def adapter_separation(generator: Any, system: str) -> Separation | None:
+    """How well the adapter's decision tells the fresh in-scope prompts from the off-topic
+    ones: the separation of the logit of "high" minus that of "low" after DECISION_LEAD.
+    None when the two words are not one token each there."""
+    tokenizer = generator.tokenizer
+    lead: list[int] = tokenizer(DECISION_LEAD, add_special_tokens=False)["input_ids"]
+    ends = []
+    for word in ("high", "low"):
+        ids: list[int] = tokenizer(DECISION_LEAD + word, add_special_tokens=False)["input_ids"]
+        if ids[:-1] != lead:
+            return None
+        ends.append(ids[-1])
+    prompts = [
+        [{"role": "system", "content": system}, {"role": "user", "content": q}]
+        for q in FRESH_IN_SCOPE + FRESH_OFF_TOPIC
+    ]
+    logits = _next_token_logits(generator, prompts, DECISION_LEAD)
+    scores = (logits[:, ends[0]] - logits[:, ends[1]]).tolist()
+    return separation(scores[: len(FRESH_IN_SCOPE)], scores[len(FRESH_IN_SCOPE) :])
 
 
 def fresh_rates(generator: Any, system: str) -> tuple[dict[str, Any], list[str]]:
@@ -301,7 +389,9 @@ def main(argv: list[str] | None = None) -> None:
         if scope:
             print(
                 f"the base alone, in its own chat form (before any adapter): fresh in-scope "
-                f"answered {scope[0]:.2f}, fresh off-topic turned away {scope[1]:.2f}",
+                f"answered {scope.answered:.2f}, fresh off-topic turned away "
+                f"{scope.declined:.2f}; its decision's AUC {scope.auc:.3f} (the best line: "
+                f"{scope.best[0]:.2f} answered, {scope.best[1]:.2f} turned away)",
                 flush=True,
             )
         store = LocalStore(work / "store")
@@ -357,7 +447,7 @@ def main(argv: list[str] | None = None) -> None:
         header = (
             f"{'step':>5} {'train s':>7} {'gate':>6} {'fmt.ans':>7} {'distinct':>8} "
             f"{'refuses':>7} {'cites':>6} {'valid':>6} | {'fresh in':>8} {'fresh off':>9} "
-            f"{'fresh json':>10}"
+            f"{'fresh json':>10} {'scope AUC':>9}"
         )
         print(header)
         passed_at: tuple[int, float] | None = None
@@ -375,6 +465,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             means = {m.metric: m.candidate for m in verdict.metrics}
             fresh, fresh_wrong = fresh_rates(generator, suites.config.system)
+            split = adapter_separation(generator, suites.config.system) if adapter else None
             print(
                 f"{step:>5} {seconds:>7.0f} {'PASS' if verdict.passed else 'fail':>6} "
                 f"{means.get('format.answers', 0):>7.2f} "
@@ -383,7 +474,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{means.get('knowledge.cites_retrieved', 0):>6.2f} "
                 f"{means.get('all.valid_format', 0):>6.2f} | "
                 f"{fresh['in_scope_answered']:>8.2f} {fresh['off_topic_declined']:>9.2f} "
-                f"{fresh['valid_json']:>10.2f}",
+                f"{fresh['valid_json']:>10.2f} " + (f"{split.auc:>9.3f}" if split else f"{'-':>9}"),
                 flush=True,
             )
             if not verdict.passed:
@@ -421,8 +512,13 @@ def main(argv: list[str] | None = None) -> None:
         n_in, n_off = len(FRESH_IN_SCOPE), len(FRESH_OFF_TOPIC)
         print(f"targets at step {checkpoints[-1][0]} (95% bootstrap intervals):")
         for label, rate, interval, n, target in (
-            ("fresh in-scope answered", *_fresh(fresh, "in_scope_answered"), n_in, 0.80),
-            ("fresh off-topic declined", *_fresh(fresh, "off_topic_declined"), n_off, 0.90),
+            ("fresh in-scope answered", *_fresh(fresh, "in_scope_answered"), n_in, IN_SCOPE_TARGET),
+            (
+                "fresh off-topic declined",
+                *_fresh(fresh, "off_topic_declined"),
+                n_off,
+                OFF_TOPIC_TARGET,
+            ),
             ("fresh valid JSON", *_fresh(fresh, "valid_json"), n_in + n_off, 0.95),
             (
                 "cites a retrieved doc (knowledge suite)",
@@ -436,6 +532,17 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"  {label:<40} {rate:.2f} [{low:.2f}, {high:.2f}] of {n:>3}  "
                 f">= {target:.2f}: {'met' if rate >= target else 'below'}"
+            )
+        if split:
+            verdict_line = (
+                "a line exists that meets both targets"
+                if split.reach
+                else "no line meets both targets: the subjects are not told apart well enough"
+            )
+            print(
+                f"  the decision's AUC at step {checkpoints[-1][0]}: {split.auc:.3f}; the best line"
+                f" any threshold draws: {split.best[0]:.2f} answered, {split.best[1]:.2f} declined"
+                f" ({verdict_line})"
             )
         if passed_at:
             print(f"first passes the gate at step {passed_at[0]}, after {passed_at[1]:.0f}s")

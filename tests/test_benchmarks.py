@@ -93,12 +93,29 @@ def test_the_learning_curve_reads_the_bases_own_scope_decision(
     # The tiny base, before any adapter, answers some fresh in-scope prompts and turns some
     # off-topic ones away (a random one would answer all and turn none away).
     scope = learning_curve.base_scope(tiny_base)
-    assert scope and scope[0] > 0.3 and scope[1] > 0.3, scope
+    assert scope and scope.answered > 0.3 and scope.declined > 0.3, scope
+    # ... and its score ranks in-scope prompts above off-topic ones more often than not
+    assert scope.auc > 0.6 and sum(scope.best) > 1.2, scope
     # Another chat form (a base that is not one of the tiny ones): no figure, not a wrong one.
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (tmp_path / name).write_bytes((tiny_base / name).read_bytes())
     (tmp_path / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
     assert learning_curve.base_scope(tmp_path) is None
+
+
+def test_separation_is_the_chance_an_in_scope_prompt_scores_above_an_off_topic_one() -> None:
+    split = learning_curve.separation([3.0, 2.0, 1.5], [1.0, 0.0])
+    assert split == (1.0, (1.0, 1.0), True)  # a line between them gets both right
+    split = learning_curve.separation([0.0, 1.0], [0.5, 2.0])
+    assert split.auc == 0.25 and sum(split.best) == 1.0 and not split.reach  # no line beats a coin
+    split = learning_curve.separation([1.0], [1.0])
+    assert split.auc == 0.5 and sum(split.best) == 1.0  # a tie counts half
+    # the best sum is not always the line that meets both targets: 9 of 10 off-topic declined
+    # and 8 of 10 in-scope answered is reachable though another line has a higher sum
+    inside = [5.0] * 8 + [0.0, 0.0]
+    outside = [1.0] * 9 + [6.0]
+    split = learning_curve.separation(inside, outside)
+    assert split.reach and split.best == (0.8, 0.9)
 
 
 def test_the_gpu_shapes_say_they_need_a_gpu() -> None:
