@@ -24,7 +24,13 @@ from slmops.store.versions import ADAPTERS, VersionedArtifact
 from slmops.training import adapters
 from slmops.training.datasets import chat_token_counter
 from slmops.training.memory_plan import USABLE, MemoryPlan, ModelShape, PlanError, estimate_peak
-from slmops.training.trainer import TrainConfig, TrainingError, finalize_adapter, train_adapter
+from slmops.training.trainer import (
+    TrainConfig,
+    TrainingError,
+    TrainResult,
+    finalize_adapter,
+    train_adapter,
+)
 from tests.helpers import EVALS, EXAMPLE, TEST_RECIPE, invoke, latest_artifact, task_runs
 
 # The session's adapter (the suite's recipe + its gate, a few minutes on 2 cores) is trained
@@ -184,6 +190,27 @@ def test_qlora_trains_on_cpu_with_bitsandbytes(tiny_base: Path, tmp_path: Path) 
     )
     assert result.method == "qlora" and result.steps == 4
     assert (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size > 0
+
+
+def test_padding_free_batches_train_as_padded_ones_do_and_never_truncate(
+    tiny_base: Path, tmp_path: Path
+) -> None:
+    def run(name: str, **settings: object) -> TrainResult:
+        config = TrainConfig(max_steps=3, batch_size=8, save_steps=3, **settings)
+        return train_adapter(tiny_base, ROWS[:24], [], tmp_path / name, config, served_model="m")
+
+    flat, padded = run("flat"), run("padded", padding_free=False)
+    assert flat.padding_free and not padded.padding_free
+    # The same rows and seed: attention stops at each row's end, so the loss is the padded
+    # one (up to float rounding), and both count the rows' tokens, not padding.
+    assert [loss for _, loss in flat.loss_curve] == pytest.approx(
+        [loss for _, loss in padded.loss_curve], rel=1e-3
+    )
+    assert flat.tokens_seen == padded.tokens_seen
+    # A row that reaches max_length may be truncated: padded batches, and the plan says why.
+    short = run("short", max_length=max(map(chat_token_counter(tiny_base), ROWS[:24])))
+    assert not short.padding_free
+    assert short.memory_plan and any("padded batches" in r for r in short.memory_plan.reasons)
 
 
 def test_a_tight_memory_budget_splits_the_batch_and_keeps_its_size(

@@ -297,6 +297,7 @@ def publish_adapter(
             "resumed_from_step": result.resumed_from_step,
             "threads": result.threads,
             "threads_source": result.threads_source,
+            "padding_free": result.padding_free,
             "memory_plan": (
                 result.memory_plan.model_dump(mode="json") if result.memory_plan else None
             ),

@@ -290,7 +290,8 @@ def train(
     log.info(
         f"trained {adapter}: {result.steps} steps in {result.train_seconds:.0f}s "
         f"({result.train_seconds / max(result.steps, 1):.2f}s a step, "
-        f"{result.tokens_per_second:.0f} tokens/s) on {where}"
+        f"{result.tokens_per_second:.0f} tokens/s, "
+        f"{'padding-free' if result.padding_free else 'padded'} batches) on {where}"
     )
     return result, workdir / "out" / "adapter"
 

@@ -138,6 +138,17 @@ class TrainConfig(BaseModel):
         # Added after adapters were trained without it: off, it leaves their keys as they were.
         json_schema_extra={"changes_weights": True, "key_omits_default": True},
     )
+    padding_free: bool = Field(
+        True,
+        description="Lay a step's rows end to end in one sequence, each row's positions "
+        "starting at 0 (attention stops at those boundaries), instead of padding each to the "
+        "longest: the same loss, no compute on padding (the example's batches are half "
+        "padding: 1.5x faster a step on the tiny model). Used only when no row reaches "
+        "max_length (padded rows are truncated, these are not). Turn it off for a model whose "
+        "attention ignores position ids (linear-attention or convolution layers).",
+        # The same weights up to float rounding: not in the key.
+        json_schema_extra={"changes_weights": False},
+    )
     seed: int = Field(
         42,
         description="Seeds data order, dropout and LoRA init.",
@@ -260,6 +271,7 @@ class TrainResult(BaseModel):
     threads: int | None = None  # torch threads actually used on CPU (None on GPU)
     threads_source: str | None = None  # where that count came from (config, env, affinity)
     memory_plan: MemoryPlan | None = None
+    padding_free: bool = False  # rows laid end to end (TrainConfig.padding_free), else padded
 
 
 def _device() -> str:
@@ -439,6 +451,13 @@ def train_adapter(
         task_type="CAUSAL_LM",
     )
     work = out_dir / "trainer"
+    # The plan caps the longest row at max_length: below it, no row is truncated.
+    padding_free = config.padding_free and plan.longest_row_tokens < config.max_length
+    if config.padding_free and not padding_free:
+        plan.reasons.append(
+            f"padded batches: a row reaches max_length ({config.max_length} tokens) and is "
+            "truncated, which padding-free batches do not do"
+        )
     args = SFTConfig(
         output_dir=str(work),
         max_steps=config.max_steps,
@@ -454,7 +473,9 @@ def train_adapter(
         # The non-reentrant variant works with frozen inputs (LoRA) and is torch's default.
         gradient_checkpointing_kwargs={"use_reentrant": False},
         use_liger_kernel=plan.liger_kernels,
-        max_length=config.max_length,
+        # Padding-free batches are not truncated (trl refuses a max_length with them).
+        padding_free=padding_free,
+        max_length=None if padding_free else config.max_length,
         logging_steps=1,
         save_strategy="steps",
         save_steps=config.save_steps,
@@ -558,6 +579,7 @@ def train_adapter(
         threads=threads,
         threads_source=threads_source,
         memory_plan=plan,
+        padding_free=padding_free,
     )
 
 
