@@ -11,7 +11,8 @@ revision of the same model, which is how tests simulate a base-model release.
 
 The weights are pretrained on conversations about the bundled docs (`infra.tiny_weights`,
 which decides them). They are cached by the hash of everything that decides them (that
-module's code, the docs, samples of the conversations, the torch version) in the user's cache
+module's code, the docs, every section lead and chunk the conversations are drawn from,
+samples of the conversations, the torch version) in the user's cache
 folder (`~/.cache/slmops/tiny-models/<hash>`, or under XDG_CACHE_HOME, or
 SLMOPS_TINY_MODEL_CACHE), so the cost (about 11 minutes on 2 cores) is paid once per machine,
 not once per clone, and `make clean` keeps it. One build of a key runs at a time on a machine:
@@ -62,7 +63,12 @@ def _build_key(seed: int, layers: int, hidden: int, steps: int) -> str:
         ).encode()
     )
     h.update(Path(w.__file__).read_bytes())  # the code that decides the weights
-    chats = w.Chats(seed)  # the conversations' form, the product's prompt form included
+    chats = w.Chats(seed)
+    # What the conversations are drawn from, whole: every section's lead (slmops.rag.docs)
+    # and every chunk retrieval puts into a prompt (slmops.rag.ingest), so a change to how
+    # either is cut rebuilds the base; then samples of the conversations' form, the product's
+    # prompt form included.
+    h.update(json.dumps([chats.sections, chats.all_chunks]).encode())
     for text in (
         w._corpus() + [chats.passage() for _ in range(20)] + [chats.plain() for _ in range(20)]
     ):

@@ -57,3 +57,29 @@ def test_a_second_process_waits_for_the_build_in_progress_and_takes_over_a_dead_
     building = [line for line in text.splitlines() if line.startswith("building the tiny base")]
     assert len(building) == 1 and str(two) in building[0], text
     assert tiny_model.is_built(one) and tiny_model.is_built(two)
+
+
+def test_a_change_to_how_the_docs_are_cut_is_a_new_base(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The pretraining draws from every section's lead and every chunk: a change to one that
+    # the key's sampled conversations happen not to show (the product's section_leads or
+    # chunking cut differently) must not find a base built from the old ones.
+    from infra import tiny_model, tiny_weights
+    from slmops.rag import docs
+
+    key = tiny_model.cache_path().name
+    chats = tiny_weights.Chats(1)  # the key's own draws (seed 1)
+    drawn = "".join([chats.passage() for _ in range(20)] + [chats.plain() for _ in range(20)])
+    lead = next(answer for _, _, answer, _ in chats.sections if answer not in drawn)
+    leads = docs.section_leads
+    monkeypatch.setattr(
+        docs,
+        "section_leads",
+        lambda text: [(h, a + " Now." if a == lead else a) for h, a in leads(text)],
+    )
+    assert tiny_model.cache_path().name != key
+    monkeypatch.undo()
+    assert tiny_model.cache_path().name == key
+    chunk = next(c for _, c in chats.all_chunks if c[:40] not in drawn)
+    chunks = {p: [c + " Now." if c == chunk else c for c in cs] for p, cs in chats.chunks.items()}
+    monkeypatch.setattr(tiny_weights, "_chunks", lambda: chunks)
+    assert tiny_model.cache_path().name != key
