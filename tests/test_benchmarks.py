@@ -110,8 +110,8 @@ def test_separation_is_the_chance_an_in_scope_prompt_scores_above_an_off_topic_o
     assert split.auc == 0.25 and sum(split.best) == 1.0 and not split.reach  # no line beats a coin
     split = learning_curve.separation([1.0], [1.0])
     assert split.auc == 0.5 and sum(split.best) == 1.0  # a tie counts half
-    # the best sum is not always the line that meets both targets: 9 of 10 off-topic declined
-    # and 8 of 10 in-scope answered is reachable though another line has a higher sum
+    # one off-topic prompt scores above every in-scope one and two in-scope ones below every
+    # off-topic one: the AUC is only 0.72, yet the line at 1.0 meets both targets
     inside = [5.0] * 8 + [0.0, 0.0]
     outside = [1.0] * 9 + [6.0]
     split = learning_curve.separation(inside, outside)

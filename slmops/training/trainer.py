@@ -415,6 +415,13 @@ def train_adapter(
     if tokenizer.pad_token is None:
         raise ConfigError(f"base model {base} has no pad token; set one in its tokenizer")
     plan = plan_memory(base, train_rows, config, device, tokenizer)
+    # The plan caps the longest row at max_length: below it, no row is truncated.
+    padding_free = config.padding_free and plan.longest_row_tokens < config.max_length
+    if config.padding_free and not padding_free:
+        plan.reasons.append(
+            f"padded batches: a row reaches max_length ({config.max_length} tokens) and is "
+            "truncated, which padding-free batches do not do"
+        )
     if on_plan:
         on_plan(plan)
     method = plan.method
@@ -451,13 +458,6 @@ def train_adapter(
         task_type="CAUSAL_LM",
     )
     work = out_dir / "trainer"
-    # The plan caps the longest row at max_length: below it, no row is truncated.
-    padding_free = config.padding_free and plan.longest_row_tokens < config.max_length
-    if config.padding_free and not padding_free:
-        plan.reasons.append(
-            f"padded batches: a row reaches max_length ({config.max_length} tokens) and is "
-            "truncated, which padding-free batches do not do"
-        )
     args = SFTConfig(
         output_dir=str(work),
         max_steps=config.max_steps,
