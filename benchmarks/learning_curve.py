@@ -4,6 +4,7 @@ training steps, on the example's tiny base and training data.
     python -m benchmarks.learning_curve                  # the example's recipe, 150 steps
     python -m benchmarks.learning_curve --steps 300 --every 50 --lr 0.003
     python -m benchmarks.learning_curve --every 150 --seed 1      # another draw of the adapter
+    python -m benchmarks.learning_curve --steps 300 --batch 4     # more, smaller steps
 
 Trains once with a checkpoint every `--every` steps, then judges the base model and every
 checkpoint with the real gate (the example's suites and policy, floors only, retrieval from
@@ -351,6 +352,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=None, help="default: TrainConfig's")
     parser.add_argument("--rank", type=int, default=None, help="default: TrainConfig's")
     parser.add_argument(
+        "--batch", type=int, default=None, help="rows a step (default: TrainConfig's)"
+    )
+    parser.add_argument(
         "--seed", type=int, default=None, help="the adapter's seed (default: TrainConfig's)"
     )
     parser.add_argument("--base", type=Path, help="base model folder (default: the tiny one)")
@@ -408,6 +412,8 @@ def main(argv: list[str] | None = None) -> None:
             overrides["rank"] = args.rank
         if args.seed is not None:
             overrides["seed"] = args.seed
+        if args.batch is not None:
+            overrides["batch_size"] = args.batch
         config = TrainConfig(**overrides)
         print(
             f"training {args.steps} steps (lr {config.learning_rate}, rank {config.rank}, "
