@@ -405,16 +405,17 @@ def main(argv: list[str] | None = None) -> None:
         )
         retrieve, _ = index_retriever(store, suites)
 
-        overrides: dict[str, Any] = {"max_steps": args.steps, "save_steps": args.every}
-        if args.lr is not None:
-            overrides["learning_rate"] = args.lr
-        if args.rank is not None:
-            overrides["rank"] = args.rank
-        if args.seed is not None:
-            overrides["seed"] = args.seed
-        if args.batch is not None:
-            overrides["batch_size"] = args.batch
-        config = TrainConfig(**overrides)
+        chosen = {
+            "learning_rate": args.lr,
+            "rank": args.rank,
+            "seed": args.seed,
+            "batch_size": args.batch,
+        }
+        config = TrainConfig(
+            max_steps=args.steps,
+            save_steps=args.every,
+            **{field: value for field, value in chosen.items() if value is not None},
+        )
         print(
             f"training {args.steps} steps (lr {config.learning_rate}, rank {config.rank}, "
             f"batch {config.batch_size}, seed {config.seed}), a checkpoint every {args.every} ...",
