@@ -233,6 +233,11 @@ def stack_up(vllm: int) -> Any:
     stack = LocalStack(config, log=say)
     stack.up()
     os.environ.update(config.client_env())
+    # Settings are read once a process: building the base model above (a fresh clone) read
+    # them before the stack's store and serving config were in the environment.
+    from slmops.config import get_settings
+
+    get_settings.cache_clear()
     return stack
 
 
