@@ -69,3 +69,28 @@ def test_the_stack_remembers_a_package_source(tmp_path: Path) -> None:
     assert (again.source, again.served_model) == (demo.GEMMA_SOURCE, "gemma-270m")
     folder = StackConfig(state_dir=tmp_path / "other")
     assert folder.source == str((folder.project_dir / folder.model_dir).absolute())
+
+
+def test_the_demo_uses_the_stacks_store_when_settings_were_read_before_it_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a fresh clone, starting the stack builds the base model, which reads the settings
+    (the embedding model's name) before the stack's environment is set: the demo then looked
+    for its index in the local default store, not the stack's S3 store. (The stack's start is
+    replaced by that read: the order is the fault; the stack itself runs in test_stack.)"""
+    from slmops.config import get_settings
+    from slmops.store import open_store
+
+    config = StackConfig(state_dir=tmp_path)
+    for key in config.client_env():
+        monkeypatch.setenv(key, "-")  # restored (removed) after the test
+        monkeypatch.delenv(key)
+    monkeypatch.setattr(demo, "STATE_DIR", tmp_path)
+    monkeypatch.setattr(LocalStack, "up", lambda self, *a, **k: get_settings())
+    get_settings.cache_clear()
+    try:
+        assert not get_settings().store.startswith("s3://")
+        demo.stack_up(vllm=0)
+        assert open_store().uri == f"s3://{config.bucket}"
+    finally:
+        get_settings.cache_clear()
