@@ -247,6 +247,20 @@ def base_scope(base: Path) -> Scope | None:
     return Scope(answered, declined, split.auc, split.best)
 
 
+def retrieval_scope(store: Any, index: str) -> Separation:
+    """The baseline for the adapter's decision: how well retrieval alone tells the fresh
+    in-scope prompts from the off-topic ones, by the dense similarity of each prompt's nearest
+    chunk in the index (the embedding model the index was built with). A scope rule a serving
+    path can apply before the model is called: decline when nothing in the docs is near."""
+    from slmops.rag.retrieval import load_index
+
+    loaded = load_index(index, store=store)
+    scores = [
+        loaded.retrieve(q, 1, mode="dense")[0].score for q in FRESH_IN_SCOPE + FRESH_OFF_TOPIC
+    ]
+    return separation(scores[: len(FRESH_IN_SCOPE)], scores[len(FRESH_IN_SCOPE) :])
+
+
 # The example's answers open with their confidence (make_training_data.py's KEY_ORDER): the
 # token after this decides whether the adapter answers ("high") or declines ("low").
 DECISION_LEAD = '{"confidence": "'
@@ -404,6 +418,13 @@ def main(argv: list[str] | None = None) -> None:
             str(EXAMPLE / "docs"), store, "support-docs", workdir=work / "ingest", evaluate=False
         )
         retrieve, _ = index_retriever(store, suites)
+        nearest = retrieval_scope(store, "support-docs")
+        print(
+            f"retrieval alone (the nearest chunk's similarity, no model): the decision's AUC "
+            f"{nearest.auc:.3f} (the best line: {nearest.best[0]:.2f} answered, "
+            f"{nearest.best[1]:.2f} declined)",
+            flush=True,
+        )
 
         chosen = {
             "learning_rate": args.lr,
@@ -549,7 +570,8 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"  the decision's AUC at step {checkpoints[-1][0]}: {split.auc:.3f}; the best line"
                 f" any threshold draws: {split.best[0]:.2f} answered, {split.best[1]:.2f} declined"
-                f" ({verdict_line})"
+                f" ({verdict_line}); retrieval alone: {nearest.auc:.3f}, "
+                f"{nearest.best[0]:.2f} / {nearest.best[1]:.2f}"
             )
         if passed_at:
             print(f"first passes the gate at step {passed_at[0]}, after {passed_at[1]:.0f}s")

@@ -103,6 +103,20 @@ def test_the_learning_curve_reads_the_bases_own_scope_decision(
     assert learning_curve.base_scope(tmp_path) is None
 
 
+def test_retrieval_alone_tells_the_fresh_prompts_apart(tmp_path: Path) -> None:
+    """The learning curve's baseline for the adapter's scope decision: the nearest chunk's
+    similarity in the example's index ranks the fresh in-scope prompts above the off-topic
+    ones (0.995 on the bundled docs), and a line on it meets both scope targets."""
+    from slmops.rag.ingest import run_ingest
+    from slmops.store.local import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    docs = learning_curve.EXAMPLE / "docs"
+    run_ingest(str(docs), store, "support-docs", workdir=tmp_path / "ingest", evaluate=False)
+    split = learning_curve.retrieval_scope(store, "support-docs")
+    assert split.auc > 0.95 and split.reach, split
+
+
 def test_separation_is_the_chance_an_in_scope_prompt_scores_above_an_off_topic_one() -> None:
     split = learning_curve.separation([3.0, 2.0, 1.5], [1.0, 0.0])
     assert split == (1.0, (1.0, 1.0), True)  # a line between them gets both right
