@@ -300,7 +300,7 @@ def test_every_parameter_of_the_run_forms_is_described(deployed: LocalStack) -> 
     ) == ["P.x"]
 
 
-@pytest.mark.timeout(3000)  # r2 trains 40 steps on the worker, the rest is the whole loop
+@pytest.mark.timeout(3000)  # r2 trains 80 steps on the worker, the rest is the whole loop
 def test_the_demo_runs_the_whole_loop(
     deployed: LocalStack, home: Path, trained: tuple[S3Store, Manifest, list[str]]
 ) -> None:
@@ -382,7 +382,7 @@ def test_the_demo_runs_the_whole_loop(
     assert base.version == r2 and champion.trigger.type == "event"
     previous = art.get_alias("champion").history[-1].version  # type: ignore[union-attr]
     assert previous == r1_stored.version  # the session's adapter, found, not retrained
-    # r2 started from the r1 champion's weights (the recipe's warm start): 40 steps, not 150
+    # r2 started from the r1 champion's weights (the recipe's warm start): 80 steps, not 300
     assert ("adapter", previous) in {(i.kind, i.version) for i in champion.inputs}
     assert champion.metrics["steps"] == TEST_RECIPE["warm_start_steps"]
     assert f"warm start from the champion {previous}" in out, out

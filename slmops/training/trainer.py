@@ -87,8 +87,8 @@ class TrainConfig(BaseModel):
     max_steps: int = Field(
         150,
         ge=1,
-        description="Optimizer steps (150 teach the tiny demo model the example's job on its "
-        "pretrained base; real runs usually need more).",
+        description="Optimizer steps (the example's recipe: 300 of 4 rows teach the tiny demo "
+        "model its job on its pretrained base; real runs usually need more).",
         json_schema_extra={"changes_weights": True},
     )
     warm_start_steps: int | None = Field(
@@ -96,7 +96,7 @@ class TrainConfig(BaseModel):
         ge=1,
         description="Set: a run on a new revision of the champion's base model starts from "
         "the champion adapter's weights (same rank, alpha and target modules) and trains this "
-        "many steps instead of max_steps (the example: 40 instead of 150), the learning rate "
+        "many steps instead of max_steps (the example: 80 instead of 300), the learning rate "
         "warming up over the first fifth of them. Unset, or no such champion: from scratch.",
         # Not in the key as a field: a run that warm-starts puts the champion's version and
         # these steps into its training key instead (a cold run's key is left as it was).
