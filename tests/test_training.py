@@ -71,7 +71,8 @@ def test_the_adapter_has_full_lineage(
     # configured (no checkpointing, the whole batch at once).
     plan = MemoryPlan.model_validate(manifest.resources["memory_plan"])
     assert (plan.method, plan.device, plan.gradient_checkpointing) == ("lora", "cpu", False)
-    assert (plan.micro_batch, plan.grad_accum, plan.effective_batch) == (8, 1, 8)
+    batch = TEST_RECIPE["batch_size"]
+    assert (plan.micro_batch, plan.grad_accum, plan.effective_batch) == (batch, 1, batch)
     assert 0 < plan.longest_row_tokens <= 512 and plan.measured_peak_gb
     assert plan.estimate.total_gb <= plan.usable_gb
 
@@ -113,7 +114,9 @@ def test_the_same_inputs_train_once(
 
     report = asyncio.run(latest_artifact("training-report-support-bot"))
     assert "already trained" in report and "### Memory plan" in report
-    assert "micro-batch 8 x 1 accumulation = batch 8" in report and "(chosen)" in report
+    batch = TEST_RECIPE["batch_size"]
+    assert f"micro-batch {batch} x 1 accumulation = batch {batch}" in report
+    assert "(chosen)" in report
 
 
 def test_a_release_that_changes_only_the_model_card_trains_nothing(
