@@ -17,7 +17,10 @@ rates, and the scope decision's AUC (how well the score of "high" against "low" 
 ranks the fresh in-scope prompts above the off-topic ones, whatever the line); then the first
 step that passes the gate and the seconds it took, and whether any line on that score meets
 both scope targets (if none does, no data mix that only moves the line can meet them: the
-subjects are not told apart well enough). The targets for the default demo adapter: in-scope
+subjects are not told apart well enough). The fresh prompts are asked twice: alone, and as
+the bot is served (the "served" columns: the chunks retrieval finds for each prompt before it,
+as the demo and a RAG client ask, on topic or not; "served cites": in-scope answers whose
+sources are all among the chunks shown). The targets for the default demo adapter: in-scope
 answered >= 0.80, off-topic declined >= 0.90, valid JSON >= 0.95, cites a retrieved doc >=
 0.50.
 """
@@ -287,10 +290,20 @@ def adapter_separation(generator: Any, system: str) -> Separation | None:
     return separation(scores[: len(FRESH_IN_SCOPE)], scores[len(FRESH_IN_SCOPE) :])
 
 
-def fresh_rates(generator: Any, system: str) -> tuple[dict[str, Any], list[str]]:
+def fresh_rates(
+    generator: Any,
+    system: str,
+    retrieve: Any = None,
+    k: int = 3,
+    chars: int | None = None,
+) -> tuple[dict[str, Any], list[str]]:
     """Answered share of the fresh in-scope prompts, declined share of the off-topic ones,
     valid JSON over both (the example's refusal rule and schema keys); and the prompts it got
-    wrong, each with its reply."""
+    wrong, each with its reply. With `retrieve` (index, query, k) -> [(source, text)], every
+    prompt carries the `k` chunks retrieval finds for it, as the bot is served (the demo and
+    a RAG client: context for every question, on topic or not), and `cites` is the share of
+    the in-scope answers whose sources are all among them (and not none)."""
+    from slmops.evaluation.gate import with_context
     from slmops.generation import json_valid_rate
 
     decline = "only help with questions about Tidewell"
@@ -309,6 +322,11 @@ def fresh_rates(generator: Any, system: str) -> tuple[dict[str, Any], list[str]]
         [{"role": "system", "content": system}, {"role": "user", "content": q}]
         for q in FRESH_IN_SCOPE + FRESH_OFF_TOPIC
     ]
+    found: list[list[str]] = []
+    if retrieve is not None:
+        chunks = [retrieve("support-docs", q, k) for q in FRESH_IN_SCOPE + FRESH_OFF_TOPIC]
+        prompts = [with_context(p, h, chars) for p, h in zip(prompts, chunks, strict=True)]
+        found = [[src for src, _ in h] for h in chunks]
     replies = generator.generate(prompts)
     inside, outside = replies[: len(FRESH_IN_SCOPE)], replies[len(FRESH_IN_SCOPE) :]
     keys = ("answer", "sources", "confidence")
@@ -331,9 +349,26 @@ def fresh_rates(generator: Any, system: str) -> tuple[dict[str, Any], list[str]]
         "off_topic_declined": turned_away,
         "valid_json": [json_valid_rate([r], keys) == 1.0 for r in replies],
     }
+    if found:
+        hits["cites"] = [
+            ok and bool(cited) and all(src in where for src in cited)
+            for ok, cited, where in zip(
+                answered, [_sources(r) for r in inside], found[: len(inside)], strict=True
+            )
+        ]
+        rates["cites"] = sum(hits["cites"]) / len(inside)
     for name, oks in hits.items():
         rates[f"{name}_interval"] = _interval(oks)
     return rates, wrong
+
+
+def _sources(reply: str) -> list[str]:
+    try:
+        obj = json.loads(reply)
+    except ValueError:
+        return []
+    sources = obj.get("sources") if isinstance(obj, dict) else None
+    return [str(s) for s in sources] if isinstance(sources, list) else []
 
 
 def _interval(scores: Sequence[float]) -> tuple[float, float]:
@@ -418,6 +453,7 @@ def main(argv: list[str] | None = None) -> None:
             str(EXAMPLE / "docs"), store, "support-docs", workdir=work / "ingest", evaluate=False
         )
         retrieve, _ = index_retriever(store, suites)
+        knowledge_spec = suites.config.suites["knowledge"]  # how the bot is served: k, chars
         nearest = retrieval_scope(store, "support-docs")
         print(
             f"retrieval alone (the nearest chunk's similarity, no model): the decision's AUC "
@@ -475,7 +511,8 @@ def main(argv: list[str] | None = None) -> None:
         header = (
             f"{'step':>5} {'train s':>7} {'gate':>6} {'fmt.ans':>7} {'distinct':>8} "
             f"{'refuses':>7} {'cites':>6} {'valid':>6} | {'fresh in':>8} {'fresh off':>9} "
-            f"{'fresh json':>10} {'scope AUC':>9}"
+            f"{'fresh json':>10} {'scope AUC':>9} | {'served in':>9} {'served off':>10} "
+            f"{'served cites':>12}"
         )
         print(header)
         passed_at: tuple[int, float] | None = None
@@ -493,6 +530,13 @@ def main(argv: list[str] | None = None) -> None:
             )
             means = {m.metric: m.candidate for m in verdict.metrics}
             fresh, fresh_wrong = fresh_rates(generator, suites.config.system)
+            served, served_wrong = fresh_rates(
+                generator,
+                suites.config.system,
+                retrieve,
+                knowledge_spec.k,
+                knowledge_spec.context_chars,
+            )
             split = adapter_separation(generator, suites.config.system) if adapter else None
             print(
                 f"{step:>5} {seconds:>7.0f} {'PASS' if verdict.passed else 'fail':>6} "
@@ -502,7 +546,10 @@ def main(argv: list[str] | None = None) -> None:
                 f"{means.get('knowledge.cites_retrieved', 0):>6.2f} "
                 f"{means.get('all.valid_format', 0):>6.2f} | "
                 f"{fresh['in_scope_answered']:>8.2f} {fresh['off_topic_declined']:>9.2f} "
-                f"{fresh['valid_json']:>10.2f} " + (f"{split.auc:>9.3f}" if split else f"{'-':>9}"),
+                f"{fresh['valid_json']:>10.2f} "
+                + (f"{split.auc:>9.3f}" if split else f"{'-':>9}")
+                + f" | {served['in_scope_answered']:>9.2f} {served['off_topic_declined']:>10.2f} "
+                f"{served['cites']:>12.2f}",
                 flush=True,
             )
             if not verdict.passed:
@@ -532,6 +579,13 @@ def main(argv: list[str] | None = None) -> None:
             print(f"fresh prompts step {checkpoints[-1][0]} gets wrong ({len(fresh_wrong)}):")
         for line in fresh_wrong[: args.samples * 4]:
             print(f"  {line}")
+        if served_wrong:
+            print(
+                f"fresh prompts with retrieved context (as served) step {checkpoints[-1][0]} "
+                f"gets wrong ({len(served_wrong)}):"
+            )
+        for line in served_wrong[: args.samples * 4]:
+            print(f"  {line[:400]}")
         cited = [
             c.candidate_scores["knowledge.cites_retrieved"]
             for c in cases
@@ -548,6 +602,19 @@ def main(argv: list[str] | None = None) -> None:
                 OFF_TOPIC_TARGET,
             ),
             ("fresh valid JSON", *_fresh(fresh, "valid_json"), n_in + n_off, 0.95),
+            (
+                "served in-scope answered (with context)",
+                *_fresh(served, "in_scope_answered"),
+                n_in,
+                IN_SCOPE_TARGET,
+            ),
+            (
+                "served off-topic declined (with context)",
+                *_fresh(served, "off_topic_declined"),
+                n_off,
+                OFF_TOPIC_TARGET,
+            ),
+            ("served in-scope cite a retrieved doc", *_fresh(served, "cites"), n_in, 0.50),
             (
                 "cites a retrieved doc (knowledge suite)",
                 sum(cited) / max(len(cited), 1),

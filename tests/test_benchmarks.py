@@ -117,6 +117,50 @@ def test_retrieval_alone_tells_the_fresh_prompts_apart(tmp_path: Path) -> None:
     assert split.auc > 0.95 and split.reach, split
 
 
+def test_served_rates_ask_with_the_retrieved_context_and_count_only_cited_retrieved_docs() -> None:
+    """The learning curve's "as served" rates: every fresh prompt carries the chunks retrieval
+    found for it, and an in-scope answer cites only if its sources are among them. Answers fed
+    by a stand-in generator (the rule under test is the benchmark's, not a model's)."""
+    import json
+
+    inside = set(learning_curve.FRESH_IN_SCOPE)
+    seen: list[str] = []
+
+    def retrieve(index: str, query: str, k: int) -> list[tuple[str, str]]:
+        return [(f"doc-{n}.md", f"chunk {n} for {query}") for n in range(k)]
+
+    class Replies:
+        def __init__(self, source: str) -> None:
+            self.source = source
+
+        def generate(self, prompts: list[list[dict[str, str]]]) -> list[str]:
+            out = []
+            for prompt in prompts:
+                user = prompt[-1]["content"]
+                seen.append(user)
+                question = user.rpartition("Question: ")[2]
+                answer = (
+                    {"answer": "Open Settings.", "sources": [self.source], "confidence": "high"}
+                    if question in inside
+                    else {
+                        "answer": "I can only help with questions about Tidewell.",
+                        "sources": [],
+                        "confidence": "low",
+                    }
+                )
+                out.append(json.dumps(answer))
+            return out
+
+    rates, wrong = learning_curve.fresh_rates(Replies("doc-1.md"), "system", retrieve, k=2)
+    assert all(u.startswith("Context:\n[doc-0.md] chunk 0") for u in seen) and not wrong
+    assert rates["in_scope_answered"] == rates["off_topic_declined"] == rates["cites"] == 1.0
+    rates, _ = learning_curve.fresh_rates(Replies("doc-2.md"), "system", retrieve, k=2)
+    assert rates["in_scope_answered"] == 1.0 and rates["cites"] == 0.0  # doc-2 was not shown
+    seen.clear()
+    rates, _ = learning_curve.fresh_rates(Replies("doc-1.md"), "system")
+    assert "cites" not in rates and not any("Context:" in u for u in seen)
+
+
 def test_separation_is_the_chance_an_in_scope_prompt_scores_above_an_off_topic_one() -> None:
     split = learning_curve.separation([3.0, 2.0, 1.5], [1.0, 0.0])
     assert split == (1.0, (1.0, 1.0), True)  # a line between them gets both right
