@@ -363,11 +363,9 @@ def fresh_rates(
 
 
 def _sources(reply: str) -> list[str]:
-    try:
-        obj = json.loads(reply)
-    except ValueError:
-        return []
-    sources = obj.get("sources") if isinstance(obj, dict) else None
+    from slmops.evaluation.scorers import parse_answer
+
+    sources = (parse_answer(reply) or {}).get("sources")
     return [str(s) for s in sources] if isinstance(sources, list) else []
 
 
