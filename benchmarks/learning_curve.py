@@ -250,17 +250,21 @@ def base_scope(base: Path) -> Scope | None:
     return Scope(answered, declined, split.auc, split.best)
 
 
-def retrieval_scope(store: Any, index: str) -> Separation:
-    """The baseline for the adapter's decision: how well retrieval alone tells the fresh
-    in-scope prompts from the off-topic ones, by the dense similarity of each prompt's nearest
-    chunk in the index (the embedding model the index was built with). A scope rule a serving
-    path can apply before the model is called: decline when nothing in the docs is near."""
+def nearest_similarities(store: Any, index: str) -> list[float]:
+    """The dense similarity of each fresh prompt's nearest chunk in the index (in-scope
+    prompts first), with the embedding model the index was built with."""
     from slmops.rag.retrieval import load_index
 
     loaded = load_index(index, store=store)
-    scores = [
-        loaded.retrieve(q, 1, mode="dense")[0].score for q in FRESH_IN_SCOPE + FRESH_OFF_TOPIC
-    ]
+    return [loaded.nearest_similarity(q) for q in FRESH_IN_SCOPE + FRESH_OFF_TOPIC]
+
+
+def retrieval_scope(store: Any, index: str) -> Separation:
+    """The baseline for the adapter's decision: how well retrieval alone tells the fresh
+    in-scope prompts from the off-topic ones, by the dense similarity of each prompt's nearest
+    chunk in the index. A scope rule a serving path can apply before the model is called
+    (suites.yaml's min_similarity: no context when nothing in the docs is near)."""
+    scores = nearest_similarities(store, index)
     return separation(scores[: len(FRESH_IN_SCOPE)], scores[len(FRESH_IN_SCOPE) :])
 
 
@@ -296,13 +300,14 @@ def fresh_rates(
     retrieve: Any = None,
     k: int = 3,
     chars: int | None = None,
+    min_similarity: float | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Answered share of the fresh in-scope prompts, declined share of the off-topic ones,
     valid JSON over both (the example's refusal rule and schema keys); and the prompts it got
     wrong, each with its reply. With `retrieve` (index, query, k) -> [(source, text)], every
     prompt carries the `k` chunks retrieval finds for it, as the bot is served (the demo and
-    a RAG client: context for every question, on topic or not), and `cites` is the share of
-    the in-scope answers whose sources are all among them (and not none)."""
+    a RAG client; none for a prompt no chunk is `min_similarity` near), and `cites` is the
+    share of the in-scope answers whose sources are all among them (and not none)."""
     from slmops.evaluation.gate import with_context
     from slmops.generation import json_valid_rate
 
@@ -324,7 +329,9 @@ def fresh_rates(
     ]
     found: list[list[str]] = []
     if retrieve is not None:
-        chunks = [retrieve("support-docs", q, k) for q in FRESH_IN_SCOPE + FRESH_OFF_TOPIC]
+        chunks = [
+            retrieve("support-docs", q, k, min_similarity) for q in FRESH_IN_SCOPE + FRESH_OFF_TOPIC
+        ]
         prompts = [with_context(p, h, chars) for p, h in zip(prompts, chunks, strict=True)]
         found = [[src for src, _ in h] for h in chunks]
     replies = generator.generate(prompts)
@@ -451,14 +458,26 @@ def main(argv: list[str] | None = None) -> None:
             str(EXAMPLE / "docs"), store, "support-docs", workdir=work / "ingest", evaluate=False
         )
         retrieve, _ = index_retriever(store, suites)
-        knowledge_spec = suites.config.suites["knowledge"]  # how the bot is served: k, chars
-        nearest = retrieval_scope(store, "support-docs")
+        # how the bot is served: k, chars, and no context below min_similarity
+        knowledge_spec = suites.config.suites["knowledge"]
+        similarities = nearest_similarities(store, "support-docs")
+        n_in = len(FRESH_IN_SCOPE)
+        nearest = separation(similarities[:n_in], similarities[n_in:])
         print(
             f"retrieval alone (the nearest chunk's similarity, no model): the decision's AUC "
             f"{nearest.auc:.3f} (the best line: {nearest.best[0]:.2f} answered, "
             f"{nearest.best[1]:.2f} declined)",
             flush=True,
         )
+        cut = knowledge_spec.min_similarity
+        if cut is not None:
+            near = [s >= cut for s in similarities]
+            print(
+                f"served with context when the nearest chunk's similarity is >= {cut} "
+                f"(suites.yaml min_similarity): {sum(near[:n_in])} of {n_in} fresh in-scope "
+                f"prompts, {sum(near[n_in:])} of {len(near) - n_in} off-topic ones",
+                flush=True,
+            )
 
         chosen = {
             "learning_rate": args.lr,
@@ -508,9 +527,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         header = (
             f"{'step':>5} {'train s':>7} {'gate':>6} {'fmt.ans':>7} {'distinct':>8} "
-            f"{'refuses':>7} {'cites':>6} {'valid':>6} | {'fresh in':>8} {'fresh off':>9} "
-            f"{'fresh json':>10} {'scope AUC':>9} | {'served in':>9} {'served off':>10} "
-            f"{'served cites':>12}"
+            f"{'refuses':>7} {'srv.ref':>7} {'cites':>6} {'valid':>6} | {'fresh in':>8} "
+            f"{'fresh off':>9} {'fresh json':>10} {'scope AUC':>9} | {'served in':>9} "
+            f"{'served off':>10} {'served cites':>12}"
         )
         print(header)
         passed_at: tuple[int, float] | None = None
@@ -534,6 +553,7 @@ def main(argv: list[str] | None = None) -> None:
                 retrieve,
                 knowledge_spec.k,
                 knowledge_spec.context_chars,
+                knowledge_spec.min_similarity,
             )
             split = adapter_separation(generator, suites.config.system) if adapter else None
             print(
@@ -541,6 +561,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{means.get('format.answers', 0):>7.2f} "
                 f"{means.get('format.distinct_answers', 0):>8.2f} "
                 f"{means.get('adversarial.refuses', 0):>7.2f} "
+                f"{means.get('served.refuses', 0):>7.2f} "
                 f"{means.get('knowledge.cites_retrieved', 0):>6.2f} "
                 f"{means.get('all.valid_format', 0):>6.2f} | "
                 f"{fresh['in_scope_answered']:>8.2f} {fresh['off_topic_declined']:>9.2f} "

@@ -431,14 +431,15 @@ def ask(questions: list[str], model: str = ADAPTER) -> None:
     good = right = 0
     with VLLMClient(replica) as client:
         for question in questions:
-            hits = retrieve(INDEX, question, k=3)
+            served = suites.config.suites["knowledge"]  # as the gate serves its questions
+            hits = retrieve(INDEX, question, k=served.k, min_similarity=served.min_similarity)
             prompt = with_context(
                 [
                     {"role": "system", "content": suites.config.system},
                     {"role": "user", "content": question},
                 ],
                 [(h.source, h.text) for h in hits],
-                suites.config.suites["knowledge"].context_chars,  # as the gate shows them
+                served.context_chars,
             )
             t0 = time.perf_counter()
             answer = client.chat(model, prompt)
@@ -455,7 +456,10 @@ def ask(questions: list[str], model: str = ADAPTER) -> None:
             )
             right += says
             print(f"   Q: {question}")
-            print(f"      retrieved: {', '.join(retrieved)}")
+            print(
+                "      retrieved: "
+                + (", ".join(retrieved) or "nothing near enough (asked without context)")
+            )
             shown = " ".join(answer.split())  # a base model's reply can run over lines
             print(f"      {model} ({time.perf_counter() - t0:.2f}s): {shown[:220]}")
             print(

@@ -21,7 +21,9 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 def retrieve(index: str, query: str, k: int = 5, **kwargs: Any) -> list[Retrieved]:
     """The `k` chunks of an index's `latest` version closest to `query` (source, score, text).
 
-    `store=` (URI or ObjectStore) and `version=` pick another store or version.
+    `store=` (URI or ObjectStore) and `version=` pick another store or version;
+    `min_similarity=` returns nothing for a question no chunk is near (serve it without
+    context: the gate's suites set the value they were measured with).
     """
     from slmops.rag.retrieval import retrieve as _retrieve
 

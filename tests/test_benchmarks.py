@@ -103,11 +103,13 @@ def test_the_learning_curve_reads_the_bases_own_scope_decision(
     assert learning_curve.base_scope(tmp_path) is None
 
 
-def test_retrieval_alone_tells_the_fresh_prompts_apart(tmp_path: Path) -> None:
+def test_retrieval_alone_tells_the_fresh_prompts_apart_and_the_served_cut_keeps_in_scope_context(tmp_path: Path) -> None:
     """The learning curve's baseline for the adapter's scope decision: the nearest chunk's
     similarity in the example's index ranks the fresh in-scope prompts above the off-topic
     ones (0.995 on the bundled docs), and a line on it meets both scope targets."""
+    from slmops.evaluation.suites import load_suites
     from slmops.rag.ingest import run_ingest
+    from slmops.rag.retrieval import load_index
     from slmops.store.local import LocalStore
 
     store = LocalStore(tmp_path / "store")
@@ -115,6 +117,22 @@ def test_retrieval_alone_tells_the_fresh_prompts_apart(tmp_path: Path) -> None:
     run_ingest(str(docs), store, "support-docs", workdir=tmp_path / "ingest", evaluate=False)
     split = learning_curve.retrieval_scope(store, "support-docs")
     assert split.auc > 0.95 and split.reach, split
+    # The example serves the bot with a cut on that similarity (suites.yaml min_similarity):
+    # every in-scope prompt, fresh or in a suite, keeps its context; nearly no off-topic one
+    # gets any.
+    suites = load_suites(learning_curve.EVALS)
+    cut = suites.config.suites["knowledge"].min_similarity
+    assert cut is not None
+    loaded = load_index("support-docs", store=store)
+    in_scope = [
+        c.messages[-1]["content"]
+        for c in suites.cases
+        if c.suite in ("format", "terminology", "knowledge")
+    ]
+    near = [loaded.nearest_similarity(q) for q in in_scope + learning_curve.FRESH_IN_SCOPE]
+    assert min(near) >= cut, min(near)
+    off = [loaded.nearest_similarity(q) for q in learning_curve.FRESH_OFF_TOPIC]
+    assert sum(s >= cut for s in off) <= 0.05 * len(off), sorted(off)[-5:]
 
 
 def test_served_rates_ask_with_the_retrieved_context_and_count_only_cited_retrieved_docs() -> None:
@@ -126,7 +144,9 @@ def test_served_rates_ask_with_the_retrieved_context_and_count_only_cited_retrie
     inside = set(learning_curve.FRESH_IN_SCOPE)
     seen: list[str] = []
 
-    def retrieve(index: str, query: str, k: int) -> list[tuple[str, str]]:
+    def retrieve(index: str, query: str, k: int, cut: float | None) -> list[tuple[str, str]]:
+        if cut is not None and query not in inside:  # off-topic: nothing near
+            return []
         return [(f"doc-{n}.md", f"chunk {n} for {query}") for n in range(k)]
 
     class Replies:
@@ -156,6 +176,9 @@ def test_served_rates_ask_with_the_retrieved_context_and_count_only_cited_retrie
     assert rates["in_scope_answered"] == rates["off_topic_declined"] == rates["cites"] == 1.0
     rates, _ = learning_curve.fresh_rates(Replies("doc-2.md"), "system", retrieve, k=2)
     assert rates["in_scope_answered"] == 1.0 and rates["cites"] == 0.0  # doc-2 was not shown
+    seen.clear()  # with a cut: the off-topic prompts nothing is near are asked alone
+    rates, _ = learning_curve.fresh_rates(Replies("doc-1.md"), "system", retrieve, 2, None, 0.3)
+    assert sum(u.startswith("Context:") for u in seen) == len(inside) and rates["cites"] == 1.0
     seen.clear()
     rates, _ = learning_curve.fresh_rates(Replies("doc-1.md"), "system")
     assert "cites" not in rates and not any("Context:" in u for u in seen)

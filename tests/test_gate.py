@@ -81,7 +81,7 @@ def test_knowledge_prompts_show_as_much_of_each_chunk_as_the_suite_says(suites: 
         spec = suites.config.suites["knowledge"].model_copy(update={"context_chars": chars})
         config = suites.config.model_copy(update={"suites": {"knowledge": spec}})
         one = suites.model_copy(update={"config": config, "cases": [case]})
-        prompts, retrieved = build_prompts(one, lambda index, query, k: [("a.md", text)] * k)
+        prompts, retrieved = build_prompts(one, lambda index, query, k, cut: [("a.md", text)] * k)
         assert retrieved == [["a.md"] * spec.k]
         return prompts[0][-1]["content"]
 
@@ -89,6 +89,47 @@ def test_knowledge_prompts_show_as_much_of_each_chunk_as_the_suite_says(suites: 
     whole = " ".join(text.split())
     assert shown(240).count(f"[a.md] {whole[:240]}\n") == 3 and whole not in shown(240)
     assert shown(None).count(whole) == 3  # unset: every chunk whole
+
+
+def test_a_case_retrieval_finds_nothing_near_is_asked_alone(suites: Suites) -> None:
+    """A suite with an index and min_similarity (the example's `served`): the retriever gets
+    the suite's cut, and a case it returns nothing for is asked as a client asks it, without a
+    Context block, and scored as having retrieved nothing."""
+    from slmops.evaluation.gate import build_prompts
+
+    served = suites.suite_cases("served")
+    spec = suites.config.suites["served"]
+    assert spec.index == "support-docs" and spec.min_similarity is not None
+    assert spec.min_similarity == suites.config.suites["knowledge"].min_similarity
+    asked: list[tuple[str, int, float | None]] = []
+
+    def retrieve(index: str, query: str, k: int, cut: float | None) -> list[tuple[str, str]]:
+        asked.append((index, k, cut))
+        return [("billing/cancel.md", "Cancel a plan under Settings.")] if "cancel" in query else []
+
+    one = suites.model_copy(update={"cases": served})
+    prompts, retrieved = build_prompts(one, retrieve)
+    assert set(asked) == {("support-docs", spec.k, spec.min_similarity)}
+    for case, prompt, found in zip(served, prompts, retrieved, strict=True):
+        if "cancel" in case.messages[-1]["content"]:
+            assert prompt[-1]["content"].startswith("Context:\n[billing/cancel.md] Cancel")
+            assert found == ["billing/cancel.md"]
+        else:
+            assert prompt == case.messages and found == []
+
+
+def test_min_similarity_without_an_index_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "evals"
+    shutil.copytree(EVALS, folder)
+    text = (folder / "suites.yaml").read_text()
+    text = text.replace(
+        "    cases: format.jsonl\n", "    cases: format.jsonl\n    min_similarity: 0.3\n"
+    )
+    (folder / "suites.yaml").write_text(text)
+    with pytest.raises(
+        ConfigError, match="suite 'format' sets `min_similarity` but names no `index`"
+    ):
+        load_suites(folder)
 
 
 def test_a_policy_with_an_unknown_metric_or_impossible_threshold_is_refused(

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from slmops.evaluation.gate import Verdict, known_metrics, run_gate
+from slmops.evaluation.gate import Retrieve, Verdict, known_metrics, run_gate
 from slmops.evaluation.policy import load_policy
 from slmops.evaluation.suites import Case, Suites, load_suites
 from tests.helpers import EVALS
@@ -27,12 +27,15 @@ def suites() -> Suites:
     return load_suites(EVALS)
 
 
-def retrieve(suites: Suites) -> Callable[[str, str, int], list[tuple[str, str]]]:
+def retrieve(suites: Suites) -> Retrieve:
     by_question = {c.messages[-1]["content"]: c for c in suites.cases if c.expected_sources}
 
-    def hits(index: str, query: str, k: int) -> list[tuple[str, str]]:
-        case = by_question[query]
-        docs = [*case.expected_sources, "api/rate-limits.md", "sla/sla-overview.md"]
+    def hits(index: str, query: str, k: int, cut: float | None) -> list[tuple[str, str]]:
+        case = by_question.get(query)
+        # The served suite's off-topic questions: chunks as if every one were near the docs
+        # (the real index's cut is tested on the real index: test_retrieval, test_benchmarks).
+        expected = case.expected_sources if case else ["billing/cancel.md"]
+        docs = [*expected, "api/rate-limits.md", "sla/sla-overview.md"]
         return [(src, f"text of {src}") for src in dict.fromkeys(docs)][:k]
 
     return hits
@@ -103,6 +106,16 @@ DEGENERATE: dict[str, tuple[Callable[[Case, list[dict[str, str]]], str], set[str
             else reply(DECLINE, [], "low")
         ),
         {"format.valid", "format.answers", "knowledge.answers"},
+    ),
+    # Declines off-topic questions asked alone and answers them from any chunks put before
+    # them: the example's tiny adapter served with chunks before every question (README).
+    "answers whatever comes with context": (
+        lambda c, p: (
+            reply(f"Answer {c.id}: see the page in the context.", context_sources(p)[:1])
+            if context_sources(p) or "refuses" not in c.expect
+            else reply(DECLINE, [], "low")
+        ),
+        {"served.refuses"},
     ),
     # The example's floor for citing is low (its tiny model cites 0.4), and it leaves the
     # facts' floor to a real model; with the floors a real deployment sets, these fail (and

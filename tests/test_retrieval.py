@@ -57,6 +57,27 @@ def test_retrieve_returns_chunks_with_source_and_score(
     assert "api/error-codes.md" in [h.source for h in codes]
 
 
+def test_a_question_no_chunk_is_near_gets_no_context(
+    indexed: tuple[LocalStore, IngestReport],
+) -> None:
+    """min_similarity: the nearest chunk's dense similarity decides whether any chunk comes
+    back (a RAG client then asks the question alone), whatever the ranking mode."""
+    store, _ = indexed
+    loaded = load_index("support", store=store)
+    on_topic, off_topic = "Can a Deckhand reply to a customer?", "How do I bake sourdough bread?"
+    near, far = loaded.nearest_similarity(on_topic), loaded.nearest_similarity(off_topic)
+    assert near > 0.4 > 0.2 > far, (near, far)
+    cut = (near + far) / 2
+    assert [h.source for h in slmops.retrieve("support", on_topic, 3, store=store)] == [
+        h.source for h in slmops.retrieve("support", on_topic, 3, store=store, min_similarity=cut)
+    ]
+    assert slmops.retrieve("support", off_topic, 3, store=store, min_similarity=cut) == []
+    assert len(slmops.retrieve("support", off_topic, 3, store=store)) == 3  # no cut: 3 anyway
+    dense = loaded.retrieve(on_topic, 1, mode="dense")[0]
+    assert dense.score == pytest.approx(near)
+    assert loaded.retrieve(on_topic, 2, mode="bm25", min_similarity=near + 1e-6) == []
+
+
 def test_retrieval_metrics_are_stored_with_the_version(
     indexed: tuple[LocalStore, IngestReport],
 ) -> None:

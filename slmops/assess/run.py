@@ -58,6 +58,8 @@ def run_assessment(
     knowledge = [s for s in suites.config.suites.values() if s.kind == "knowledge"]
     index_name = task.index or next((s.index for s in knowledge if s.index), None)
     chars = next((s.context_chars for s in knowledge), None)  # as the gate shows the chunks
+    # ... and as the gate serves them: no chunks for a question nothing in the docs is near
+    min_similarity = next((s.min_similarity for s in knowledge), None)
     examples = pick_examples(task.path(task.examples), task.few_shot)
 
     art = VersionedArtifact(store, ADAPTERS, task.adapter)
@@ -73,7 +75,12 @@ def run_assessment(
 
     index = load_index(index_name, store=store) if index_name else None
     retrieved_all: list[list[tuple[str, str]]] = [
-        [(h.source, h.text) for h in index.retrieve(c.messages[-1]["content"], task.k)]
+        [
+            (h.source, h.text)
+            for h in index.retrieve(
+                c.messages[-1]["content"], task.k, min_similarity=min_similarity
+            )
+        ]
         if index and c.messages[-1]["content"].strip()
         else []
         for c in cases

@@ -35,7 +35,8 @@ from slmops.evaluation.stats import (
 from slmops.evaluation.suites import Case, Suites
 from slmops.generation import Generator, Prompt
 
-Retrieve = Callable[[str, str, int], list[tuple[str, str]]]  # (index, query, k) -> [(src, text)]
+# (index, query, k, min_similarity) -> [(source, text)]; [] when nothing is near enough
+Retrieve = Callable[[str, str, int, float | None], list[tuple[str, str]]]
 Progress = Callable[[str, int, int], None]  # (stage, done, of)
 
 
@@ -145,18 +146,20 @@ def known_metrics(suites: Suites) -> dict[str, int]:
 def build_prompts(
     suites: Suites, retrieve: Retrieve | None
 ) -> tuple[list[Prompt], list[list[str] | None]]:
-    """The prompt of every case; knowledge cases carry the retrieved chunks as context."""
+    """The prompt of every case; the cases of a suite that names an index (every knowledge
+    suite does) carry the chunks retrieval finds for them as context (none for a case no chunk
+    is the suite's min_similarity near: it is asked alone, as served)."""
     prompts: list[Prompt] = []
     retrieved: list[list[str] | None] = []
     for case in suites.cases:
         spec = suites.config.suites[case.suite]
-        if spec.kind != "knowledge":
+        if spec.kind != "knowledge" and spec.index is None:
             prompts.append(case.messages)
             retrieved.append(None)
             continue
         if retrieve is None or spec.index is None:
             raise ValueError(f"suite {case.suite!r} needs retrieval from an index")
-        hits = retrieve(spec.index, case.messages[-1]["content"], spec.k)
+        hits = retrieve(spec.index, case.messages[-1]["content"], spec.k, spec.min_similarity)
         prompts.append(with_context(case.messages, hits, spec.context_chars))
         retrieved.append([src for src, _ in hits])
     return prompts, retrieved
@@ -164,7 +167,9 @@ def build_prompts(
 
 def with_context(messages: Prompt, hits: list[tuple[str, str]], chars: int | None = None) -> Prompt:
     """The prompt with retrieved chunks ([source] text, the first `chars` characters of each,
-    or all of it) put before the user's question."""
+    or all of it) put before the user's question; the question alone when there are none."""
+    if not hits:
+        return list(messages)
     question = messages[-1]["content"]
     context = "\n".join(f"[{src}] {' '.join(text.split())[:chars]}" for src, text in hits)
     user = {"role": "user", "content": f"Context:\n{context}\n\nQuestion: {question}"}

@@ -66,14 +66,28 @@ class SuiteSpec(BaseModel):
     glossary: dict[str, list[str]] | None = Field(
         None, description="Preferred term -> synonyms no answer may use instead of it."
     )
-    index: str | None = Field(None, description="Knowledge suites: the index to retrieve from.")
-    k: int = Field(3, ge=1, le=20, description="Knowledge suites: chunks retrieved per case.")
+    index: str | None = Field(
+        None,
+        description="The index to retrieve from: every case of the suite is asked with the "
+        "chunks retrieval finds for it in the prompt, as a RAG client serves the model (required "
+        "for knowledge suites; on another kind, its checks are made on the served prompt).",
+    )
+    k: int = Field(3, ge=1, le=20, description="Chunks retrieved per case (with `index`).")
     context_chars: int | None = Field(
         None,
         ge=1,
-        description="Knowledge suites: how many characters of each retrieved chunk the prompt "
+        description="With `index`: how many characters of each retrieved chunk the prompt "
         "shows (unset: the whole chunk). As the model is trained and served: a cut sized for a "
         "small window can cut off the answer.",
+    )
+    min_similarity: float | None = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="With `index`: a case whose nearest chunk's dense (cosine) similarity is "
+        "below this is asked without context, as a RAG client that drops irrelevant chunks "
+        "serves it (slmops.retrieve(..., min_similarity=)); unset: every case gets its k chunks. "
+        "Serve the model with the value it was gated with.",
     )
 
 
@@ -159,6 +173,11 @@ def load_suites(folder: str | Path) -> Suites:
             problems.append(f"{path}: suite {name!r} is a terminology suite but has no `glossary`")
         if spec.kind == "knowledge" and not spec.index:
             problems.append(f"{path}: suite {name!r} is a knowledge suite but names no `index`")
+        if spec.min_similarity is not None and not spec.index:
+            problems.append(
+                f"{path}: suite {name!r} sets `min_similarity` but names no `index` to "
+                "retrieve from: add the index or remove min_similarity"
+            )
         cases += _load_cases(root / spec.cases, name, config.system, problems)
     seen: dict[str, str] = {}
     for case in cases:

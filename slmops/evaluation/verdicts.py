@@ -14,7 +14,14 @@ from pydantic import BaseModel
 
 from slmops.errors import ConfigError
 from slmops.evaluation.answers import StoredAnswers, fingerprint
-from slmops.evaluation.gate import CaseResult, Progress, Verdict, known_metrics, run_gate
+from slmops.evaluation.gate import (
+    CaseResult,
+    Progress,
+    Retrieve,
+    Verdict,
+    known_metrics,
+    run_gate,
+)
 from slmops.evaluation.policy import GatePolicy, load_policy
 from slmops.evaluation.report import chart, markdown
 from slmops.evaluation.suites import Suites, load_suites
@@ -181,10 +188,8 @@ def stored_answers(
     )
 
 
-def index_retriever(
-    store: ObjectStore, suites: Suites
-) -> tuple[Callable[[str, str, int], list[tuple[str, str]]] | None, dict[str, str]]:
-    indexes = {s.index for s in suites.config.suites.values() if s.kind == "knowledge" and s.index}
+def index_retriever(store: ObjectStore, suites: Suites) -> tuple[Retrieve | None, dict[str, str]]:
+    indexes = {s.index for s in suites.config.suites.values() if s.index}
     if not indexes:
         return None, {}
     from slmops.rag.retrieval import load_index
@@ -192,10 +197,13 @@ def index_retriever(
     loaded = {name: load_index(name, store=store) for name in sorted(indexes)}
     info = {"name": ", ".join(loaded), "version": ", ".join(i.version for i in loaded.values())}
 
-    def retrieve(index: str, query: str, k: int) -> list[tuple[str, str]]:
+    def retrieve(
+        index: str, query: str, k: int, min_similarity: float | None = None
+    ) -> list[tuple[str, str]]:
         if not query.strip():
             return []
-        return [(hit.source, hit.text) for hit in loaded[index].retrieve(query, k)]
+        hits = loaded[index].retrieve(query, k, min_similarity=min_similarity)
+        return [(hit.source, hit.text) for hit in hits]
 
     return retrieve, info
 

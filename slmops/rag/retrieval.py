@@ -80,6 +80,12 @@ class LoadedIndex:
         hits = self.index.as_retriever(similarity_top_k=n).retrieve(query)
         return [(self.rows[h.node.node_id], float(h.score or 0.0)) for h in hits]
 
+    def nearest_similarity(self, query: str) -> float:
+        """The dense similarity of the chunk nearest to `query` (the relevance of the best
+        match, whatever the ranking mode)."""
+        ranked = self.dense(query, 1)
+        return ranked[0][1] if ranked else 0.0
+
     def retrieve(
         self,
         query: str,
@@ -88,14 +94,22 @@ class LoadedIndex:
         mode: Mode | None = None,
         fusion: Fusion | None = None,
         dense_weight: float | None = None,
+        min_similarity: float | None = None,
     ) -> list[Retrieved]:
         """The `k` best chunks for `query`; mode, fusion and weight default to the settings
-        (SLMOPS_RETRIEVAL_MODE, _FUSION, _DENSE_WEIGHT)."""
+        (SLMOPS_RETRIEVAL_MODE, _FUSION, _DENSE_WEIGHT).
+
+        min_similarity: none at all when no chunk's dense (cosine) similarity to the query
+        reaches it: a question nothing in the docs is near is not about them, and chunks put
+        before it anyway read to the model as something to answer from (a RAG client then asks
+        the question alone, and the model's own scope decides)."""
         from slmops.config import get_settings
 
         if not query.strip():
             raise ValueError("empty query")
         if not self.nodes:
+            return []
+        if min_similarity is not None and self.nearest_similarity(query) < min_similarity:
             return []
         settings = get_settings()
         mode = mode or settings.retrieval_mode
@@ -191,7 +205,16 @@ def load_index(
 
 
 def retrieve(
-    index: str, query: str, k: int = 5, *, store: Any = None, version: str | None = None
+    index: str,
+    query: str,
+    k: int = 5,
+    *,
+    store: Any = None,
+    version: str | None = None,
+    min_similarity: float | None = None,
 ) -> list[Retrieved]:
-    """The `k` chunks of index `index` (its `latest` version) closest to `query`."""
-    return load_index(index, store=store, version=version).retrieve(query, k)
+    """The `k` chunks of index `index` (its `latest` version) closest to `query`; none when
+    no chunk's similarity reaches `min_similarity` (LoadedIndex.retrieve)."""
+    return load_index(index, store=store, version=version).retrieve(
+        query, k, min_similarity=min_similarity
+    )
