@@ -204,7 +204,7 @@ def test_assess_measures_every_arm_and_recommends_with_evidence(
         "adapter": "assessed",
         "examples": str(EXAMPLE / "train.jsonl"),
         "few_shot": 8,
-        "max_cases_per_suite": 16,  # 80 cases x 5 arms: enough to prove a 70-point gap
+        "max_cases_per_suite": 16,  # 96 cases (6 suites) x 5 arms: enough for a 70-point gap
         "economics": {"requests_per_month": 300_000},
     }
     (tmp_path / "assess.yaml").write_text(yaml.safe_dump(task))
@@ -235,7 +235,7 @@ def test_assess_measures_every_arm_and_recommends_with_evidence(
         good.resources["estimated_cost_usd"]
     )
     answers = [json.loads(x) for x in reports.read_file(version, "answers.jsonl").splitlines()]
-    assert len(answers) == 5 * result["cases"] == 5 * 80
+    assert len(answers) == 5 * result["cases"] == 5 * 96
     # Failures are classed: a well-formed answer citing no doc is knowledge, anything the
     # format, style or injection rules catch is behaviour (the fix differs: RAG vs tuning).
     for row in answers:
