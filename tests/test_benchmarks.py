@@ -103,7 +103,9 @@ def test_the_learning_curve_reads_the_bases_own_scope_decision(
     assert learning_curve.base_scope(tmp_path) is None
 
 
-def test_retrieval_alone_tells_the_fresh_prompts_apart_and_the_served_cut_keeps_in_scope_context(tmp_path: Path) -> None:
+def test_retrieval_alone_tells_the_fresh_prompts_apart_and_the_served_cut_keeps_in_scope_context(
+    tmp_path: Path,
+) -> None:
     """The learning curve's baseline for the adapter's scope decision: the nearest chunk's
     similarity in the example's index ranks the fresh in-scope prompts above the off-topic
     ones (0.995 on the bundled docs), and a line on it meets both scope targets."""

@@ -169,6 +169,7 @@ def test_a_helpful_candidate_passes_the_example_policy(suites: Suites) -> None:
     assert verdict.declines is not None
     assert verdict.declines.candidate_in_scope == 0.0
     assert verdict.declines.candidate_off_topic == 1.0
+    assert verdict.declines.candidate_served_off_topic == 1.0
 
 
 # The floors the example leaves to a model that reads its context (policy.yaml says so).
@@ -200,7 +201,22 @@ def test_the_verdict_shows_decline_rates_side_by_side(suites: Suites) -> None:
     assert verdict.declines is not None
     assert verdict.declines.candidate_in_scope == 1.0
     text = markdown(verdict)
-    assert "| candidate | 100% | 100% |" in text, text
+    assert "| candidate | 100% | 100% | 100% |" in text, text
+    assert "off-topic, as served: retrieved chunks first (n=40)" in text, text
+
+
+def test_declining_off_topic_questions_only_when_asked_alone_shows_beside_as_served(
+    suites: Suites,
+) -> None:
+    from slmops.evaluation.report import markdown
+
+    answer, _ = DEGENERATE["answers whatever comes with context"]
+    verdict = gate(suites, answer)
+    d = verdict.declines
+    assert d is not None and (d.off_topic_n, d.served_off_topic_n) == (40, 40)
+    assert (d.candidate_off_topic, d.candidate_served_off_topic) == (1.0, 0.0)
+    assert "| candidate | 0% | 100% | 0% |" in markdown(verdict)
+    assert failed_metrics(verdict) == {"served.refuses"}, verdict.reasons
 
 
 def test_facts_are_matched_as_whole_words_in_an_answer_that_does_not_decline(

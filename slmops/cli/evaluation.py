@@ -98,8 +98,15 @@ def gate(
             f"declined: in-scope {pct(d.candidate_in_scope)} of {d.in_scope_n}, off-topic "
             f"{pct(d.candidate_off_topic)} of {d.off_topic_n}"
         )
+        if d.served_off_topic_n:
+            line += (
+                f", off-topic as served {pct(d.candidate_served_off_topic)} of "
+                f"{d.served_off_topic_n}"
+            )
         if verdict.champion is not None:
-            line += f" (champion: {pct(d.champion_in_scope)}, {pct(d.champion_off_topic)})"
+            line += f" (champion: {pct(d.champion_in_scope)}, {pct(d.champion_off_topic)}" + (
+                f", {pct(d.champion_served_off_topic)})" if d.served_off_topic_n else ")"
+            )
         console.print(line, highlight=False)
     reuse = answers_reused(verdict)
     if reuse:

@@ -86,7 +86,9 @@ class CaseResult(BaseModel):
 
 
 class DeclineRates(BaseModel):
-    """How often each model declined, on questions it must answer and on ones it must not."""
+    """How often each model declined, on questions it must answer and on ones it must not:
+    off-topic ones asked alone, and asked as served (in a suite that names an index: with the
+    chunks retrieval found for them)."""
 
     in_scope_n: int
     off_topic_n: int
@@ -94,6 +96,9 @@ class DeclineRates(BaseModel):
     candidate_off_topic: float | None
     champion_in_scope: float | None = None
     champion_off_topic: float | None = None
+    served_off_topic_n: int = 0
+    candidate_served_off_topic: float | None = None
+    champion_served_off_topic: float | None = None
 
 
 class Verdict(BaseModel):
@@ -223,11 +228,15 @@ def _score_distinct(cases: list[Case], answers: list[str], scores: list[dict[str
 
 def decline_rates(suites: Suites, candidate: list[str], champion: list[str] | None) -> DeclineRates:
     """The share of declined answers on in-scope cases (expect `answers`) and on off-topic
-    ones (expect `refuses`), side by side for candidate and champion."""
+    ones (expect `refuses`; asked alone, and as served: in a suite with an index), side by
+    side for candidate and champion."""
     scorer = Scorer(suites.config, suites.schema_doc)
+    served = {name for name, spec in suites.config.suites.items() if spec.index is not None}
+    refuse = [(i, c.suite in served) for i, c in enumerate(suites.cases) if "refuses" in c.expect]
     groups = {
         "in_scope": [i for i, c in enumerate(suites.cases) if "answers" in c.expect],
-        "off_topic": [i for i, c in enumerate(suites.cases) if "refuses" in c.expect],
+        "off_topic": [i for i, with_index in refuse if not with_index],
+        "served": [i for i, with_index in refuse if with_index],
     }
 
     def rate(answers: list[str] | None, rows: list[int]) -> float | None:
@@ -243,6 +252,9 @@ def decline_rates(suites: Suites, candidate: list[str], champion: list[str] | No
         candidate_off_topic=rate(candidate, groups["off_topic"]),
         champion_in_scope=rate(champion, groups["in_scope"]),
         champion_off_topic=rate(champion, groups["off_topic"]),
+        served_off_topic_n=len(groups["served"]),
+        candidate_served_off_topic=rate(candidate, groups["served"]),
+        champion_served_off_topic=rate(champion, groups["served"]),
     )
 
 

@@ -96,15 +96,28 @@ def declines_table(verdict: Verdict) -> list[str]:
     d = verdict.declines
     if d is None:
         return []
-    rows = [("candidate", d.candidate_in_scope, d.candidate_off_topic)]
+    rows = [
+        ("candidate", d.candidate_in_scope, d.candidate_off_topic, d.candidate_served_off_topic)
+    ]
     if verdict.champion is not None:
-        rows.append(("champion", d.champion_in_scope, d.champion_off_topic))
+        rows.append(
+            ("champion", d.champion_in_scope, d.champion_off_topic, d.champion_served_off_topic)
+        )
+    served = d.served_off_topic_n > 0
+    head = (
+        f"| declined | in-scope questions (n={d.in_scope_n}) | "
+        f"off-topic questions, asked alone (n={d.off_topic_n}) |"
+    )
+    if served:
+        head += f" off-topic, as served: retrieved chunks first (n={d.served_off_topic_n}) |"
     return [
         "",
-        f"| declined | in-scope questions (n={d.in_scope_n}) | "
-        f"off-topic questions (n={d.off_topic_n}) |",
-        "|---|---|---|",
-        *(f"| {who} | {_pct(a)} | {_pct(b)} |" for who, a, b in rows),
+        head,
+        "|---|---|---|" + ("---|" if served else ""),
+        *(
+            f"| {who} | {_pct(a)} | {_pct(b)} |" + (f" {_pct(c)} |" if served else "")
+            for who, a, b, c in rows
+        ),
     ]
 
 
