@@ -202,7 +202,7 @@ def test_the_verdict_shows_decline_rates_side_by_side(suites: Suites) -> None:
     assert verdict.declines.candidate_in_scope == 1.0
     text = markdown(verdict)
     assert "| candidate | 100% | 100% | 100% |" in text, text
-    assert "off-topic, as served: retrieved chunks first (n=40)" in text, text
+    assert "off-topic, as served: with retrieval (n=40)" in text, text
 
 
 def test_declining_off_topic_questions_only_when_asked_alone_shows_beside_as_served(

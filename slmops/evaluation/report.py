@@ -109,7 +109,7 @@ def declines_table(verdict: Verdict) -> list[str]:
         f"off-topic questions, asked alone (n={d.off_topic_n}) |"
     )
     if served:
-        head += f" off-topic, as served: retrieved chunks first (n={d.served_off_topic_n}) |"
+        head += f" off-topic, as served: with retrieval (n={d.served_off_topic_n}) |"
     return [
         "",
         head,
