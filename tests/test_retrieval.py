@@ -179,6 +179,13 @@ def test_query_command_prints_sources_and_scores(
     )
     assert result.exit_code == 0, result.output
     assert "1. inlets/email-inlet.md" in result.output and "score" in result.output
+    assert "the nearest chunk's similarity 0." in result.output
+    off_topic = ["query", "support", "How do I bake sourdough bread?", "--store", store.uri]
+    result = CliRunner().invoke(app, [*off_topic, "--min-similarity", "0.28"])
+    assert result.exit_code == 0, result.output
+    assert "nothing: no chunk is 0.28 similar" in result.output and "1. " not in result.output
+    result = CliRunner().invoke(app, [*off_topic, "--min-similarity", "2"])
+    assert result.exit_code == 2 and "min-similarity" in result.output
 
 
 @pytest.mark.parametrize(

@@ -104,19 +104,42 @@ def query(
         str | None,
         typer.Option(help="dense, bm25 or hybrid (default: SLMOPS_RETRIEVAL_MODE, hybrid)."),
     ] = None,
+    min_similarity: Annotated[
+        float | None,
+        typer.Option(
+            min=-1.0,
+            max=1.0,
+            help="Return nothing when no chunk's cosine similarity to the question reaches "
+            "this (as a RAG client serving with the cut sees it; the example's suites: 0.28).",
+        ),
+    ] = None,
     store: StoreOpt = None,
 ) -> None:
-    """Retrieve the chunks of an index closest to a question, with source and score."""
+    """Retrieve the chunks of an index closest to a question, with source and score, and the
+    nearest chunk's similarity (what a `--min-similarity` cut is compared with)."""
     from slmops.config import get_settings
     from slmops.rag.hybrid import MODES
     from slmops.rag.retrieval import load_index
 
     if mode is not None and mode not in MODES:
         raise typer.BadParameter(f"{mode!r}: use one of {', '.join(MODES)}", param_hint="--mode")
+    if not question.strip():
+        raise typer.BadParameter("the question is empty", param_hint="QUESTION")
     loaded = load_index(index, store=store, version=version)
     used = mode or get_settings().retrieval_mode
-    console.print(f"[dim]index {index} version {loaded.version}, {used} retrieval[/dim]")
-    for rank, hit in enumerate(loaded.retrieve(question, k, mode=used), 1):
+    nearest = loaded.nearest_similarity(question)
+    console.print(
+        f"[dim]index {index} version {loaded.version}, {used} retrieval; the nearest chunk's "
+        f"similarity {nearest:.3f}[/dim]"
+    )
+    hits = loaded.retrieve(question, k, mode=used, min_similarity=min_similarity)
+    if not hits and min_similarity is not None:
+        console.print(
+            f"nothing: no chunk is {min_similarity} similar to the question (the nearest: "
+            f"{nearest:.3f}); a client serving with this cut asks it without context",
+            highlight=False,
+        )
+    for rank, hit in enumerate(hits, 1):
         console.print(
             f"[bold]{rank}. {escape(hit.source)}[/bold]  score {hit.score:.3f}  "
             f"({escape(hit.title)})",
