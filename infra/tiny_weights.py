@@ -185,6 +185,12 @@ def build_tokenizer(vocab_size: int = 2048) -> object:
         eos_token="<|end|>",
         model_max_length=512,
     )
+    # Every bundled doc's path as one token: a reply cites a passage by copying its label,
+    # and this network copies one token far better than the 7-10 pieces BPE cuts a path into
+    # (`in|lets|/|e|mail|-|inlet|.md`): the example's adapter cited a retrieved doc in
+    # 0.67-0.79 of knowledge answers on this base (three seeds), 0.39-0.45 with BPE paths
+    # (README, "Citing is copying").
+    tokenizer.add_tokens(sorted(_docs()))
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 

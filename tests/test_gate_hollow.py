@@ -19,6 +19,11 @@ from slmops.evaluation.suites import Case, Suites, load_suites
 from tests.helpers import EVALS
 
 DECLINE = "I can only help with questions about Tidewell."
+FEW_CANNED = [
+    "Open Settings and choose the option you need.",
+    "Your admin can change this under Berth settings.",
+    "Contact your Tidewell account manager for this.",
+]
 OTHER_DOC = "billing/invoices.md"
 
 
@@ -86,6 +91,16 @@ DEGENERATE: dict[str, tuple[Callable[[Case, list[dict[str, str]]], str], set[str
     "one canned answer": (
         lambda c, p: (
             reply("Open Settings and choose the option you need.", [OTHER_DOC])
+            if "refuses" not in c.expect
+            else reply(DECLINE, [], "low")
+        ),
+        {"format.distinct_answers"},
+    ),
+    # Three stock replies, each helpful-looking, dealt out over every question: no case has
+    # an answer of its own (the example guards distinct answers with a floor, not a margin).
+    "a few canned answers": (
+        lambda c, p: (
+            reply(FEW_CANNED[sum(map(ord, c.id)) % len(FEW_CANNED)], context_sources(p)[:1])
             if "refuses" not in c.expect
             else reply(DECLINE, [], "low")
         ),

@@ -244,8 +244,12 @@ def main() -> None:
         rows.append(chat(f"{noise}{ask} {rng.choice(['thx', '🙏', '??', ''])}".strip(), reply))
     for ask in OFF_TOPIC:
         rows.append(chat(ask, REFUSAL))
+    # Five phrasings of each far subject (150 rows): with three (90), the scope the adapter
+    # learned on the example's base swung from run to run (off-topic declined 0.45-0.80 over
+    # seeds and a base release) and a retrain failed the gate against its champion; with
+    # five, 0.875-0.90, and r2's warm start held r1's line (README, "Citing is copying").
     for subject in OFF_SUBJECTS:
-        for template in rng.sample(OFF_ASKS, 3):
+        for template in rng.sample(OFF_ASKS, 5):
             rows.append(chat(template.format(x=subject), REFUSAL))
     # (Injections wrap off-topic asks: an in-scope question declined would teach the model
     # to decline in-scope questions.)
