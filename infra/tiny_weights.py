@@ -42,10 +42,24 @@ PRETRAIN: dict[str, Any] = {
 # The conversations the base is pretrained on besides the docs (Chats), as an instruct model
 # has seen conversations: questions about the docs answered from them (with or without
 # passages to read, citing the one that answers), and questions about anything else turned
-# away. No JSON object, no system prompt, and phrasings and subjects of their own (none is in
-# the example's training rows or eval suites): the adapter still has to learn the bot's
-# format, fields, style and refusal wording.
+# away. No system prompt, no whole JSON object (a reply that cites opens with the bot's
+# citation header, CITE_HEAD, and goes on in plain text), and phrasings and subjects of their
+# own (none is in the example's training rows or eval suites): the adapter still has to learn
+# the bot's format, fields, style and refusal wording.
 CONTEXT_CHARS = 240  # as much of each passage as the example's knowledge suite shows
+# How a reply that cites opens: the first keys of the bot's answer object, in the order the
+# example's training rows write them. The label to cite is then as many tokens from the
+# prompt's list of sources ("Sources you can cite: ..." , `with_context`) as it will be in the
+# adapter's replies, so the copying learned here is the copying the adapter needs.
+CITE_HEAD = '{"confidence": "high", "sources": ["'
+# Share of passages whose labels are other docs' paths (the reply cites the first label all
+# the same): the label can then only be copied, not recalled from what the passage is about.
+# Without them the base cited by memory (the example's adapter: a doc other than the ones
+# shown in 9 of 33 knowledge answers, seed 42). With 3 in 10 it copied every label, but the
+# answer no longer followed the label and collapsed onto a few doc sentences (r1's adapter:
+# format.distinct_answers 0.175, the gate failed it); with 1 in 10, 0.45 (README, "Citing is
+# copying").
+RELABELLED = 0.1
 # Subjects far from Tidewell (none is in the learning-curve benchmark's fresh prompts).
 _OFF_NOUNS = (
     "volcanoes, the Roman empire, chess openings, winter gardening, origami, the human heart, "
@@ -225,10 +239,15 @@ class Chats:
 
     `passage()`: a question about one section of a doc with three retrieved passages, the
     answering doc's first (as retrieval ranks them), each labelled with its path, in the form
-    the gate and serving prompts use (`slmops.evaluation.gate.with_context`); the reply cites
-    the first passage's path in a list, as chat models cite (`Sources: ["path"].`), then
-    answers. (Passages labelled with made-up paths, to teach copying the label, taught
-    nothing in 1,100 steps: this network does not learn to copy in minutes.)
+    the gate and serving prompts use (`slmops.evaluation.gate.with_context`: the passages,
+    the question, then the list of sources); the reply opens with the bot's citation header
+    (CITE_HEAD) and the first passage's label, then answers in plain text. A share of the
+    passages (RELABELLED) carry other docs' paths, so that the label is copied, not recalled:
+    with each path one token and the list at a fixed distance from the citation, the copy is
+    learned within a few hundred steps (the base before this form, continued for 150 such
+    steps with 1 in 10 relabelled: 0.90 of relabelled passages cited by their first label,
+    1.00 of the others). (With BPE paths of 7-10 tokens and the label only before each
+    passage, relabelled passages taught nothing in 1,100 steps.)
 
     `plain()`: a question without passages, half about a section of the docs (answered with
     its first sentence), half about anything else (turned away with OUT_OF_SCOPE), asked in
@@ -242,6 +261,7 @@ class Chats:
         self.rng = random.Random(seed)
         self.chunks = _chunks()  # what retrieval puts into the prompt
         self.all_chunks = [(p, c) for p in sorted(self.chunks) for c in self.chunks[p]]
+        self.paths = sorted(self.chunks)
         self.sections = [
             (path, heading, answer, _title(text))
             for path, text in _docs().items()
@@ -263,9 +283,12 @@ class Chats:
         others = [(path, c) for c in own if c is not right] if rng.random() < 0.3 else []
         others += rng.sample([(p, c) for p, c in self.all_chunks if p != path], 2)
         hits = [(path, right), *others[:2]]
+        if rng.random() < RELABELLED:
+            labels = rng.sample(self.paths, len(hits))
+            hits = [(label, chunk) for label, (_, chunk) in zip(labels, hits, strict=True)]
         ask = rng.choice(ASK_FRAMES).format(s=self._subject(heading, title))
         user = with_context([{"role": "user", "content": ask}], hits, CONTEXT_CHARS)[-1]
-        return _turn(user["content"], f'Sources: ["{path}"]. {answer}')
+        return _turn(user["content"], f'{CITE_HEAD}{hits[0][0]}"]}} {answer}')
 
     def plain(self) -> str:
         rng = self.rng

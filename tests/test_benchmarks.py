@@ -143,6 +143,8 @@ def test_served_rates_ask_with_the_retrieved_context_and_count_only_cited_retrie
     by a stand-in generator (the rule under test is the benchmark's, not a model's)."""
     import json
 
+    from slmops.evaluation.gate import CITE_LIST
+
     inside = set(learning_curve.FRESH_IN_SCOPE)
     seen: list[str] = []
 
@@ -160,7 +162,7 @@ def test_served_rates_ask_with_the_retrieved_context_and_count_only_cited_retrie
             for prompt in prompts:
                 user = prompt[-1]["content"]
                 seen.append(user)
-                question = user.rpartition("Question: ")[2]
+                question = user.rpartition("Question: ")[2].partition(f"\n{CITE_LIST}")[0]
                 answer = (
                     {"answer": "Open Settings.", "sources": [self.source], "confidence": "high"}
                     if question in inside

@@ -132,20 +132,28 @@ def test_a_section_answers_with_its_first_sentence_never_a_list_items_number_or_
 
 
 def test_the_tiny_bases_conversations_cite_the_first_passage_and_turn_other_subjects_away() -> None:
-    from infra.tiny_weights import OUT_OF_SCOPE, Chats
+    from infra.tiny_weights import CITE_HEAD, OUT_OF_SCOPE, RELABELLED, Chats
+    from slmops.evaluation.gate import CITE_LIST
 
     chats = Chats(seed=3)
     every_chunk = {c for chunks in chats.chunks.values() for c in chunks}
+    relabelled = 0
     for _ in range(50):
         text = chats.passage()
         passages = text.split("Context:\n", 1)[1].split("\n\nQuestion:")[0].splitlines()
-        cited = text.split('Sources: ["', 1)[1].split('"', 1)[0]
+        cited = text.split(f"<|assistant|>\n{CITE_HEAD}", 1)[1].split('"', 1)[0]
+        listed = text.split(f"\n{CITE_LIST}", 1)[1].split("<|end|>", 1)[0].split(", ")
         assert len(passages) == 3 and passages[0].startswith(f"[{cited}] ")
+        assert listed == [p[1:].split("] ", 1)[0] for p in passages]
+        # the first label is the passage's own doc, or (RELABELLED) another doc's: copy it
+        first = passages[0].split("] ", 1)[1][:60]
+        relabelled += not any(first in " ".join(c.split()) for c in chats.chunks[cited])
         # each passage is the start of a chunk the product's ingestion makes
         assert all(
             any(" ".join(c.split()).startswith(p.split("] ", 1)[1]) for c in every_chunk)
             for p in passages
         )
+    assert 0.1 * 50 <= relabelled <= 0.6 * 50 and 0 < RELABELLED < 1, relabelled
     titles = {title.lower() for _, _, _, title in chats.sections}
     plain = [chats.plain() for _ in range(400)]
     away = [t for t in plain if OUT_OF_SCOPE in t]

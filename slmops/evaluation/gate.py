@@ -170,14 +170,23 @@ def build_prompts(
     return prompts, retrieved
 
 
+CITE_LIST = "Sources you can cite: "  # with_context: what follows the question
+
+
 def with_context(messages: Prompt, hits: list[tuple[str, str]], chars: int | None = None) -> Prompt:
     """The prompt with retrieved chunks ([source] text, the first `chars` characters of each,
-    or all of it) put before the user's question; the question alone when there are none."""
+    or all of it) put before the user's question, and after it the list of the chunks' sources
+    in the order retrieved (CITE_LIST): the docs a reply may cite, where a model reads them
+    last, just before it writes its own sources. The question alone when there are none."""
     if not hits:
         return list(messages)
     question = messages[-1]["content"]
     context = "\n".join(f"[{src}] {' '.join(text.split())[:chars]}" for src, text in hits)
-    user = {"role": "user", "content": f"Context:\n{context}\n\nQuestion: {question}"}
+    cite = ", ".join(src for src, _ in hits)
+    user = {
+        "role": "user",
+        "content": f"Context:\n{context}\n\nQuestion: {question}\n{CITE_LIST}{cite}",
+    }
     return [*messages[:-1], user]
 
 
