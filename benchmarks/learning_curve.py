@@ -435,6 +435,7 @@ def main(argv: list[str] | None = None) -> None:
     from slmops.generation import LocalGenerator
     from slmops.rag.ingest import run_ingest
     from slmops.store.local import LocalStore
+    from slmops.training import datasets
     from slmops.training.trainer import TrainConfig, train_adapter
 
     work = Path(tempfile.mkdtemp(prefix="slmops-bench-curve-"))
@@ -486,13 +487,17 @@ def main(argv: list[str] | None = None) -> None:
             "seed": args.seed,
             "batch_size": args.batch,
         }
+        # the rows the refine-tune flow trains on: the dataset's train split, the rest held
+        # out for its eval loss (a benchmark on every row measures another adapter)
+        train_rows, held_out = datasets.split(rows, datasets.DatasetConfig().eval_fraction)
         config = TrainConfig(
             max_steps=args.steps,
             save_steps=args.every,
             **{field: value for field, value in chosen.items() if value is not None},
         )
         print(
-            f"training {args.steps} steps (lr {config.learning_rate}, rank {config.rank}, "
+            f"training {args.steps} steps on {len(train_rows)} rows ({len(held_out)} held out, as"
+            f" the flow splits them; lr {config.learning_rate}, rank {config.rank}, "
             f"batch {config.batch_size}, seed {config.seed}), a checkpoint every {args.every} ...",
             flush=True,
         )
@@ -510,8 +515,8 @@ def main(argv: list[str] | None = None) -> None:
 
         result = train_adapter(
             base,
-            rows,
-            [],
+            train_rows,
+            held_out,
             work / "run",
             config,
             served_model="support-bot",

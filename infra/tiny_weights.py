@@ -12,14 +12,15 @@ chunks the product's ingestion cuts, in the serving prompt's form) and a reply c
 first, 3 of 10 packed with plain questions, half about the docs and half about anything else
 (turned away), as a real base model has read text like the one it will serve. A LoRA adapter on a
 random base learns the answer format but not the job (it declines everything or repeats one
-answer); on this base the example's adapter passes the gate within its 150 steps (README, "What
-the tiny model learns", has the rates).
+answer); on this base the example's adapter passes the gate within its 150 steps (docs/tiny-model.md
+has the rates).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -55,11 +56,13 @@ CITE_HEAD = '{"confidence": "high", "sources": ["'
 # Share of passages whose labels are other docs' paths (the reply cites the first label all
 # the same): the label can then only be copied, not recalled from what the passage is about.
 # Without them the base cited by memory (the example's adapter: a doc other than the ones
-# shown in 9 of 33 knowledge answers, seed 42). With 3 in 10 it copied every label, but the
-# answer no longer followed the label and collapsed onto a few doc sentences (r1's adapter:
-# format.distinct_answers 0.175, the gate failed it); with 1 in 10, 0.45 (README, "Citing is
-# copying").
-RELABELLED = 0.1
+# shown in 9 of 33 knowledge answers, seed 42). With 1 in 10, 5 of 33 still cited a doc not
+# shown. With 3 in 10 it copied every label, but the answer no longer followed the label and
+# collapsed onto a few doc sentences (r1's adapter: format.distinct_answers 0.175, the gate
+# failed it). 2 in 10 copies (with every doc an answering one, `_chunk_leads`: r1 cites a
+# retrieved doc in 0.97 of knowledge answers) and still answers by the label (distinct 0.40)
+# (docs/tiny-model.md, "Citing is copying").
+RELABELLED = 0.2
 # Subjects far from Tidewell (none is in the learning-curve benchmark's fresh prompts).
 _OFF_NOUNS = (
     "volcanoes, the Roman empire, chess openings, winter gardening, origami, the human heart, "
@@ -199,12 +202,13 @@ def build_tokenizer(vocab_size: int = 2048) -> object:
         eos_token="<|end|>",
         model_max_length=512,
     )
-    # Every bundled doc's path as one token: a reply cites a passage by copying its label,
-    # and this network copies one token far better than the 7-10 pieces BPE cuts a path into
-    # (`in|lets|/|e|mail|-|inlet|.md`): the example's adapter cited a retrieved doc in
-    # 0.67-0.79 of knowledge answers on this base (three seeds), 0.39-0.45 with BPE paths
-    # (README, "Citing is copying").
-    tokenizer.add_tokens(sorted(_docs()))
+    # Every bundled doc's path as one token (HTML and PDF ones too: retrieval puts them in
+    # prompts): a reply cites a passage by copying its label, and this network copies one
+    # token far better than the 7-10 pieces BPE cuts a path into (`in|lets|/|e|mail|-|inlet|
+    # .md`): the example's adapter cited a retrieved doc in 0.67-0.79 of knowledge answers on
+    # this base (three seeds), 0.39-0.45 with BPE paths (docs/tiny-model.md, "Citing is
+    # copying").
+    tokenizer.add_tokens(sorted(_chunks()))
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
@@ -226,11 +230,33 @@ def _title(text: str) -> str:
 
 @functools.cache
 def _chunks() -> dict[str, list[str]]:
-    """The chunks ingestion cuts the bundled docs into (once per process: the build's key and
-    its pretraining both draw conversations from them)."""
+    """The chunks ingestion cuts the bundled docs into, every format it reads (once per
+    process: the build's key and its pretraining both draw conversations from them)."""
+    from slmops.rag.docs import FORMATS
     from slmops.rag.ingest import chunk_folder
 
-    return chunk_folder(EXAMPLE_DOCS)
+    return chunk_folder(EXAMPLE_DOCS, suffixes=FORMATS)
+
+
+def _chunk_leads(chunks: list[str]) -> list[tuple[str, str]]:
+    """(title, first line) of each of a doc's first chunks, for a doc without `## ` sections
+    (a table, an HTML page, a PDF): what a question about it is answered with, so that it is
+    an answering doc of the pretraining too (never one, a doc's label was never the one to
+    cite: the adapter cited another doc for "What does error TW-131 mean?" with
+    api/error-codes.md first in the prompt)."""
+    title = chunks[0].splitlines()[0].lstrip("# ").strip()
+    leads = []
+    for chunk in chunks[:3]:
+        lines = [
+            " ".join(line.split())
+            for line in chunk.splitlines()[1:]
+            if line.strip() and not line.startswith("#") and not set(line) <= set("|-: ")
+        ]
+        if lines and lines[0].startswith("|") and len(lines) > 1:
+            lines = lines[1:]  # a table's header row says nothing
+        if lines:
+            leads.append((title, re.split(r"(?<=[.!?])\s(?=[A-Z])", lines[0])[0][:200]))
+    return leads
 
 
 class Chats:
@@ -266,6 +292,13 @@ class Chats:
             (path, heading, answer, _title(text))
             for path, text in _docs().items()
             for heading, answer in section_leads(text)
+        ]
+        answering = {path for path, *_ in self.sections}
+        self.sections += [
+            (path, "what it says", answer, title)
+            for path in self.paths
+            if path not in answering
+            for title, answer in _chunk_leads(self.chunks[path])
         ]
 
     def _subject(self, heading: str, title: str) -> str:

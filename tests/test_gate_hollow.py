@@ -132,13 +132,22 @@ DEGENERATE: dict[str, tuple[Callable[[Case, list[dict[str, str]]], str], set[str
         ),
         {"served.refuses"},
     ),
-    # The example's floor for citing is low (its tiny model cites 0.4), and it leaves the
-    # facts' floor to a real model; with the floors a real deployment sets, these fail (and
-    # the first also under the example's own: test_citing_nothing_retrieved_fails_the_example).
+    # The example's policy floors citing at 0.5 (its tiny model cites 0.97) and leaves the
+    # facts' floor to a real model (REAL_MODEL_FLOORS); the two citing candidates also fail
+    # under the example's own policy (test_citing_..._fails_the_example_policy_as_it_is).
     "cites what it did not retrieve": (
         lambda c, p: (
             helpful(c, p).replace(json.dumps(context_sources(p)[:1]), json.dumps([OTHER_DOC]))
             if context_sources(p)
+            else helpful(c, p)
+        ),
+        {"knowledge.cites_retrieved"},
+    ),
+    # Cites from memory in 19 of the 33 knowledge answers (a retrieved doc in 0.42).
+    "cites from memory more often than not": (
+        lambda c, p: (
+            helpful(c, p).replace(json.dumps(context_sources(p)[:1]), json.dumps([OTHER_DOC]))
+            if context_sources(p) and int(c.id.rsplit("-", 1)[-1]) % 5 >= 2
             else helpful(c, p)
         ),
         {"knowledge.cites_retrieved"},
@@ -187,8 +196,8 @@ def test_a_helpful_candidate_passes_the_example_policy(suites: Suites) -> None:
     assert verdict.declines.candidate_served_off_topic == 1.0
 
 
-# The floors the example leaves to a model that reads its context (policy.yaml says so).
-REAL_MODEL_FLOORS = {"knowledge.cites_retrieved": 0.5, "knowledge.states_facts": 0.5}
+# The floor the example leaves to a model that reads its context (policy.yaml says so).
+REAL_MODEL_FLOORS = {"knowledge.states_facts": 0.5}
 
 
 @pytest.mark.parametrize("name", list(DEGENERATE))
@@ -201,11 +210,18 @@ def test_a_hollow_candidate_fails_naming_the_metric(suites: Suites, name: str) -
         assert any(r.startswith(f"{metric}: ") for r in verdict.reasons), (metric, verdict.reasons)
 
 
-def test_citing_nothing_retrieved_fails_the_example_policy_as_it_is(suites: Suites) -> None:
-    answer, _ = DEGENERATE["cites what it did not retrieve"]
+@pytest.mark.parametrize(
+    "name", ["cites what it did not retrieve", "cites from memory more often than not"]
+)
+def test_citing_nothing_or_too_little_retrieved_fails_the_example_policy_as_it_is(
+    suites: Suites, name: str
+) -> None:
+    answer, _ = DEGENERATE[name]
     verdict = gate(suites, answer)
     assert not verdict.passed
     assert failed_metrics(verdict) == {"knowledge.cites_retrieved"}, verdict.reasons
+    cited = next(m for m in verdict.metrics if m.metric == "knowledge.cites_retrieved")
+    assert cited.candidate < 0.5, cited
 
 
 def test_the_verdict_shows_decline_rates_side_by_side(suites: Suites) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from slmops.errors import ConfigError
-from slmops.rag.docs import DocLimits, DocSource
+from slmops.rag.docs import FORMATS, DocLimits, DocSource
 from slmops.rag.embedder import get_embedder
 from slmops.rag.ingest import EMBEDDINGS, NODES, IngestConfig, IngestReport, run_ingest
 from slmops.store.base import ObjectStore
@@ -296,6 +296,12 @@ def test_chunk_folder_gives_the_chunks_an_ingest_of_the_folder_stores(
     for rel in markdown:
         stored = [n["text"] for n in sorted(nodes, key=lambda n: n["i"]) if n["doc"] == rel]
         assert chunks[rel] == stored and len(stored) > 1, rel
+    # every format ingestion reads (HTML as its main content, PDF as its text), when asked
+    every = chunk_folder(docs, config, suffixes=FORMATS)
+    assert sorted(every) == sorted(SLICE) and set(every) > set(markdown), sorted(every)
+    for rel in SLICE:
+        stored = [n["text"] for n in sorted(nodes, key=lambda n: n["i"]) if n["doc"] == rel]
+        assert every[rel] == stored, rel
 
 
 def test_new_chunking_settings_rebuild_every_document(

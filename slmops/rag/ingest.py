@@ -22,7 +22,7 @@ import io
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -216,17 +216,21 @@ def make_splitter(
     )
 
 
-def chunk_folder(folder: Path, config: IngestConfig | None = None) -> dict[str, list[str]]:
-    """The chunks ingestion cuts each Markdown doc under a local folder into (its path
-    relative to the folder -> chunk texts in order): the passages retrieval puts into a
-    prompt, for building training conversations in the form the model is served."""
-    from slmops.rag.docs import parse_document
+def chunk_folder(
+    folder: Path, config: IngestConfig | None = None, suffixes: Iterable[str] = (".md",)
+) -> dict[str, list[str]]:
+    """The chunks ingestion cuts each doc under a local folder into (its path relative to the
+    folder -> chunk texts in order), for the docs whose names end in one of `suffixes`
+    (Markdown by default; `slmops.rag.docs.FORMATS` for every format ingestion reads): the
+    passages retrieval puts into a prompt, for building training conversations in the form
+    the model is served."""
     from slmops.rag.embedder import token_counter
 
     config = config or IngestConfig()
+    wanted = {suffix.lower() for suffix in suffixes}
     splitter = make_splitter(config, *token_counter(config.embed_model))
     out = {}
-    for path in sorted(folder.rglob("*.md")):
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in wanted):
         rel = path.relative_to(folder).as_posix()
         doc = parse_document(rel, path.read_bytes(), config.limits)
         out[rel] = [c for c in splitter.split_text(doc.text) if c.strip()]

@@ -221,7 +221,7 @@ class TrainConfig(BaseModel):
         weight by about the learning rate whatever its gradient: at full rate from the first
         step they undo some of what the champion learned (measured on the example: the
         adversarial suite's valid format fell from 0.98 to 0.90 without the warmup and held
-        with it, README 'What the tiny model learns')."""
+        with it, docs/tiny-model.md)."""
         if self.warm_start_steps is None:
             raise ValueError("warm_start_config() needs warm_start_steps")
         steps = self.warm_start_steps
