@@ -244,7 +244,7 @@ def _chunk_leads(chunks: list[str]) -> list[tuple[str, str]]:
     an answering doc of the pretraining too (never one, a doc's label was never the one to
     cite: the adapter cited another doc for "What does error TW-131 mean?" with
     api/error-codes.md first in the prompt)."""
-    title = chunks[0].splitlines()[0].lstrip("# ").strip()
+    title = _title(chunks[0])
     leads = []
     for chunk in chunks[:3]:
         lines = [
@@ -286,8 +286,8 @@ class Chats:
 
         self.rng = random.Random(seed)
         self.chunks = _chunks()  # what retrieval puts into the prompt
-        self.all_chunks = [(p, c) for p in sorted(self.chunks) for c in self.chunks[p]]
         self.paths = sorted(self.chunks)
+        self.all_chunks = [(p, c) for p in self.paths for c in self.chunks[p]]
         self.sections = [
             (path, heading, answer, _title(text))
             for path, text in _docs().items()

@@ -83,6 +83,13 @@ def helpful(case: Case, prompt: list[dict[str, str]]) -> str:
     )
 
 
+def cites_other_doc(case: Case, prompt: list[dict[str, str]]) -> str:
+    """The helpful answer with its first retrieved source swapped for a doc not retrieved."""
+    return helpful(case, prompt).replace(
+        json.dumps(context_sources(prompt)[:1]), json.dumps([OTHER_DOC])
+    )
+
+
 DEGENERATE: dict[str, tuple[Callable[[Case, list[dict[str, str]]], str], set[str]]] = {
     "declines everything": (
         lambda c, p: reply(DECLINE, [], "low"),
@@ -137,17 +144,13 @@ DEGENERATE: dict[str, tuple[Callable[[Case, list[dict[str, str]]], str], set[str
     # facts' floor to a real model (REAL_MODEL_FLOORS); the two citing candidates also fail
     # under the example's own policy (test_citing_..._fails_the_example_policy_as_it_is).
     "cites what it did not retrieve": (
-        lambda c, p: (
-            helpful(c, p).replace(json.dumps(context_sources(p)[:1]), json.dumps([OTHER_DOC]))
-            if context_sources(p)
-            else helpful(c, p)
-        ),
+        lambda c, p: cites_other_doc(c, p) if context_sources(p) else helpful(c, p),
         {"knowledge.cites_retrieved"},
     ),
     # Cites from memory in 19 of the 33 knowledge answers (a retrieved doc in 0.42).
     "cites from memory more often than not": (
         lambda c, p: (
-            helpful(c, p).replace(json.dumps(context_sources(p)[:1]), json.dumps([OTHER_DOC]))
+            cites_other_doc(c, p)
             if context_sources(p) and int(c.id.rsplit("-", 1)[-1]) % 5 >= 2
             else helpful(c, p)
         ),

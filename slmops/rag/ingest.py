@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import numpy as np
@@ -229,11 +229,13 @@ def chunk_folder(
     config = config or IngestConfig()
     wanted = {suffix.lower() for suffix in suffixes}
     splitter = make_splitter(config, *token_counter(config.embed_model))
+    source = DocSource(str(folder))
+    files, _ = source.scan(config.limits)  # the files an ingest of the folder reads
     out = {}
-    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in wanted):
-        rel = path.relative_to(folder).as_posix()
-        doc = parse_document(rel, path.read_bytes(), config.limits)
-        out[rel] = [c for c in splitter.split_text(doc.text) if c.strip()]
+    for file in sorted(files, key=lambda f: f.path):
+        if PurePosixPath(file.path).suffix.lower() in wanted:
+            doc = parse_document(file.path, source.read(file.path), config.limits)
+            out[file.path] = [c for c in splitter.split_text(doc.text) if c.strip()]
     return out
 
 
