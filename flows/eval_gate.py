@@ -12,6 +12,7 @@ Run it:  python -m flows.eval_gate support-bot
 from __future__ import annotations
 
 import sys
+from typing import Literal
 
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
@@ -43,6 +44,15 @@ class EvalGateParams(BaseModel):
         None,
         description="Artifact store URI (s3://bucket/prefix or a folder). Empty: SLMOPS_STORE.",
     )
+    generator: Literal["auto", "vllm", "transformers"] = Field(
+        "auto",
+        description="What answers the cases: vllm (the replica set serving the base revision, "
+        "the candidate under its versioned name), transformers (in the worker: bf16 on a GPU, "
+        "fp32 on CPU), auto (vllm when a serving config is set).",
+    )
+    serving: str | None = Field(
+        None, description="Serving config YAML (the vLLM replicas). Empty: SLMOPS_SERVING."
+    )
 
 
 @flow(name="eval-gate")
@@ -63,6 +73,8 @@ def eval_gate(params: EvalGateParams) -> GateRecord:
         suites=params.suites,
         policy=params.policy,
         trigger=current_trigger(),
+        generator=params.generator,
+        serving=params.serving,
     )
     logger.info(report_gate(store_uri=store_uri, record=record))
     return record

@@ -39,6 +39,8 @@ def gate_subflow(params: RefineTuneParams, store_uri: str, version: str, _: Trig
             suites=params.suites,
             policy=params.policy,
             store=store_uri,
+            generator=params.generator,
+            serving=params.serving,
         )
     )
 

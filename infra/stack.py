@@ -817,6 +817,7 @@ class LocalStack:
                     "weights": rs.weights,
                     "set": rs.name,
                     "max_lora_rank": 16,
+                    "dtype": "float32",  # infra/vllm_server.py's --dtype
                 }
                 for rs in sets.values()
                 for port in rs.ports

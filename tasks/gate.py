@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
 )
@@ -14,6 +14,7 @@ from prefect.cache_policies import NONE
 from slmops.config import get_settings
 from slmops.evaluation.report import markdown
 from slmops.evaluation.verdicts import GateRecord, evaluate_adapter
+from slmops.serving.answering import choose_backend, serving_if_set
 from slmops.store import open_store
 from slmops.store.manifest import Trigger
 from slmops.store.versions import EVALS, VersionedArtifact
@@ -34,8 +35,11 @@ def run_gate(
     suites: str,
     policy: str,
     trigger: Trigger,
+    generator: str = "auto",
+    serving: str | None = None,
 ) -> GateRecord:
     """Answer every eval case with candidate and champion, judge, store the verdict."""
+    logger = get_run_logger()
     bar = ProgressBar(f"gate-progress-{adapter}", f"Eval gate of {adapter}")
     stages = {"candidate": (0.0, 50.0), "champion": (50.0, 45.0)}
 
@@ -43,17 +47,26 @@ def run_gate(
         start, span = stages.get(stage, (95.0, 5.0))
         bar.update(start + span * done / max(of, 1))
 
-    record = evaluate_adapter(
-        open_store(store_uri),
-        adapter,
-        version,
-        champion=champion,
-        suites=suites,
-        policy=policy,
-        cache_dir=Path(get_settings().cache_dir).expanduser(),
-        trigger=trigger,
-        on_progress=on_progress,
-    )
+    store = open_store(store_uri)
+    backend = choose_backend(store, generator, serving_if_set(serving))
+    logger.info("answers from %s", backend.name if backend is not None else "transformers")
+    try:
+        record = evaluate_adapter(
+            store,
+            adapter,
+            version,
+            champion=champion,
+            suites=suites,
+            policy=policy,
+            cache_dir=Path(get_settings().cache_dir).expanduser(),
+            trigger=trigger,
+            on_progress=on_progress,
+            backend=backend,
+            say=logger.info,
+        )
+    finally:
+        if backend is not None:
+            backend.close()
     bar.update(100.0)
     return record
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from slmops.evaluation.answers import StoredAnswers, fingerprint, prompt_key
-from slmops.generation import Prompt
+from slmops.generation import Prompt, Reply, was_cut
 from slmops.store.local import LocalStore
 
 
@@ -20,7 +20,11 @@ class Counting:
         self.asked: list[str] = []
 
     def generate(
-        self, prompts: list[Prompt], on_progress: Callable[[int, int], None] | None = None
+        self,
+        prompts: list[Prompt],
+        on_progress: Callable[[int, int], None] | None = None,
+        *,
+        max_new_tokens: int | None = None,
     ) -> list[str]:
         self.asked += [p[-1]["content"] for p in prompts]
         if on_progress:
@@ -93,18 +97,57 @@ def test_an_unreadable_stored_object_costs_a_regeneration_not_a_wrong_answer(
 
 def test_the_fingerprint_follows_what_changes_an_answer() -> None:
     files = [("adapter_model.safetensors", "1" * 64), ("adapter_config.json", "2" * 64)]
-    same = fingerprint(base="m", base_revision="r1", adapter_files=files, max_new_tokens=96)
+    hf = {"backend": "transformers", "dtype": "float32", "libraries": {"torch": "2.13.0"}}
+    vllm = {"backend": "vllm", "version": "0.32.0", "dtype": "float32"}
+    same = fingerprint(base="m", base_revision="r1", adapter_files=files, identity=hf)
     assert same == fingerprint(
-        base="m", base_revision="r1", adapter_files=list(reversed(files)), max_new_tokens=96
+        base="m", base_revision="r1", adapter_files=list(reversed(files)), identity=dict(hf)
     )
     changed = [
-        fingerprint(base="m", base_revision="r2", adapter_files=files, max_new_tokens=96),
-        fingerprint(base="m", base_revision="r1", adapter_files=files[:1], max_new_tokens=96),
-        fingerprint(base="m", base_revision="r1", adapter_files=None, max_new_tokens=96),
-        fingerprint(base="m", base_revision="r1", adapter_files=files, max_new_tokens=64),
-        fingerprint(base="n", base_revision="r1", adapter_files=files, max_new_tokens=96),
+        fingerprint(base="m", base_revision="r2", adapter_files=files, identity=hf),
+        fingerprint(base="m", base_revision="r1", adapter_files=files[:1], identity=hf),
+        fingerprint(base="m", base_revision="r1", adapter_files=None, identity=hf),
+        fingerprint(base="n", base_revision="r1", adapter_files=files, identity=hf),
+        # another engine, another engine version, other numerics: never each other's answers
+        fingerprint(base="m", base_revision="r1", adapter_files=files, identity=vllm),
+        fingerprint(
+            base="m",
+            base_revision="r1",
+            adapter_files=files,
+            identity={**vllm, "version": "0.33.0"},
+        ),
+        fingerprint(
+            base="m",
+            base_revision="r1",
+            adapter_files=files,
+            identity={**vllm, "dtype": "bfloat16"},
+        ),
     ]
     assert same not in changed and len(set(changed)) == len(changed)
+
+
+def test_an_answer_is_kept_per_token_limit_with_whether_the_limit_cut_it(
+    tmp_path: Path,
+) -> None:
+    class Cutting(Counting):
+        def generate(
+            self,
+            prompts: list[Prompt],
+            on_progress: Callable[[int, int], None] | None = None,
+            *,
+            max_new_tokens: int | None = None,
+        ) -> list[str]:
+            texts = super().generate(prompts, on_progress)
+            return [Reply(t, cut=(max_new_tokens or 96) < 50) for t in texts]
+
+    store, model = LocalStore(tmp_path), Cutting()
+    short = stored(store, model).generate(ask("a"), max_new_tokens=16)
+    assert was_cut(short[0])
+    longer = stored(store, model).generate(ask("a"), max_new_tokens=256)
+    assert model.asked == ["a", "a"]  # another limit: asked again
+    assert not was_cut(longer[0])
+    again = stored(store, model).generate(ask("a"), max_new_tokens=16)
+    assert model.asked == ["a", "a"] and was_cut(again[0])  # the cut is stored with the answer
 
 
 @pytest.mark.parametrize(

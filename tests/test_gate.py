@@ -242,7 +242,11 @@ class Fixed:
         self.text = text
 
     def generate(
-        self, prompts: list[list[dict[str, str]]], on_progress: object = None
+        self,
+        prompts: list[list[dict[str, str]]],
+        on_progress: object = None,
+        *,
+        max_new_tokens: int | None = None,
     ) -> list[str]:
         return [self.text] * len(prompts)
 

@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 import pytest
 
-from slmops.evaluation.gate import Retrieve, Verdict, known_metrics, run_gate
+from slmops.evaluation.answers import prompt_key
+from slmops.evaluation.gate import Retrieve, Verdict, build_prompts, known_metrics, run_gate
 from slmops.evaluation.policy import load_policy
 from slmops.evaluation.suites import Case, Suites, load_suites
 from tests.helpers import EVALS
@@ -57,14 +58,24 @@ def context_sources(prompt: list[dict[str, str]]) -> list[str]:
 class Scripted:
     """A candidate whose answer to each case is written by `answer(case, prompt)`."""
 
-    def __init__(self, suites: Suites, answer: Callable[[Case, list[dict[str, str]]], str]):
-        self.cases = suites.cases
+    def __init__(
+        self,
+        suites: Suites,
+        answer: Callable[[Case, list[dict[str, str]]], str],
+        retrieve: Retrieve,
+    ):
+        prompts, _ = build_prompts(suites, retrieve)
+        self.case_of = {prompt_key(p): c for p, c in zip(prompts, suites.cases, strict=True)}
         self.answer = answer
 
     def generate(
-        self, prompts: list[list[dict[str, str]]], on_progress: object = None
+        self,
+        prompts: list[list[dict[str, str]]],
+        on_progress: object = None,
+        *,
+        max_new_tokens: int | None = None,
     ) -> list[str]:
-        return [self.answer(c, p) for c, p in zip(self.cases, prompts, strict=True)]
+        return [self.answer(self.case_of[prompt_key(p)], p) for p in prompts]
 
     def describe(self) -> dict[str, object]:
         return {"backend": "scripted"}
@@ -174,15 +185,16 @@ def gate(
 ) -> Verdict:
     rules = load_policy(EVALS / "policy.yaml", known_metrics(suites))
     rules = rules.model_copy(update={"floors": {**rules.floors, **floors}})
+    found = retrieve(suites)
     verdict, _ = run_gate(
         suites,
         rules,
-        Scripted(suites, answer),
+        Scripted(suites, answer, found),
         None,
         adapter="bot",
         version="v1",
         champion_label=None,
-        retrieve=retrieve(suites),
+        retrieve=found,
     )
     return verdict
 

@@ -14,7 +14,7 @@ import yaml
 from slmops.base_models import WatchedModel, current_revision
 from slmops.errors import ConfigError
 from slmops.evaluation.verdicts import stored_answers
-from slmops.generation import Generator, Prompt
+from slmops.generation import Generator, Prompt, TransformersBackend, Weights
 from slmops.store.base import ObjectStore
 from slmops.store.claims import ClaimRecord
 from slmops.store.local import LocalStore
@@ -514,8 +514,11 @@ class Planted:
     def describe(self) -> dict[str, object]:
         return {**self.inner.describe(), "planted": self.kind}
 
-    def generate(self, prompts: list[Prompt], on_progress: object = None) -> list[str]:
-        return [self.plant(a) for a in self.inner.generate(prompts, on_progress)]  # type: ignore[arg-type]
+    def generate(
+        self, prompts: list[Prompt], on_progress: object = None, *, max_new_tokens: int = 96
+    ) -> list[str]:
+        answers = self.inner.generate(prompts, on_progress, max_new_tokens=max_new_tokens)  # type: ignore[arg-type]
+        return [self.plant(a) for a in answers]
 
     def plant(self, answer: str) -> str:
         try:
@@ -575,7 +578,8 @@ def test_planted_bad_adapters_fail_with_reasons_naming_the_metric(
 
         def make(base: Path, adapter_dir: Path | None) -> Planted:
             # The good adapter's answers, as its own gate stored them (or generated now).
-            return Planted(stored_answers(store, base_ref, base, good, adapter_dir), kind)
+            weights = Weights(base_ref.name, base_ref.version or "", base, good, adapter_dir)
+            return Planted(stored_answers(store, TransformersBackend(), weights), kind)
 
     art = VersionedArtifact(store, ADAPTERS, f"planted-{kind.replace('_', '-')}")
     version = art.publish(good.model_copy(update={"name": art.name}), folder).version

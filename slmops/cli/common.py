@@ -127,6 +127,17 @@ ServingOpt = Annotated[
 ]
 
 
+GeneratorOpt = Annotated[
+    str,
+    typer.Option(
+        "--generator",
+        help="What answers the eval cases: vllm (the replica set serving the base revision, "
+        "under the candidate's versioned name; needs a serving config), transformers (in this "
+        "process: bf16 on a GPU, fp32 on CPU), or auto (vllm when a serving config is set).",
+    ),
+]
+
+
 def say(message: str) -> None:
     console.print(f"[dim]{escape(message)}[/dim]")
 

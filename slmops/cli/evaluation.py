@@ -9,6 +9,8 @@ import typer
 from rich.markup import escape
 
 from slmops.cli.common import (
+    GeneratorOpt,
+    ServingOpt,
     StageProgress,
     StoreOpt,
     app,
@@ -44,31 +46,46 @@ def gate(
             "answered to the same prompts before (stored under answers/ in the store).",
         ),
     ] = False,
+    generator: GeneratorOpt = "auto",
+    serving: ServingOpt = None,
     store: StoreOpt = None,
 ) -> None:
     """Run the eval gate: the candidate against the champion on the same cases.
 
-    Exit status: 0 passed, 1 failed (the reasons are printed), 2 bad input or an error.
-    The verdict, report and chart are stored under evals/ADAPTER/ in the store."""
+    Exit status: 0 passed, 1 failed or refused (the reasons are printed), 2 bad input or an
+    error. The verdict, report and chart are stored under evals/ADAPTER/ in the store.
+
+        slmops gate support-bot@latest --generator vllm --serving .slmops/stack/serving.yaml
+    """
     from slmops.config import get_settings
-    from slmops.evaluation.report import answers_reused
+    from slmops.evaluation.report import answers_reused, generated_on
     from slmops.evaluation.verdicts import evaluate_adapter
+    from slmops.serving.answering import choose_backend, serving_if_set
 
     adapter, _, version = target.partition("@")
     obj = open_store(store)
-    with StageProgress(lambda stage: f"answering as {stage}") as on_progress:
-        record = evaluate_adapter(
-            obj,
-            adapter,
-            version or LATEST,
-            champion=champion,
-            suites=suites,
-            policy=policy or suites / "policy.yaml",
-            cache_dir=Path(get_settings().cache_dir).expanduser(),
-            trigger=Trigger.from_cli(),
-            on_progress=on_progress,
-            reuse_answers=not fresh,
-        )
+    backend = choose_backend(obj, generator, serving_if_set(serving))
+    label = backend.name if backend is not None else "transformers"
+    console.print(f"gate {target}: answers from {label}", highlight=False)
+    try:
+        with StageProgress(lambda stage: f"answering as {stage}") as on_progress:
+            record = evaluate_adapter(
+                obj,
+                adapter,
+                version or LATEST,
+                champion=champion,
+                suites=suites,
+                policy=policy or suites / "policy.yaml",
+                cache_dir=Path(get_settings().cache_dir).expanduser(),
+                trigger=Trigger.from_cli(),
+                on_progress=on_progress if console.is_terminal else None,
+                backend=backend,
+                reuse_answers=not fresh,
+                say=lambda line: console.print(line, highlight=False),
+            )
+    finally:
+        if backend is not None:
+            backend.close()
     verdict = record.verdict
     table = new_table("guarded metric", "n", "cand.", "champ.", "difference", "result")
     table.columns[0].no_wrap = True
@@ -108,6 +125,14 @@ def gate(
                 f", {pct(d.champion_served_off_topic)})" if d.served_off_topic_n else ")"
             )
         console.print(line, highlight=False)
+    console.print(f"generated on: {generated_on(verdict)}", highlight=False)
+    for suite, cut in verdict.cut.items():
+        champ = "" if cut.champion is None else f", champion {cut.champion}"
+        console.print(
+            f"cut at {cut.limit} tokens in {suite}: candidate {cut.candidate} of {cut.cases}"
+            f"{champ}",
+            highlight=False,
+        )
     reuse = answers_reused(verdict)
     if reuse:
         console.print(f"answers: {reuse}", highlight=False)
@@ -118,7 +143,9 @@ def gate(
             f"(now the adapter's challenger)"
         )
     else:
-        console.print(f"[red]gate failed[/red]: {adapter}@{verdict.version} against {against}")
+        console.print(
+            f"[red]gate {verdict.status}[/red]: {adapter}@{verdict.version} against {against}"
+        )
         for reason in verdict.reasons:
             console.print(f"  - {escape(reason)}", highlight=False)
     console.print(f"report: {record.report_uri}", highlight=False)

@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from slmops.cli.common import (
+    GeneratorOpt,
     ServingOpt,
     StoreOpt,
     app,
@@ -46,6 +47,7 @@ def refine_tune(
     ),
     policy: Annotated[Path | None, typer.Option(help="Gate policy YAML.")] = None,
     serving: ServingOpt = None,
+    generator: GeneratorOpt = "auto",
     store: StoreOpt = None,
 ) -> None:
     """Train (or find) the adapter for a base revision, gate it, promote it if the policy
@@ -69,6 +71,7 @@ def refine_tune(
         suites=str(suites),
         policy=str(policy or suites / "policy.yaml"),
         serving=str(serving) if serving else None,
+        generator=generator,
     )
     if params.config.gpu_slot:
         console.print(
@@ -78,8 +81,10 @@ def refine_tune(
     records: list[Any] = []
     summary: list[str] = []
 
-    def gate_stage(*args: Any) -> Any:
-        records.append(pipeline.gate(*args))
+    def gate_stage(
+        params: pipeline.RefineTuneParams, store_uri: str, version: str, trigger: Trigger
+    ) -> Any:
+        records.append(pipeline.gate(params, store_uri, version, trigger, log=log))
         return records[-1]
 
     def report_stage(**kw: Any) -> str:
@@ -108,7 +113,9 @@ def refine_tune(
     )
     if records:
         verdict = records[-1].verdict
-        mark = "[green]gate passed[/green]" if verdict.passed else "[red]gate failed[/red]"
+        mark = (
+            "[green]gate passed[/green]" if verdict.passed else f"[red]gate {verdict.status}[/red]"
+        )
         console.print(
             f"{mark} against {verdict.champion or 'floors only'}: {records[-1].report_uri}"
         )

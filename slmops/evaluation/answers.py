@@ -7,11 +7,13 @@ same cases, the same retrieved passages) do not either: regenerating them double
 for nothing. `StoredAnswers` wraps a generator: it looks each prompt up under the generator's
 fingerprint, asks the model only for the prompts it has no answer to, and stores those.
 
-The fingerprint covers what can change an answer: the backend, the base model and its
-revision, the adapter's files (by sha256: two versions with the same weights share answers),
-greedy decoding and the token limit, and the versions of torch, transformers and peft. The
-prompt's key is the sha256 of its messages as the model sees them (retrieved passages
-included). Greedy answers do not depend on how prompts are batched (checked on the example's
+The fingerprint covers what can change an answer: the base model and its revision, the
+adapter's files (by sha256: two versions with the same weights share answers), greedy
+decoding, and the backend's identity (transformers: torch, transformers and peft versions,
+device and dtype; vLLM: its version and the served dtype): answers from one engine are never
+reused as another's. The prompt's key is the sha256 of its messages as the model sees them
+(retrieved passages included) and the token limit; whether the limit cut an answer is stored
+with it. Greedy answers do not depend on how prompts are batched (checked on the example's
 355 cases at batch sizes 8, 16, 32 and 128: the same answers).
 
 Layout: `answers/<fingerprint>/<sha16>.json`, immutable objects like everything else in the
@@ -29,7 +31,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from slmops.errors import ObjectExistsError, SlmopsError
-from slmops.generation import Generator, Prompt
+from slmops.generation import DEFAULT_MAX_NEW_TOKENS, Generator, Prompt, Reply, was_cut
 from slmops.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -37,10 +39,11 @@ log = logging.getLogger(__name__)
 PREFIX = "answers"
 
 
-def prompt_key(prompt: Prompt) -> str:
-    return hashlib.sha256(
-        json.dumps(prompt, sort_keys=True, ensure_ascii=False).encode()
-    ).hexdigest()
+def prompt_key(prompt: Prompt, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> str:
+    """The key of one answer: the prompt's messages as the model sees them, and the token
+    limit it answered under."""
+    doc = prompt if max_new_tokens == DEFAULT_MAX_NEW_TOKENS else [prompt, max_new_tokens]
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 def fingerprint(
@@ -48,27 +51,17 @@ def fingerprint(
     base: str,
     base_revision: str,
     adapter_files: Iterable[tuple[str, str]] | None,
-    max_new_tokens: int,
-    backend: str = "transformers",
+    identity: dict[str, Any],
 ) -> str:
-    """What determines a greedy answer, hashed. `adapter_files`: (path, sha256) pairs, or
-    None for the base model alone."""
-    import peft
-    import torch
-    import transformers
-
+    """What determines a greedy answer besides the prompt and its token limit, hashed.
+    `adapter_files`: (path, sha256) pairs, or None for the base model alone; `identity`: the
+    backend's (`GeneratorBackend.identity()`: engine, version, numerics)."""
     doc = {
-        "backend": backend,
         "base": base,
         "base_revision": base_revision,
         "adapter": sorted(adapter_files) if adapter_files is not None else None,
         "decoding": "greedy",
-        "max_new_tokens": max_new_tokens,
-        "libraries": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "peft": peft.__version__,
-        },
+        **identity,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -94,16 +87,19 @@ class StoredAnswers:
         return f"{PREFIX}/{self.key}/"
 
     def known(self) -> dict[str, str]:
-        """Every stored answer under this fingerprint: prompt hash -> answer."""
+        """Every stored answer under this fingerprint: prompt hash -> answer (a `Reply`)."""
         found: dict[str, str] = {}
         try:
             objects = list(self.store.list_objects(self.prefix))
             for obj in objects:
                 try:
-                    answers = json.loads(self.store.get_bytes(obj.key))["answers"]
+                    doc = json.loads(self.store.get_bytes(obj.key))
+                    answers, cut = doc["answers"], set(doc.get("cut") or [])
                     if not isinstance(answers, dict):
                         raise TypeError(f"answers is a {type(answers).__name__}, not a mapping")
-                    found.update({k: v for k, v in answers.items() if isinstance(v, str)})
+                    found.update(
+                        {k: Reply(v, k in cut) for k, v in answers.items() if isinstance(v, str)}
+                    )
                 except (SlmopsError, ValueError, KeyError, TypeError) as exc:
                     log.warning("stored answers %s unreadable, ignored: %s", obj.key, exc)
         except SlmopsError as exc:  # the store is down: answer everything afresh
@@ -111,9 +107,14 @@ class StoredAnswers:
         return found
 
     def generate(
-        self, prompts: list[Prompt], on_progress: Callable[[int, int], None] | None = None
+        self,
+        prompts: list[Prompt],
+        on_progress: Callable[[int, int], None] | None = None,
+        *,
+        max_new_tokens: int | None = None,
     ) -> list[str]:
-        keys = [prompt_key(p) for p in prompts]
+        limit = max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+        keys = [prompt_key(p, limit) for p in prompts]
         known = self.known()
         todo: dict[str, Prompt] = {}
         for key, prompt in zip(keys, prompts, strict=True):
@@ -130,7 +131,7 @@ class StoredAnswers:
                 if on_progress:
                     on_progress(offset + done, len(prompts))
 
-            answers = self._inner.generate(list(todo.values()), progress)
+            answers = self._inner.generate(list(todo.values()), progress, max_new_tokens=limit)
             new = dict(zip(todo, answers, strict=True))
             self._save(new)
             known.update(new)
@@ -139,7 +140,12 @@ class StoredAnswers:
         return [known[k] for k in keys]
 
     def _save(self, answers: dict[str, str]) -> None:
-        data = json.dumps({"fingerprint": self._describe, "answers": answers}, sort_keys=True)
+        doc = {
+            "fingerprint": self._describe,
+            "answers": answers,
+            "cut": sorted(k for k, v in answers.items() if was_cut(v)),
+        }
+        data = json.dumps(doc, sort_keys=True)
         name = hashlib.sha256(data.encode()).hexdigest()[:16]
         try:
             self.store.put_bytes(f"{self.prefix}{name}.json", data.encode())
@@ -149,8 +155,9 @@ class StoredAnswers:
             log.warning("answers not stored under %s: %s", self.prefix, exc)
 
     def describe(self) -> dict[str, Any]:
-        inner = self._inner.describe() if self._inner is not None else dict(self._describe)
+        inner = self._inner.describe() if self._inner is not None else {}
         return {
+            **self._describe,
             **inner,
             "answers_reused": self.reused,
             "answers_generated": self.generated,

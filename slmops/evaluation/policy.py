@@ -45,6 +45,19 @@ class GatePolicy(BaseModel):
         "scored differently, to check margins against before any model runs (each verdict "
         "reports the share it measured).",
     )
+    max_cut_share: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="The share of a suite's answers (candidate's or champion's) the suite's "
+        "token limit may cut; above it the verdict is 'refused': the suite's max_new_tokens is "
+        "too small to judge, which is no evidence about the candidate.",
+    )
+    require_generator: Literal["vllm", "transformers"] | None = Field(
+        None,
+        description="The backend the gate must have generated on (vllm: the serving engine, "
+        "with the serving numerics); a verdict from another one does not pass.",
+    )
     auto_promote: bool = Field(
         False,
         description="After refine-tune, promote a passing adapter to the replicas without a "

@@ -30,9 +30,25 @@ def answers_reused(verdict: Verdict) -> str:
     return "; ".join(parts)
 
 
+def generated_on(verdict: Verdict) -> str:
+    """Where each model's answers came from: 'candidate: vllm 0.32.0 float32 (support-bot@1a2b
+    at http://...); champion: ...'."""
+    parts = []
+    for role, gen in verdict.generation.items():
+        backend = gen.get("backend", "?")
+        where = " ".join(
+            str(v) for v in (backend, gen.get("version"), gen.get("device"), gen.get("dtype")) if v
+        )
+        served = gen.get("model")
+        if backend == "vllm" and served:
+            where += f" (`{served}` at {gen.get('url')})"
+        parts.append(f"{role}: {where}")
+    return "; ".join(parts)
+
+
 def markdown(verdict: Verdict, chart: str | None = None) -> str:
     """The verdict as markdown; `chart` is an image reference to embed (a path or data URI)."""
-    mark = "PASSED" if verdict.passed else "FAILED"
+    mark = verdict.status.upper()
     against = {
         None: "no champion (floors and zero tolerance only)",
         "base": "the base model alone",
@@ -47,9 +63,16 @@ def markdown(verdict: Verdict, chart: str | None = None) -> str:
         f"test for a pass/fail metric with under {EXACT_BELOW} discordant cases), "
         f"correction: {policy['correction']}; decoding: greedy",
     ]
+    lines.append(f"- generated on: {generated_on(verdict)}")
     reuse = answers_reused(verdict)
     if reuse:
         lines.append(f"- answers: {reuse}")
+    for suite, cut in verdict.cut.items():
+        champ = "" if cut.champion is None else f", champion {cut.champion}"
+        lines.append(
+            f"- cut at {cut.limit} tokens in `{suite}`: candidate {cut.candidate} of "
+            f"{cut.cases}{champ}"
+        )
     if verdict.base_model:
         lines.append(
             f"- base model: `{verdict.base_model}` revision `{(verdict.base_revision or '')[:12]}`"

@@ -73,6 +73,14 @@ class SuiteSpec(BaseModel):
         "for knowledge suites; on another kind, its checks are made on the served prompt).",
     )
     k: int = Field(3, ge=1, le=20, description="Chunks retrieved per case (with `index`).")
+    max_new_tokens: int = Field(
+        96,
+        ge=1,
+        le=32768,
+        description="Tokens an answer of this suite may take (a knowledge answer needs more "
+        "than a format check). An answer the limit cuts is reported as cut, and a suite whose "
+        "answers are cut more often than the policy's max_cut_share is refused as misconfigured.",
+    )
     context_chars: int | None = Field(
         None,
         ge=1,

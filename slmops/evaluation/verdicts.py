@@ -5,6 +5,7 @@ lookup per (candidate, champion) pair that promotion reads (`find_verdict`)."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -23,14 +24,16 @@ from slmops.evaluation.gate import (
     run_gate,
 )
 from slmops.evaluation.policy import GatePolicy, load_policy
+from slmops.evaluation.progress import Heartbeat
 from slmops.evaluation.report import chart, markdown
 from slmops.evaluation.suites import Suites, load_suites
-from slmops.generation import Generator, LocalGenerator
+from slmops.generation import Generator, GeneratorBackend, TransformersBackend, Weights
 from slmops.store.audit import AuditLog
 from slmops.store.base import ObjectStore
 from slmops.store.manifest import InputRef, Manifest, Trigger
 from slmops.store.versions import ADAPTERS, CHALLENGER, CHAMPION, EVALS, LATEST, VersionedArtifact
 
+log = logging.getLogger("slmops.gate")
 VERDICT = "verdict"  # lookup kind: "<candidate>.vs.<champion|base|none>" -> eval run
 
 
@@ -67,8 +70,10 @@ def evaluate_adapter(
     trigger: Trigger | None = None,
     on_progress: Progress | None = None,
     make_generator: Callable[[Path, Path | None], Generator] | None = None,
+    backend: GeneratorBackend | None = None,
     set_challenger: bool = True,
     reuse_answers: bool = True,
+    say: Callable[[str], None] | None = None,
 ) -> GateRecord:
     """Run the gate for `adapter@version` against `champion` and store the verdict.
 
@@ -77,9 +82,16 @@ def evaluate_adapter(
     versions, a champion on another base model) raises ConfigError before any model runs. A
     champion on an older revision of the base answers on that revision.
 
-    reuse_answers: answers the same weights gave to the same prompts before (stored under
-    answers/, see slmops.evaluation.answers) are not generated again; False answers everything
-    afresh. A `make_generator` of the caller's own is never cached.
+    backend: what generates the answers (default: transformers in this process); the
+    serving engine's is `slmops.serving.answering.ServedBackend` (the candidate on the replica
+    set of its base revision, under its versioned name). The verdict records which.
+
+    reuse_answers: answers the same weights gave to the same prompts on the same backend
+    before (stored under answers/, see slmops.evaluation.answers) are not generated again;
+    False answers everything afresh. A `make_generator` of the caller's own is never cached.
+
+    say: where progress lines go (at least one every 30 s while answering, with the time
+    left); default: the `slmops.gate` logger.
     """
     from slmops.base_models import checkout
 
@@ -120,14 +132,17 @@ def evaluate_adapter(
             champ_dir = work / "champion"
             art.download(label, champ_dir)
 
+        engine = backend or TransformersBackend()
+
         def build(
             base: InputRef, base_path: Path, weights: Manifest | None, folder: Path | None
         ) -> Generator:
             if make_generator is not None:
                 return make_generator(base_path, folder)
+            answering = Weights(base.name, base.version or "", base_path, weights, folder)
             if not reuse_answers:
-                return LocalGenerator(base_path, folder)
-            return stored_answers(store, base, base_path, weights, folder)
+                return engine.generator(answering)
+            return stored_answers(store, engine, answering)
 
         cand_gen = build(cand_base, base_dir, cand_manifest, cand_dir)
         champ_gen = None
@@ -136,17 +151,19 @@ def evaluate_adapter(
         elif label is not None:
             champ_gen = build(champ_base, champ_base_dir, art.manifest(label), champ_dir)
         retrieve, index_info = index_retriever(store, loaded)
-        verdict, cases = run_gate(
-            loaded,
-            gate_policy,
-            cand_gen,
-            champ_gen,
-            adapter=adapter,
-            version=cand_version,
-            champion_label=label,
-            retrieve=retrieve,
-            on_progress=on_progress,
-        )
+        what = f"gate {adapter}@{cand_version}"
+        with Heartbeat(say or log.info, what, inner=on_progress) as beat:
+            verdict, cases = run_gate(
+                loaded,
+                gate_policy,
+                cand_gen,
+                champ_gen,
+                adapter=adapter,
+                version=cand_version,
+                champion_label=label,
+                retrieve=retrieve,
+                on_progress=beat,
+            )
         verdict.base_model, verdict.base_revision = cand_base.name, cand_base.version
         verdict.index = index_info or None
         return _store_verdict(
@@ -157,35 +174,22 @@ def evaluate_adapter(
 
 
 def stored_answers(
-    store: ObjectStore,
-    base: InputRef,
-    base_path: Path,
-    weights: Manifest | None,
-    folder: Path | None,
+    store: ObjectStore, backend: GeneratorBackend, weights: Weights
 ) -> StoredAnswers:
-    """transformers + peft answers for `base` (+ the adapter `weights` in `folder`), reusing
-    what the same weights answered before."""
-    max_new_tokens = 96  # LocalGenerator's default
-    files = None if weights is None else [(f.path, f.sha256) for f in weights.files]
+    """`backend`'s answers with `weights`, reusing what the same weights answered on the same
+    backend before (the generator is built only if some prompt has no stored answer)."""
+    files = None if weights.adapter is None else [(f.path, f.sha256) for f in weights.adapter.files]
+    identity = backend.identity(weights)
     key = fingerprint(
-        base=base.name,
-        base_revision=base.version or "",
-        adapter_files=files,
-        max_new_tokens=max_new_tokens,
+        base=weights.base, base_revision=weights.revision, adapter_files=files, identity=identity
     )
     describe = {
-        "backend": "transformers",
-        "base": str(base_path),
-        "adapter": str(folder) if folder else None,
+        **identity,
+        "base": str(weights.base_path),
+        "adapter": str(weights.folder) if weights.folder else None,
         "decoding": "greedy",
-        "max_new_tokens": max_new_tokens,
     }
-    return StoredAnswers(
-        store,
-        key,
-        lambda: LocalGenerator(base_path, folder, max_new_tokens=max_new_tokens),
-        describe,
-    )
+    return StoredAnswers(store, key, lambda: backend.generator(weights), describe)
 
 
 def index_retriever(store: ObjectStore, suites: Suites) -> tuple[Retrieve | None, dict[str, str]]:

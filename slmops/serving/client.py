@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator
 
 from slmops.errors import ConfigError, SlmopsError, TransientError, validation_problems
-from slmops.generation import Prompt
+from slmops.generation import DEFAULT_MAX_NEW_TOKENS, Prompt, Reply
 
 
 class ServingError(SlmopsError):
@@ -52,6 +52,11 @@ class Replica(BaseModel):
         "changed only the model card) is served as if trained on this one.",
     )
     max_lora_rank: int = Field(16, ge=1, description="The server's --max-lora-rank.")
+    dtype: str | None = Field(
+        None,
+        description="The server's --dtype (e.g. bfloat16): the numerics the model is served "
+        "with, recorded with every answer the gate takes from it.",
+    )
     api_key_env: str | None = Field(
         None,
         description="Name of the environment variable holding the server's API key (vLLM "
@@ -309,8 +314,13 @@ class VLLMClient:
     def unload(self, name: str) -> None:
         self._request("POST", "/v1/unload_lora_adapter", json={"lora_name": name})
 
-    def chat(self, model: str, messages: Prompt, *, max_tokens: int = 96) -> str:
-        """The reply of `model` (a base or LoRA name) to one chat, greedy (temperature 0)."""
+    def version(self) -> str:
+        """The server's vLLM version (GET /version)."""
+        return str(self._request("GET", "/version").json().get("version", "unknown"))
+
+    def chat(self, model: str, messages: Prompt, *, max_tokens: int = 96) -> Reply:
+        """The reply of `model` (a base or LoRA name) to one chat, greedy (temperature 0);
+        `cut` when the token limit stopped it (finish_reason "length")."""
         response = self._request(
             "POST",
             "/v1/chat/completions",
@@ -321,7 +331,9 @@ class VLLMClient:
                 "temperature": 0,
             },
         )
-        return str(response.json()["choices"][0]["message"]["content"] or "").strip()
+        choice = response.json()["choices"][0]
+        text = str(choice["message"]["content"] or "").strip()
+        return Reply(text, cut=choice.get("finish_reason") == "length")
 
 
 def _detail(response: httpx.Response) -> str:
@@ -339,35 +351,53 @@ def _detail(response: httpx.Response) -> str:
 
 class VLLMGenerator:
     """`Generator` over a served name: each prompt is one chat request, sent concurrently
-    (vLLM batches them itself)."""
+    (vLLM batches them itself) and spread over the given replicas (each must serve `model`)."""
 
     def __init__(
-        self, client: VLLMClient, model: str, *, max_new_tokens: int = 96, workers: int = 8
+        self,
+        client: VLLMClient | list[VLLMClient],
+        model: str,
+        *,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        workers: int = 8,
+        dtype: str | None = None,
     ):
-        self.client, self.model = client, model
-        self.max_new_tokens, self.workers = max_new_tokens, workers
+        self.clients = client if isinstance(client, list) else [client]
+        self.client, self.model = self.clients[0], model
+        self.max_new_tokens, self.workers, self.dtype = max_new_tokens, workers, dtype
+        self.cut = 0
 
     def describe(self) -> dict[str, Any]:
         return {
             "backend": "vllm",
-            "url": self.client.url,
+            "url": ", ".join(c.url for c in self.clients),
             "model": self.model,
+            "dtype": self.dtype,
             "decoding": "greedy",
             "max_new_tokens": self.max_new_tokens,
+            "replies_cut": self.cut,
         }
 
     def generate(
-        self, prompts: list[Prompt], on_progress: Callable[[int, int], None] | None = None
+        self,
+        prompts: list[Prompt],
+        on_progress: Callable[[int, int], None] | None = None,
+        *,
+        max_new_tokens: int | None = None,
     ) -> list[str]:
+        limit = max_new_tokens or self.max_new_tokens
         done = 0
 
-        def one(prompt: Prompt) -> str:
+        def one(item: tuple[int, Prompt]) -> str:
             nonlocal done
-            reply = self.client.chat(self.model, prompt, max_tokens=self.max_new_tokens)
+            i, prompt = item
+            client = self.clients[i % len(self.clients)]
+            reply = client.chat(self.model, prompt, max_tokens=limit)
             done += 1
+            self.cut += reply.cut
             if on_progress:
                 on_progress(done, len(prompts))
             return reply
 
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            return list(pool.map(one, prompts))
+            return list(pool.map(one, enumerate(prompts)))

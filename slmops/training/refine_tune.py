@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -94,6 +94,12 @@ class RefineTuneParams(BaseModel):
         None,
         description="Serving config YAML for auto-promotion (the vLLM replicas). Empty: "
         "SLMOPS_SERVING; if neither is set, a passing adapter stays the challenger.",
+    )
+    generator: Literal["auto", "vllm", "transformers"] = Field(
+        "auto",
+        description="What answers the gate's cases: vllm (the replica set serving the base "
+        "revision, the candidate under its versioned name), transformers (in the worker), auto "
+        "(vllm when a serving config is set and a set serves the revision).",
     )
 
 
@@ -406,22 +412,68 @@ def judged_under(verdict: Any, suites: str | Path, policy: str | Path) -> bool:
     )
 
 
-def gate(params: RefineTuneParams, store_uri: str, version: str, trigger: Trigger) -> Any:
-    """The eval gate: the new adapter against the champion. Returns the GateRecord."""
+def gate(
+    params: RefineTuneParams, store_uri: str, version: str, trigger: Trigger, log: Log = LOG
+) -> Any:
+    """The eval gate: the new adapter against the champion, answered by `params.generator`.
+    Returns the GateRecord."""
     from slmops.config import get_settings
     from slmops.evaluation.verdicts import evaluate_adapter
+    from slmops.serving.answering import choose_backend, serving_if_set
     from slmops.store import open_store
 
-    return evaluate_adapter(
-        open_store(store_uri),
-        params.adapter,
-        version,
-        champion="auto",
-        suites=params.suites,
-        policy=params.policy,
-        cache_dir=Path(get_settings().cache_dir).expanduser(),
-        trigger=trigger,
-    )
+    store = open_store(store_uri)
+    backend = choose_backend(store, params.generator, serving_if_set(params.serving))
+    log.info("gate: answers from %s", backend.name if backend is not None else "transformers")
+    try:
+        return evaluate_adapter(
+            store,
+            params.adapter,
+            version,
+            champion="auto",
+            suites=params.suites,
+            policy=params.policy,
+            cache_dir=Path(get_settings().cache_dir).expanduser(),
+            trigger=trigger,
+            backend=backend,
+            say=log.info,
+        )
+    finally:
+        if backend is not None:
+            backend.close()
+
+
+def preflight(params: RefineTuneParams, store_uri: str) -> None:
+    """Everything the gate and promotion will need, checked before any training: the suites,
+    the policy against them, every index a suite retrieves from (its `latest` alias), and the
+    serving config when one is set or the generator needs it. Raises ConfigError saying what
+    to run."""
+    from slmops.errors import ConfigError
+    from slmops.evaluation.gate import known_metrics
+    from slmops.evaluation.policy import load_policy
+    from slmops.evaluation.suites import load_suites
+    from slmops.serving.answering import serving_if_set
+    from slmops.store import open_store
+    from slmops.store.versions import INDEXES, LATEST, VersionedArtifact
+
+    if not params.gate:
+        return
+    loaded = load_suites(params.suites)
+    load_policy(params.policy, known_metrics(loaded))
+    store = open_store(store_uri)
+    for name in sorted({s.index for s in loaded.config.suites.values() if s.index}):
+        if VersionedArtifact(store, INDEXES, name).get_alias(LATEST) is None:
+            raise ConfigError(
+                f"the gate's suites ({params.suites}) retrieve from index {name}, which has no "
+                f"version in {store.uri} yet: run `slmops ingest DOCS --index {name}` (or the "
+                "ingest-docs flow) first; nothing was trained"
+            )
+    serving = serving_if_set(params.serving)
+    if params.generator == "vllm" and serving is None:
+        raise ConfigError(
+            "generator vllm needs a serving config (the `serving` parameter or SLMOPS_SERVING); "
+            "`slmops stack up` starts local replicas and writes one; nothing was trained"
+        )
 
 
 def promote(params: RefineTuneParams, store_uri: str, version: str, trigger: Trigger) -> None:
@@ -499,6 +551,7 @@ def run_refine_tune(
             type="event", id=params.event_id, by=trigger.by, flow_run_id=trigger.flow_run_id
         )
     check_adapter_base(open_store(store_uri), params.adapter, params.model)
+    preflight(params, store_uri)
 
     rev, base_path = stages.checkout(
         model=params.model, source=params.source, revision=params.revision or None

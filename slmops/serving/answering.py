@@ -1,0 +1,178 @@
+"""Answers from the serving engine, for the gate and `slmops assess`: the model judged where
+it is served, with the serving numerics.
+
+Each adapter version answers on the replica set of its base revision under its
+content-addressed serving name (`support-bot@<sha>`, the name promotion loads first), never
+under the stable name clients call: client traffic keeps its weights while a candidate is
+judged beside it. A name the replicas did not serve before is loaded for the run and unloaded
+when it ends (`close`, or the `with` block); a name they serve already (the champion, kept
+for rollback) is used as it is. The base model alone answers under its served name.
+
+    with ServedBackend(store, load_serving_config("serving.yaml")) as backend:
+        record = evaluate_adapter(store, "support-bot", "latest", backend=backend, ...)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from slmops.errors import ConfigError
+from slmops.generation import Generator, GeneratorBackend, TransformersBackend, Weights
+from slmops.serving.client import (
+    Replica,
+    ServingConfig,
+    ServingError,
+    VLLMClient,
+    VLLMGenerator,
+    load_serving_config,
+)
+from slmops.serving.promotion import stage
+from slmops.store.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+class ServedBackend:
+    """`GeneratorBackend` on the vLLM replicas of a serving config."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        config: ServingConfig,
+        *,
+        fallback: GeneratorBackend | None = None,
+        workers: int = 8,
+    ):
+        """fallback: answers for weights no replica set serves (a new base revision whose set
+        has not started); None: those are an error."""
+        self.store, self.config, self.workers = store, config.current(), workers
+        self.fallback = fallback
+        self._clients: dict[str, VLLMClient] = {}
+        self._loaded: list[tuple[VLLMClient, str]] = []
+
+    def __enter__(self) -> ServedBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def serves(self, weights: Weights) -> bool:
+        try:
+            self.replicas(weights)
+        except ConfigError:
+            return False
+        return True
+
+    def replicas(self, weights: Weights) -> list[Replica]:
+        """The replicas that serve `weights`' base model at its revision: one set's (the
+        first in config order), since a set is what a client's request reaches."""
+        digest = None
+        if weights.adapter is not None:
+            base = next((i for i in weights.adapter.inputs if i.kind == "base-model"), None)
+            digest = base.sha256 if base is not None else None
+        for replicas in self.config.sets().values():
+            if all(
+                r.model == weights.base
+                and (r.revision == weights.revision or bool(digest and r.weights == digest))
+                for r in replicas
+            ):
+                return replicas
+        sets = ", ".join(
+            f"{name} ({rs[0].model}@{rs[0].revision[:12]})"
+            for name, rs in self.config.sets().items()
+        )
+        raise ConfigError(
+            f"no replica set serves {weights.base}@{weights.revision[:12]} (sets: {sets}): start "
+            "one on that revision (locally: `slmops stack up --roll`), or gate with "
+            "--generator transformers"
+        )
+
+    def _client(self, replica: Replica) -> VLLMClient:
+        if replica.url not in self._clients:
+            self._clients[replica.url] = VLLMClient(replica, timeout=self.config.timeout_s)
+        return self._clients[replica.url]
+
+    def identity(self, weights: Weights) -> dict[str, Any]:
+        if self.fallback is not None and not self.serves(weights):
+            return self.fallback.identity(weights)
+        replicas = self.replicas(weights)
+        try:
+            version = self._client(replicas[0]).version()
+        except ServingError as exc:
+            raise ConfigError(f"replica {replicas[0].url} is not usable: {exc}") from exc
+        return {"backend": self.name, "version": version, "dtype": replicas[0].dtype}
+
+    def generator(self, weights: Weights) -> Generator:
+        if self.fallback is not None and not self.serves(weights):
+            log.warning(
+                "no replica set serves %s@%s: answering with %s instead",
+                weights.base,
+                weights.revision[:12],
+                self.fallback.name,
+            )
+            return self.fallback.generator(weights)
+        replicas = self.replicas(weights)
+        clients = [self._client(r) for r in replicas]
+        if weights.adapter is None:
+            model = replicas[0].model
+        else:
+            manifest = weights.adapter
+            staged = stage(self.store, manifest.name, manifest.version, self.config.adapter_dir)
+            for replica in replicas:
+                if staged.rank > replica.max_lora_rank:
+                    raise ConfigError(
+                        f"{manifest.name}@{manifest.version} has LoRA rank {staged.rank}, above "
+                        f"replica {replica.url}'s --max-lora-rank {replica.max_lora_rank}"
+                    )
+            model = staged.name
+            for client in clients:
+                if model not in client.adapters():
+                    client.load(model, staged.path)
+                    self._loaded.append((client, model))
+                    log.info("loaded %s on %s for the run", model, client.url)
+        return VLLMGenerator(clients, model, workers=self.workers, dtype=replicas[0].dtype)
+
+    def close(self) -> None:
+        """Unload what this run loaded (a replica that is gone: `serve sync` cleans up)."""
+        for client, name in reversed(self._loaded):
+            try:
+                client.unload(name)
+            except ServingError as exc:
+                log.warning("could not unload %s from %s: %s", name, client.url, exc)
+        self._loaded.clear()
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+
+def serving_if_set(path: str | Path | None) -> ServingConfig | None:
+    """The serving config at `path`, else at SLMOPS_SERVING; None when neither is set."""
+    from slmops.config import get_settings
+
+    chosen = path or get_settings().serving
+    return load_serving_config(chosen) if chosen else None
+
+
+def choose_backend(
+    store: ObjectStore, generator: str, serving: ServingConfig | None
+) -> ServedBackend | None:
+    """The served backend for `generator` (auto | vllm | transformers), or None for
+    transformers. auto: vLLM when a serving config is set (transformers for weights no
+    replica set serves), transformers otherwise; vllm without a serving config is an error
+    saying how to get one."""
+    if generator not in ("auto", "vllm", "transformers"):
+        raise ConfigError(f"generator {generator!r}: choose auto, vllm or transformers")
+    if generator == "transformers" or (generator == "auto" and serving is None):
+        return None
+    if serving is None:
+        raise ConfigError(
+            "--generator vllm needs the replicas to answer on: pass --serving FILE (or the "
+            "`serving` parameter) or set SLMOPS_SERVING; `slmops stack up` starts local "
+            "replicas and writes one"
+        )
+    fallback = TransformersBackend() if generator == "auto" else None
+    return ServedBackend(store, serving, fallback=fallback)
