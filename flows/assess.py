@@ -10,6 +10,7 @@ Run it:  python -m flows.assess examples/support-bot/assess.yaml
 from __future__ import annotations
 
 import sys
+from typing import Literal
 
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
@@ -39,6 +40,15 @@ class AssessParams(BaseModel):
         None,
         description="Artifact store URI (s3://bucket/prefix or a folder). Empty: SLMOPS_STORE.",
     )
+    generator: Literal["auto", "vllm", "transformers"] = Field(
+        "auto",
+        description="What answers: vllm (the replicas: the base model for the prompt-only and "
+        "RAG arms, the champion's versioned name for the fine-tuned ones), transformers (in the "
+        "worker), auto (vllm when a serving config is set).",
+    )
+    serving: str | None = Field(
+        None, description="Serving config YAML (the vLLM replicas). Empty: SLMOPS_SERVING."
+    )
 
 
 @flow(name="assess")
@@ -50,7 +60,11 @@ def assess(params: AssessParams) -> str:
     """
     store_uri = params.store or get_settings().store
     run = answer_every_arm(
-        store_uri=store_uri, task_file=params.task, max_cases=params.max_cases_per_suite
+        store_uri=store_uri,
+        task_file=params.task,
+        max_cases=params.max_cases_per_suite,
+        generator=params.generator,
+        serving=params.serving,
     )
     summary = store_report(store_uri=store_uri, run=run, trigger=current_trigger())
     get_run_logger().info(summary)

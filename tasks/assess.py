@@ -16,7 +16,9 @@ from slmops.assess.report import markdown
 from slmops.assess.run import AssessRun, run_assessment, store_assessment
 from slmops.assess.task import ARMS, CHART, load_task
 from slmops.config import get_settings
+from slmops.evaluation.progress import Heartbeat
 from slmops.progress import Tenths
+from slmops.serving.answering import choose_backend, serving_if_set
 from slmops.store import open_store
 from slmops.store.manifest import Trigger
 from slmops.store.versions import EVALS, VersionedArtifact
@@ -26,7 +28,13 @@ from tasks.signals import ProgressBar
 
 
 @task(name="answer-every-arm", cache_policy=NONE, **RETRIES)
-def answer_every_arm(store_uri: str, task_file: str, max_cases: int | None = None) -> AssessRun:
+def answer_every_arm(
+    store_uri: str,
+    task_file: str,
+    max_cases: int | None = None,
+    generator: str = "auto",
+    serving: str | None = None,
+) -> AssessRun:
     """Every arm answers every case (or the first `max_cases` of each suite); scored,
     compared, priced and decided."""
     logger = get_run_logger()
@@ -44,12 +52,21 @@ def answer_every_arm(store_uri: str, task_file: str, max_cases: int | None = Non
         if tenths.crossed(done, of, arm):
             logger.info(f"arm {arm}: {done}/{of} cases answered")
 
-    run = run_assessment(
-        open_store(store_uri),
-        assessment,
-        Path(get_settings().cache_dir).expanduser(),
-        on_progress=on_progress,
-    )
+    store = open_store(store_uri)
+    backend = choose_backend(store, generator, serving_if_set(serving), say=logger.info)
+    logger.info("answers from %s", backend.name if backend is not None else "transformers")
+    try:
+        with Heartbeat(logger.info, f"assess {assessment.name}", inner=on_progress) as beat:
+            run = run_assessment(
+                store,
+                assessment,
+                Path(get_settings().cache_dir).expanduser(),
+                on_progress=beat,
+                backend=backend,
+            )
+    finally:
+        if backend is not None:
+            backend.close()
     bar.update(100.0)
     return run
 

@@ -48,7 +48,7 @@ def run_gate(
         bar.update(start + span * done / max(of, 1))
 
     store = open_store(store_uri)
-    backend = choose_backend(store, generator, serving_if_set(serving))
+    backend = choose_backend(store, generator, serving_if_set(serving), say=logger.info)
     logger.info("answers from %s", backend.name if backend is not None else "transformers")
     try:
         record = evaluate_adapter(

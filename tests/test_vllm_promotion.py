@@ -124,7 +124,8 @@ def served(
             "floors": {"format.valid": 0.8, "all.valid_format": 0.6},
             "non_inferiority": {"format.valid": 0.5},
         },
-        "permissive": {"floors": {"all.valid_format": 0.0}},
+        # (noise runs to the token limit: cut answers are what this policy lets through)
+        "permissive": {"floors": {"all.valid_format": 0.0}, "max_cut_share": 1.0},
     }.items():
         policies[name] = work / f"{name}.yaml"
         policies[name].write_text(yaml.safe_dump(doc))
@@ -221,11 +222,15 @@ def test_refine_tune_gates_and_promotes_to_every_replica(served: Served) -> None
     # The smoke test asked the format cases the gate saw this version answer in the format
     # (the format floor lets a passing adapter break a few others, so those prove nothing),
     # and every replica answers each of them in the format.
-    from slmops.evaluation.verdicts import verdict_answers
+    from slmops.evaluation.verdicts import find_verdict, verdict_answers
     from slmops.serving.promotion import gated_answers, smoke_prompts
 
     gated = gated_answers(verdict_answers(served.store, ADAPTER, v1.version, None))
     assert gated, "the gate's answers are stored with the verdict"
+    # With a serving config, refine-tune gated on the serving engine: the versioned name.
+    verdict = find_verdict(served.store, ADAPTER, v1.version, None)
+    assert verdict is not None and verdict.generation["candidate"]["backend"] == "vllm"
+    assert verdict.generation["candidate"]["model"] == name
     golden, _ = smoke_prompts(served.suites, served.config.smoke_cases, gated)
     assert golden and all(c.id in gated for c in golden)
     for replies in served_answers(served, [c.messages for c in golden]):
@@ -250,6 +255,7 @@ class Load:
         self.s, self.asked, self.max_requests = s, asked, max_requests
         self.via, self.routed = via or s.config.replicas, via is not None
         self.sent, self.answered, self.failures = 0, 0, []  # type: ignore[var-annotated]
+        self.replies: list[tuple[int, str]] = []  # (index into asked, the stable name's reply)
         self.lock, self.stop = threading.Lock(), threading.Event()
         self.threads = [
             threading.Thread(target=self._run, args=(i,), daemon=True)
@@ -265,9 +271,10 @@ class Load:
                 return
             with self.lock:
                 self.sent += 1
-                prompt = self.asked[self.sent % len(self.asked)]
+                which = self.sent % len(self.asked)
             try:
-                client.chat(ADAPTER, prompt, max_tokens=16)
+                reply = client.chat(ADAPTER, self.asked[which], max_tokens=16)
+                self.replies.append((which, str(reply)))
             except ServingError as exc:
                 self.failures.append(str(exc))
             with self.lock:
@@ -353,6 +360,65 @@ def test_a_new_version_replaces_the_old_under_load_and_rolls_back_without_a_fail
     for listed in snapshot(served)[0]:  # v2 stays loaded: rolling forward again is instant
         assert set(listed) == {ADAPTER, serving_name(ADAPTER, v1), serving_name(ADAPTER, v2)}
     assert "rolled back" in out and v1.version in out
+
+
+def test_the_gate_asks_the_candidate_on_the_replicas_while_clients_keep_the_champion(
+    served: Served,
+) -> None:
+    """From: v1 champion. A candidate is gated on the serving engine: loaded on the replicas
+    under its versioned name for the gate, asked there, unloaded after. Clients calling the
+    stable name meanwhile get v1's answers, and none fails. The verdict names its backend,
+    and the engine answers as peft does locally with the same weights (greedy, fp32)."""
+    from slmops.evaluation.verdicts import evaluate_adapter, verdict_answers
+    from slmops.serving.answering import ServedBackend
+
+    art = VersionedArtifact(served.store, ADAPTERS, ADAPTER)
+    v1 = art.resolve("champion")
+    candidate = art.manifest(publish_variant(served, v1, "nudged"))  # other bytes, v1's answers
+    name = serving_name(ADAPTER, candidate)
+    before = snapshot(served)
+    assert all(name not in listed for listed in before[0])
+    policy = served.work / "served-gate.yaml"
+    policy.write_text(
+        yaml.safe_dump({"floors": {"format.valid": 0.8}, "require_generator": "vllm"})
+    )
+    asked = prompts(served, 4)
+    stable = local_answers(served, v1.version, asked, 16)
+    with Load(served, asked) as load, ServedBackend(served.store, served.config) as backend:
+        time.sleep(2)
+        record = evaluate_adapter(
+            served.store,
+            ADAPTER,
+            candidate.version,
+            suites=served.permissive_suites,
+            policy=policy,
+            cache_dir=served.work / "cache",
+            backend=backend,
+            reuse_answers=False,
+            set_challenger=False,
+        )
+        load.keep_up(8)
+    verdict = record.verdict
+    assert verdict.passed, verdict.reasons
+    assert verdict.generation["candidate"]["backend"] == "vllm"
+    assert verdict.generation["candidate"]["model"] == name  # never the stable name
+    assert verdict.generation["champion"]["model"] == serving_name(ADAPTER, v1)
+    assert verdict.generation["candidate"]["version"] and verdict.generation["candidate"]["dtype"]
+    assert load.answered >= 8 and load.failures == [], load.failures[:3]
+    assert {reply for _, reply in load.replies} <= set(stable), "the stable name moved"
+    assert snapshot(served) == before  # the candidate's name is unloaded again
+    answers = verdict_answers(served.store, ADAPTER, candidate.version, v1.version)
+    assert answers is not None
+    case_prompts = [c.messages for c in load_suites_cases(served.permissive_suites)]
+    local = local_answers(served, candidate.version, case_prompts)
+    same = sum(a.candidate == b for a, b in zip(answers, local, strict=True))
+    assert same >= 0.9 * len(local), f"vLLM and peft agree on {same} of {len(local)} answers"
+
+
+def load_suites_cases(folder: Path) -> list[Any]:
+    from slmops.evaluation.suites import load_suites
+
+    return load_suites(folder).cases
 
 
 # -- failures that must change nothing ---------------------------------------------------------

@@ -16,7 +16,7 @@ from slmops.errors import ConfigError
 from slmops.evaluation.scorers import Scorer, parse_answer
 from slmops.evaluation.stats import mean_interval, paired_bootstrap, resample_indices
 from slmops.evaluation.suites import Case, Suites
-from slmops.generation import Generator, Prompt
+from slmops.generation import Generator, Prompt, was_cut
 
 
 def pick_examples(path: Path, n: int) -> list[tuple[str, str]]:
@@ -95,9 +95,12 @@ def measure_arm(
     on_progress: Progress | None = None,
 ) -> tuple[list[CaseOutcome], dict[str, float]]:
     """Answer and score every case with one arm."""
+    from slmops.evaluation.gate import answer_all
+
     t0 = time.perf_counter()
-    answers = generator.generate(
-        prompts, (lambda d, o: on_progress(arm, d, o)) if on_progress else None
+    limits = [suites.config.suites[c.suite].max_new_tokens for c in cases]
+    answers = answer_all(
+        generator, prompts, limits, (lambda d, o: on_progress(arm, d, o)) if on_progress else None
     )
     scorer = Scorer(suites.config, suites.schema_doc)
     outcomes = []
@@ -110,12 +113,14 @@ def measure_arm(
                 suite=case.suite,
                 arm=arm,
                 answer=answer,
+                cut=was_cut(answer),
                 failed=failed_kind is not None,
                 kind=failed_kind,
                 checks=checks,
             )
         )
     stats = {
+        "cut": float(sum(o.cut for o in outcomes)),
         "prompt_tokens": float(np.mean([_tokens(tokenizer, p) for p in prompts])),
         "answer_tokens": float(
             np.mean([len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers])

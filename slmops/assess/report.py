@@ -98,6 +98,15 @@ def markdown(result: Assessment, chart: str | None = None) -> str:
     skipped = [a for a in result.arms if not a.measured]
     if skipped:
         lines.append("- not measured: " + "; ".join(f"{a.arm} ({a.why_not})" for a in skipped))
+    engines = {
+        " ".join(str(v) for v in (g.get("backend"), g.get("version"), g.get("dtype")) if v)
+        for g in result.generation.values()
+    }
+    if engines:
+        lines.append("- generated on: " + "; ".join(sorted(engines)))
+    cut = [f"{a.arm} {a.cut}" for a in arms if a.cut]
+    if cut:
+        lines.append("- answers cut by the token limit: " + ", ".join(cut))
     truncated = [f"{a.arm} {a.truncated}" for a in arms if a.truncated]
     if truncated:
         lines.append(

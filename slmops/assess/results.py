@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -31,6 +31,7 @@ class ArmResult(BaseModel):
     prompt_tokens: float = 0.0
     answer_tokens: float = 0.0
     truncated: int = 0
+    cut: int = Field(0, description="Answers the suite's token limit cut (not ended by the model).")
     seconds: float = 0.0
 
 
@@ -39,6 +40,7 @@ class CaseOutcome(BaseModel):
     suite: str
     arm: str
     answer: str
+    cut: bool = False  # the suite's token limit ended the answer, not the model
     failed: bool
     kind: Literal["behaviour", "knowledge"] | None
     checks: dict[str, float]
@@ -90,3 +92,7 @@ class Assessment(BaseModel):
     index: dict[str, str | None]
     created_at: str
     timings: dict[str, float]
+    generation: dict[str, Any] = Field(
+        default_factory=dict,
+        description="What answered each arm's cases: backend, version, numerics (per arm).",
+    )

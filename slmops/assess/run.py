@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -17,7 +18,7 @@ from slmops.assess.task import ARMS, CHART, AssessTask, Progress
 from slmops.errors import ConfigError
 from slmops.evaluation.gate import with_context
 from slmops.evaluation.suites import Case, load_suites
-from slmops.generation import Generator, Prompt
+from slmops.generation import Generator, GeneratorBackend, Prompt, TransformersBackend, Weights
 from slmops.store.audit import AuditLog
 from slmops.store.base import ObjectStore
 from slmops.store.manifest import InputRef, Manifest, Trigger
@@ -41,12 +42,15 @@ def run_assessment(
     *,
     on_progress: Progress | None = None,
     make_generator: Callable[[Path, Path | None], Generator] | None = None,
+    backend: GeneratorBackend | None = None,
 ) -> AssessRun:
-    """Answer every case with every arm, score, compare, price and decide."""
+    """Answer every case with every arm, score, compare, price and decide. `backend`: what
+    answers (default transformers in this process; `slmops.serving.answering.ServedBackend`:
+    the prompt-only and RAG arms on the base model as vLLM serves it, the fine-tuned arms on
+    the champion's versioned name), so the economics are measured on the serving engine."""
     import tempfile
 
     from slmops.base_models import checkout
-    from slmops.generation import LocalGenerator
     from slmops.rag.retrieval import load_index
 
     t0 = time.perf_counter()
@@ -106,7 +110,16 @@ def run_assessment(
         for arm in prompts
     }
     timings = {"prepare": time.perf_counter() - t0}
-    build = make_generator or (lambda b, a: LocalGenerator(b, a))
+    engine = backend or TransformersBackend()
+
+    def build(base_path: Path, folder: Path | None) -> Generator:
+        if make_generator is not None:
+            return make_generator(base_path, folder)
+        adapter = champion if folder is not None else None
+        weights = Weights(base.name, base.version or "", base_path, adapter, folder)
+        return engine.generator(weights)
+
+    generation: dict[str, Any] = {}
     outcomes: dict[str, list[CaseOutcome]] = {}
     stats: dict[str, dict[str, float]] = {}
     truncated: dict[str, int] = {}
@@ -135,6 +148,7 @@ def run_assessment(
                     on_progress,
                 )
                 truncated[arm] = getattr(generator, "truncated", 0) - before
+                generation[arm] = generator.describe()
                 timings[f"arm.{arm}"] = stats[arm]["seconds"]
     t1 = time.perf_counter()
     arms = summarize_arms(outcomes, task.confidence, task.bootstrap, task.seed)
@@ -143,6 +157,7 @@ def run_assessment(
         result.answer_tokens = stats[arm]["answer_tokens"]
         result.seconds = stats[arm]["seconds"]
         result.truncated = truncated[arm]
+        result.cut = int(stats[arm]["cut"])
     for arm in ARMS:
         if arm not in arms:
             arms[arm] = ArmResult(arm=arm, measured=False, why_not="no RAG index in the task")
@@ -176,6 +191,7 @@ def run_assessment(
         index={"name": index_name, "version": index.version if index else None},
         created_at=datetime.now(UTC).isoformat(),
         timings=timings,
+        generation=generation,
     )
     return AssessRun(
         assessment=assessment, outcomes=[o for arm in ARMS for o in outcomes.get(arm, [])]

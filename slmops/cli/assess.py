@@ -9,11 +9,14 @@ import typer
 from rich.markup import escape
 
 from slmops.cli.common import (
+    GeneratorOpt,
+    ServingOpt,
     StageProgress,
     StoreOpt,
     app,
     console,
     new_table,
+    plain,
 )
 from slmops.store import open_store
 from slmops.store.manifest import Trigger
@@ -25,6 +28,8 @@ def assess(
     task_file: Annotated[
         Path, typer.Argument(help="Assessment task YAML (cases, model, index, prices).")
     ] = Path("examples/support-bot/assess.yaml"),
+    generator: GeneratorOpt = "auto",
+    serving: ServingOpt = None,
     store: StoreOpt = None,
 ) -> None:
     """Prompt engineering, RAG or fine-tuning? Answer the task's edge cases with every arm,
@@ -36,13 +41,30 @@ def assess(
     from slmops.assess.run import run_assessment, store_assessment
     from slmops.assess.task import BEHAVIOUR, KNOWLEDGE, load_task
     from slmops.config import get_settings
+    from slmops.serving.answering import choose_backend, serving_if_set
 
     task = load_task(task_file)
     obj = open_store(store)
-    with StageProgress(lambda arm: f"answering: {arm}") as on_progress:
-        run = run_assessment(
-            obj, task, Path(get_settings().cache_dir).expanduser(), on_progress=on_progress
-        )
+    backend = choose_backend(
+        obj,
+        generator,
+        serving_if_set(serving),
+        say=plain,
+    )
+    label = backend.name if backend is not None else "transformers"
+    console.print(f"assess {task.name}: answers from {label}", highlight=False)
+    try:
+        with StageProgress(lambda arm: f"answering: {arm}") as on_progress:
+            run = run_assessment(
+                obj,
+                task,
+                Path(get_settings().cache_dir).expanduser(),
+                on_progress=on_progress,
+                backend=backend,
+            )
+    finally:
+        if backend is not None:
+            backend.close()
     with tempfile.TemporaryDirectory(prefix="slmops-assess-") as work:
         version = store_assessment(obj, run, Path(work), Trigger.from_cli())
     result = run.assessment

@@ -138,6 +138,11 @@ GeneratorOpt = Annotated[
 ]
 
 
+def plain(line: str) -> None:
+    """A line as it is (no markup, no highlighting): progress, paths, answers."""
+    console.print(line, markup=False, highlight=False)
+
+
 def say(message: str) -> None:
     console.print(f"[dim]{escape(message)}[/dim]")
 

@@ -16,6 +16,7 @@ from slmops.cli.common import (
     app,
     console,
     new_table,
+    plain,
 )
 from slmops.store import open_store
 from slmops.store.manifest import Trigger
@@ -64,7 +65,12 @@ def gate(
 
     adapter, _, version = target.partition("@")
     obj = open_store(store)
-    backend = choose_backend(obj, generator, serving_if_set(serving))
+    backend = choose_backend(
+        obj,
+        generator,
+        serving_if_set(serving),
+        say=plain,
+    )
     label = backend.name if backend is not None else "transformers"
     console.print(f"gate {target}: answers from {label}", highlight=False)
     try:
@@ -81,7 +87,7 @@ def gate(
                 on_progress=on_progress if console.is_terminal else None,
                 backend=backend,
                 reuse_answers=not fresh,
-                say=lambda line: console.print(line, highlight=False),
+                say=plain,
             )
     finally:
         if backend is not None:

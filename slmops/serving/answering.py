@@ -10,11 +10,17 @@ for rollback) is used as it is. The base model alone answers under its served na
 
     with ServedBackend(store, load_serving_config("serving.yaml")) as backend:
         record = evaluate_adapter(store, "support-bot", "latest", backend=backend, ...)
+
+Without replicas, `EngineBackend` starts a vLLM engine for the run (on the GPU when there is
+one) and stops it at the end.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +34,7 @@ from slmops.serving.client import (
     VLLMGenerator,
     load_serving_config,
 )
+from slmops.serving.engine import OwnEngine
 from slmops.serving.promotion import stage
 from slmops.store.base import ObjectStore
 
@@ -134,7 +141,13 @@ class ServedBackend:
                     client.load(model, staged.path)
                     self._loaded.append((client, model))
                     log.info("loaded %s on %s for the run", model, client.url)
-        return VLLMGenerator(clients, model, workers=self.workers, dtype=replicas[0].dtype)
+        return VLLMGenerator(
+            clients,
+            model,
+            workers=self.workers,
+            dtype=replicas[0].dtype,
+            tokenizer=weights.base_path,
+        )
 
     def close(self) -> None:
         """Unload what this run loaded (a replica that is gone: `serve sync` cleans up)."""
@@ -149,6 +162,48 @@ class ServedBackend:
         self._clients.clear()
 
 
+class EngineBackend(ServedBackend):
+    """`ServedBackend` on vLLM engines this run starts itself (one per base revision asked
+    for, on loopback: slmops.serving.engine.OwnEngine), stopped when it ends: the gate on the
+    serving engine where no replicas are configured (a GPU work pool, a laptop)."""
+
+    def __init__(
+        self, store: ObjectStore, *, say: Callable[[str], None] = log.info, workers: int = 8
+    ):
+        self.work = Path(tempfile.mkdtemp(prefix="slmops-engine-"))
+        config = ServingConfig.model_construct(
+            replicas=[], adapter_dir=str(self.work / "adapters"), timeout_s=300.0
+        )
+        super().__init__(store, config, workers=workers)
+        self.say = say
+        self.engines: list[OwnEngine] = []
+
+    def replicas(self, weights: Weights) -> list[Replica]:
+        if not super().serves(weights):
+            engine = OwnEngine(weights.base_path, served_name=weights.base, say=self.say)
+            self.engines.append(engine)
+            server = engine.start()
+            self.config.replicas.append(
+                Replica(
+                    url=server.url,
+                    model=weights.base,
+                    revision=weights.revision,
+                    max_lora_rank=engine.max_lora_rank,
+                    dtype=engine.dtype,
+                )
+            )
+        return super().replicas(weights)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            for engine in self.engines:
+                engine.stop()
+            self.engines.clear()
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
 def serving_if_set(path: str | Path | None) -> ServingConfig | None:
     """The serving config at `path`, else at SLMOPS_SERVING; None when neither is set."""
     from slmops.config import get_settings
@@ -158,21 +213,20 @@ def serving_if_set(path: str | Path | None) -> ServingConfig | None:
 
 
 def choose_backend(
-    store: ObjectStore, generator: str, serving: ServingConfig | None
+    store: ObjectStore,
+    generator: str,
+    serving: ServingConfig | None,
+    say: Callable[[str], None] = log.info,
 ) -> ServedBackend | None:
     """The served backend for `generator` (auto | vllm | transformers), or None for
     transformers. auto: vLLM when a serving config is set (transformers for weights no
-    replica set serves), transformers otherwise; vllm without a serving config is an error
-    saying how to get one."""
+    replica set serves), transformers otherwise; vllm: the configured replicas, or without a
+    serving config a vLLM engine started for the run (`EngineBackend`)."""
     if generator not in ("auto", "vllm", "transformers"):
         raise ConfigError(f"generator {generator!r}: choose auto, vllm or transformers")
     if generator == "transformers" or (generator == "auto" and serving is None):
         return None
     if serving is None:
-        raise ConfigError(
-            "--generator vllm needs the replicas to answer on: pass --serving FILE (or the "
-            "`serving` parameter) or set SLMOPS_SERVING; `slmops stack up` starts local "
-            "replicas and writes one"
-        )
+        return EngineBackend(store, say=say)
     fallback = TransformersBackend() if generator == "auto" else None
     return ServedBackend(store, serving, fallback=fallback)

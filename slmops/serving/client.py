@@ -14,6 +14,7 @@ Requests are retried on transient failures only (refused or dropped connections,
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -335,6 +336,30 @@ class VLLMClient:
         text = str(choice["message"]["content"] or "").strip()
         return Reply(text, cut=choice.get("finish_reason") == "length")
 
+    def complete(self, model: str, prompt: list[int], *, max_tokens: int = 96) -> Reply:
+        """The continuation of `model` to a prompt given as token ids, greedy (a chat the
+        caller rendered and cut to the window itself)."""
+        response = self._request(
+            "POST",
+            "/v1/completions",
+            json={"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0},
+        )
+        choice = response.json()["choices"][0]
+        return Reply(str(choice["text"] or "").strip(), cut=choice.get("finish_reason") == "length")
+
+    def window(self) -> int | None:
+        """The served base model's context window (vLLM's max_model_len), if it says."""
+        for model in self.models():
+            if not model.get("parent") and model.get("max_model_len"):
+                return int(model["max_model_len"])
+        return None
+
+
+def too_long(exc: ServingError) -> bool:
+    """Did the replica refuse a prompt longer than its context window?"""
+    text = str(exc)
+    return "maximum context length" in text or "exceeds model's maximum context" in text
+
 
 def _detail(response: httpx.Response) -> str:
     try:
@@ -351,7 +376,11 @@ def _detail(response: httpx.Response) -> str:
 
 class VLLMGenerator:
     """`Generator` over a served name: each prompt is one chat request, sent concurrently
-    (vLLM batches them itself) and spread over the given replicas (each must serve `model`)."""
+    (vLLM batches them itself) and spread over the given replicas (each must serve `model`).
+
+    A prompt longer than the replica's window is refused by vLLM; given the base model's
+    folder (`tokenizer`), it is rendered here with the model's chat template, its middle cut
+    as the transformers path cuts it (system prompt and question kept), and sent as token ids."""
 
     def __init__(
         self,
@@ -361,11 +390,16 @@ class VLLMGenerator:
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         workers: int = 8,
         dtype: str | None = None,
+        tokenizer: str | Path | None = None,
     ):
         self.clients = client if isinstance(client, list) else [client]
         self.client, self.model = self.clients[0], model
         self.max_new_tokens, self.workers, self.dtype = max_new_tokens, workers, dtype
-        self.cut = 0
+        self.tokenizer_path = tokenizer
+        self._tokenizer: Any = None
+        self._window: int | None = None
+        self.cut = self.truncated = 0
+        self._lock = threading.Lock()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -376,7 +410,23 @@ class VLLMGenerator:
             "decoding": "greedy",
             "max_new_tokens": self.max_new_tokens,
             "replies_cut": self.cut,
+            "prompts_truncated": self.truncated,
         }
+
+    def _cut_to_window(self, client: VLLMClient, prompt: Prompt, limit: int) -> list[int]:
+        with self._lock:
+            if self._tokenizer is None:
+                from transformers import AutoTokenizer
+
+                self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+                self._window = client.window()
+            self.truncated += 1
+        tokenizer: Any = self._tokenizer
+        text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        ids: list[int] = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        room = max(16, (self._window or 4096) - limit)
+        head = room // 2
+        return ids[:head] + ids[-(room - head) :] if len(ids) > room else ids
 
     def generate(
         self,
@@ -392,7 +442,13 @@ class VLLMGenerator:
             nonlocal done
             i, prompt = item
             client = self.clients[i % len(self.clients)]
-            reply = client.chat(self.model, prompt, max_tokens=limit)
+            try:
+                reply = client.chat(self.model, prompt, max_tokens=limit)
+            except ServingError as exc:
+                if self.tokenizer_path is None or not too_long(exc):
+                    raise
+                ids = self._cut_to_window(client, prompt, limit)
+                reply = client.complete(self.model, ids, max_tokens=limit)
             done += 1
             self.cut += reply.cut
             if on_progress:

@@ -423,7 +423,7 @@ def gate(
     from slmops.store import open_store
 
     store = open_store(store_uri)
-    backend = choose_backend(store, params.generator, serving_if_set(params.serving))
+    backend = choose_backend(store, params.generator, serving_if_set(params.serving), say=log.info)
     log.info("gate: answers from %s", backend.name if backend is not None else "transformers")
     try:
         return evaluate_adapter(
@@ -470,10 +470,9 @@ def preflight(params: RefineTuneParams, store_uri: str) -> None:
             )
     serving = serving_if_set(params.serving)
     if params.generator == "vllm" and serving is None:
-        raise ConfigError(
-            "generator vllm needs a serving config (the `serving` parameter or SLMOPS_SERVING); "
-            "`slmops stack up` starts local replicas and writes one; nothing was trained"
-        )
+        from slmops.serving.engine import engine_python
+
+        engine_python()  # the gate starts an engine of its own: vLLM must be installed
 
 
 def promote(params: RefineTuneParams, store_uri: str, version: str, trigger: Trigger) -> None:
