@@ -161,3 +161,17 @@ def test_long_work_reports_each_tenth_once() -> None:
     per_stage = Tenths()
     assert per_stage.crossed(1, 2, "a") and per_stage.crossed(1, 2, "b")
     assert not per_stage.crossed(1, 2, "a") and not per_stage.crossed(3, None, "c")
+
+
+def test_refine_tune_checks_what_the_gate_needs_before_it_trains(tmp_path: Path) -> None:
+    """The example suites retrieve from support-docs; a store without it is refused before
+    any model is touched (the base model path does not even exist), saying what to run."""
+    store = tmp_path / "store"
+    with pytest.raises(ConfigError) as refused:
+        invoke("refine-tune", "tiny-llama", str(tmp_path / "no-model-here"), "--store", str(store))
+    message = str(refused.value)
+    assert "index support-docs" in message and "slmops ingest" in message
+    assert "nothing was trained" in message
+    assert not (store / "adapters").exists() and not (store / "datasets").exists()
+    with pytest.raises(ConfigError, match="choose auto, vllm or transformers"):
+        invoke("gate", "support-bot@latest", "--generator", "sometimes", "--store", str(store))

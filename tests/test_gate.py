@@ -17,6 +17,7 @@ from slmops.evaluation.gate import MetricResult, judge, known_metrics, run_gate
 from slmops.evaluation.policy import GatePolicy, load_policy
 from slmops.evaluation.stats import holm, paired_bootstrap, resample_indices
 from slmops.evaluation.suites import Suites, load_suites
+from slmops.generation import Reply
 
 EVALS = Path(__file__).resolve().parent.parent / "examples" / "support-bot" / "evals"
 
@@ -376,3 +377,121 @@ def test_many_discordant_cases_keep_the_paired_bootstrap() -> None:
     assert metrics[0].discordant is not None and metrics[0].discordant >= 25
     assert metrics[0].test == "bootstrap"
     assert "(paired bootstrap)" in metrics[0].checks[0].detail
+
+
+class Rambling(Fixed):
+    """Answers every prompt with the same text, which the token limit cut (`cut`), recording
+    the limits it was asked under."""
+
+    def __init__(self, text: str, cut: bool):
+        super().__init__(text)
+        self.cut, self.limits = cut, []  # type: ignore[var-annotated]
+
+    def generate(
+        self,
+        prompts: list[list[dict[str, str]]],
+        on_progress: object = None,
+        *,
+        max_new_tokens: int | None = None,
+    ) -> list[str]:
+        self.limits.append((max_new_tokens, len(prompts)))
+        return [Reply(self.text, cut=self.cut)] * len(prompts)
+
+
+def two_suites(suites: Suites, format_tokens: int) -> Suites:
+    """The format and style suites, the format suite with its own token limit."""
+    config = suites.config.model_copy(deep=True)
+    config.suites = {k: v for k, v in config.suites.items() if k in ("format", "style")}
+    config.suites["format"].max_new_tokens = format_tokens
+    cases = [c for c in suites.cases if c.suite in config.suites]
+    return suites.model_copy(update={"config": config, "cases": cases})
+
+
+def test_each_suite_is_answered_under_its_own_token_limit(suites: Suites) -> None:
+    subset = two_suites(suites, 200)
+    model = Rambling('{"answer": "x"', cut=False)
+    run_gate(subset, policy(), model, None, adapter="bot", version="v1", champion_label=None)
+    counts = {name: len(subset.suite_cases(name)) for name in ("format", "style")}
+    assert sorted(model.limits) == [(96, counts["style"]), (200, counts["format"])]
+
+
+def test_answers_cut_by_the_token_limit_refuse_the_verdict_as_misconfigured(
+    suites: Suites,
+) -> None:
+    subset = two_suites(suites, 96)
+    cut = '{"answer": "The first inlet, the subject: explain'
+    rules = policy(floors={"format.valid": 0.9})
+    verdict, cases = run_gate(
+        subset,
+        rules,
+        Rambling(cut, cut=True),
+        None,
+        adapter="bot",
+        version="v1",
+        champion_label=None,
+    )
+    assert verdict.status == "refused" and not verdict.passed
+    assert verdict.reasons[0].startswith("misconfigured: suite format:")
+    assert "max_new_tokens" in verdict.reasons[0]
+    assert verdict.cut["format"].candidate == len(subset.suite_cases("format"))
+    assert all(c.candidate_cut for c in cases)
+    # A champion that ends its answers within the same limit: the candidate's run on, and it
+    # fails on the metrics they miss (not refused: the limit is not the problem).
+    good = json.dumps({"answer": "Tidewell does that.", "sources": [], "confidence": "high"})
+    verdict, _ = run_gate(
+        subset,
+        rules,
+        Rambling(cut, cut=True),
+        Rambling(good, cut=False),
+        adapter="bot",
+        version="v2",
+        champion_label="v1",
+    )
+    assert verdict.status == "failed"
+    assert not any(r.startswith("misconfigured") for r in verdict.reasons)
+    assert any(r.startswith("format.valid:") for r in verdict.reasons)
+    # Below the policy's share: reported, not refused.
+    lenient = rules.model_copy(update={"max_cut_share": 1.0})
+    verdict, _ = run_gate(
+        subset,
+        lenient,
+        Rambling(cut, cut=True),
+        None,
+        adapter="bot",
+        version="v1",
+        champion_label=None,
+    )
+    assert verdict.status == "failed" and verdict.cut["format"].candidate > 0
+
+
+def test_a_policy_that_requires_the_serving_engine_refuses_other_answers(
+    suites: Suites,
+) -> None:
+    good = json.dumps({"answer": "Tidewell does that.", "sources": [], "confidence": "low"})
+    subset = suites.model_copy(update={"cases": suites.suite_cases("format")})
+    rules = policy(floors={"all.valid_format": 0.5}).model_copy(
+        update={"require_generator": "vllm"}
+    )
+    verdict, _ = run_gate(
+        subset, rules, Fixed(good), None, adapter="bot", version="v1", champion_label=None
+    )
+    assert verdict.status == "refused"
+    assert "requires answers from vllm" in verdict.reasons[0]
+    assert "fixed" in verdict.reasons[0]
+
+
+def test_progress_is_said_at_least_every_period_while_nothing_reports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    from slmops.evaluation.progress import Heartbeat
+
+    said: list[str] = []
+    with Heartbeat(said.append, "gate bot@v1", every=0.3) as beat:
+        beat("candidate", 0, 100)
+        time.sleep(1.2)  # a batch that takes long: no callback
+        beat("candidate", 40, 100)
+    assert said[0].startswith("gate bot@v1: candidate: 0/100 answered")
+    assert len([s for s in said if "0/100" in s]) >= 3  # repeated while silent
+    assert "40/100 answered" in said[-1] and "left" in said[-1]

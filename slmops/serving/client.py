@@ -449,10 +449,11 @@ class VLLMGenerator:
                     raise
                 ids = self._cut_to_window(client, prompt, limit)
                 reply = client.complete(self.model, ids, max_tokens=limit)
-            done += 1
-            self.cut += reply.cut
-            if on_progress:
-                on_progress(done, len(prompts))
+            with self._lock:
+                done += 1
+                self.cut += reply.cut
+                if on_progress:
+                    on_progress(done, len(prompts))
             return reply
 
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
