@@ -90,9 +90,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             base, adapter = _tiny(work, args.steps)
         suites = load_suites(EVALS)
-        # Knowledge cases without retrieval here: the prompt set is what matters for speed.
+        # Cases without retrieval (suites with no index): the prompt set is what matters here.
         plain = suites.model_copy(
-            update={"cases": [c for c in suites.cases if c.suite != "knowledge"]}
+            update={"cases": [c for c in suites.cases if not suites.config.suites[c.suite].index]}
         )
         prompts, _ = build_prompts(plain, None)
         print(f"answering {len(prompts)} prompts in batches, then one at a time ...", flush=True)

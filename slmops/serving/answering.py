@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 
 
 class ServedBackend:
-    """`GeneratorBackend` on the vLLM replicas of a serving config."""
+    """`GeneratorBackend` on the vLLM replicas of a serving config. `workers`: requests in
+    flight per generator (vLLM batches them: on 2 CPU cores the example's 355 prompts took
+    35 s with 8 in flight and 21 s with 32 through a LoRA adapter, 11 s and 6 s on the base)."""
 
     name = "vllm"
 
@@ -52,7 +54,7 @@ class ServedBackend:
         config: ServingConfig,
         *,
         fallback: GeneratorBackend | None = None,
-        workers: int = 8,
+        workers: int = 32,
     ):
         """fallback: answers for weights no replica set serves (a new base revision whose set
         has not started); None: those are an error."""
@@ -168,7 +170,7 @@ class EngineBackend(ServedBackend):
     serving engine where no replicas are configured (a GPU work pool, a laptop)."""
 
     def __init__(
-        self, store: ObjectStore, *, say: Callable[[str], None] = log.info, workers: int = 8
+        self, store: ObjectStore, *, say: Callable[[str], None] = log.info, workers: int = 32
     ):
         self.work = Path(tempfile.mkdtemp(prefix="slmops-engine-"))
         config = ServingConfig.model_construct(
