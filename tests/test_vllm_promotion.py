@@ -104,6 +104,7 @@ def served(
                         "model": "tiny-llama",
                         "revision": revision,
                         "max_lora_rank": r.max_lora_rank,
+                        "dtype": "float32",  # infra/vllm_server.py's
                     }
                     for r in vllm_replicas
                 ],
@@ -367,10 +368,10 @@ def test_the_gate_asks_the_candidate_on_the_replicas_while_clients_keep_the_cham
 ) -> None:
     """From: v1 champion. A candidate is gated on the serving engine: loaded on the replicas
     under its versioned name for the gate, asked there, unloaded after. Clients calling the
-    stable name meanwhile get v1's answers, and none fails. The verdict names its backend,
-    and the engine answers as peft does locally with the same weights (greedy, fp32)."""
-    from slmops.evaluation.verdicts import evaluate_adapter, verdict_answers
-    from slmops.serving.answering import ServedBackend
+    stable name meanwhile get v1's answers, and none fails. The verdict names its backend
+    (`slmops gate --generator vllm`, as a person runs it), and the engine answers as peft
+    does locally with the same weights (greedy, fp32)."""
+    from slmops.evaluation.verdicts import find_verdict, verdict_answers
 
     art = VersionedArtifact(served.store, ADAPTERS, ADAPTER)
     v1 = art.resolve("champion")
@@ -384,29 +385,39 @@ def test_the_gate_asks_the_candidate_on_the_replicas_while_clients_keep_the_cham
     )
     asked = prompts(served, 4)
     stable = local_answers(served, v1.version, asked, 16)
-    with Load(served, asked) as load, ServedBackend(served.store, served.config) as backend:
+    challenger = art.get_alias("challenger")
+    with Load(served, asked) as load:
         time.sleep(2)
-        record = evaluate_adapter(
-            served.store,
-            ADAPTER,
-            candidate.version,
-            suites=served.permissive_suites,
-            policy=policy,
-            cache_dir=served.work / "cache",
-            backend=backend,
-            reuse_answers=False,
-            set_challenger=False,
+        code, out = invoke(
+            "gate",
+            f"{ADAPTER}@{candidate.version}",
+            "--generator",
+            "vllm",
+            "--serving",
+            str(served.serving),
+            "--suites",
+            str(served.permissive_suites),
+            "--policy",
+            str(policy),
+            "--fresh",
+            "--store",
+            served.store.uri,
         )
         load.keep_up(8)
-    verdict = record.verdict
-    assert verdict.passed, verdict.reasons
+    assert code == 0, out
+    if challenger is not None:  # the later tests start from the challenger they made
+        art.set_alias("challenger", challenger.version)
+    flat = " ".join(out.split())
+    assert "answers from vllm" in flat and "candidate: vllm" in flat and name in flat, flat
+    verdict = find_verdict(served.store, ADAPTER, candidate.version, v1.version)
+    assert verdict is not None and verdict.passed, verdict
     assert verdict.generation["candidate"]["backend"] == "vllm"
     assert verdict.generation["candidate"]["model"] == name  # never the stable name
     assert verdict.generation["champion"]["model"] == serving_name(ADAPTER, v1)
     assert verdict.generation["candidate"]["version"] and verdict.generation["candidate"]["dtype"]
     assert load.answered >= 8 and load.failures == [], load.failures[:3]
     assert {reply for _, reply in load.replies} <= set(stable), "the stable name moved"
-    assert snapshot(served) == before  # the candidate's name is unloaded again
+    assert snapshot(served)[0] == before[0]  # the candidate's name is unloaded again
     answers = verdict_answers(served.store, ADAPTER, candidate.version, v1.version)
     assert answers is not None
     case_prompts = [c.messages for c in load_suites_cases(served.permissive_suites)]
