@@ -194,11 +194,12 @@ def _gemma(work: Path, steps: int) -> tuple[Path, Path]:
 def backends(args: argparse.Namespace) -> None:
     """The example gate on transformers and on vLLM, the same weights: time and agreement."""
     from benchmarks import free_port
-    from infra.vllm_server import start, threads_per_replica, wait_ready
+    from infra.vllm_server import threads_per_replica, vllm_python
     from slmops.evaluation.gate import CaseResult
     from slmops.evaluation.verdicts import GateRecord, evaluate_adapter
     from slmops.serving.answering import ServedBackend
     from slmops.serving.client import Replica, ServingConfig
+    from slmops.serving.engine import model_window, start, wait_ready
     from slmops.store.versions import EVALS as EVAL_RUNS
     from slmops.store.versions import VersionedArtifact
 
@@ -240,8 +241,16 @@ def backends(args: argparse.Namespace) -> None:
         hf, hf_cases, hf_s = gate()
         print("starting a vLLM replica of the same base ...", flush=True)
         tick = time.perf_counter()
+        # The model's own window (at most 4,096): the transformers path cuts no prompt shorter
+        # than that either, so both judge the same text.
         server = start(
-            base, free_port(), work / "vllm.log", served_name=model, threads=threads_per_replica(1)
+            base,
+            free_port(),
+            work / "vllm.log",
+            served_name=model,
+            python=vllm_python(),
+            threads=threads_per_replica(1),
+            max_model_len=model_window(base),
         )
         wait_ready([server], on_wait=lambda note: print(" ", note, flush=True))
         start_s = time.perf_counter() - tick
