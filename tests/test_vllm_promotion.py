@@ -426,6 +426,28 @@ def test_the_gate_asks_the_candidate_on_the_replicas_while_clients_keep_the_cham
     assert same >= 0.9 * len(local), f"vLLM and peft agree on {same} of {len(local)} answers"
 
 
+def test_serve_sync_leaves_a_name_being_gated_loaded(served: Served) -> None:
+    """From: v1 champion. `serve sync` unloads every version that is neither champion nor
+    previous, except one a running gate holds a lease on; once the lease is given up, the next
+    sync unloads it."""
+    from slmops.serving.leases import gating_lease
+    from slmops.serving.promotion import stage, sync
+    from slmops.store.claims import holding
+
+    art = VersionedArtifact(served.store, ADAPTERS, ADAPTER)
+    candidate = art.manifest(publish_variant(served, art.resolve("champion"), "nudged"))
+    staged = stage(served.store, ADAPTER, candidate.version, served.config.adapter_dir)
+    for client in clients(served):
+        client.load(staged.name, staged.path)
+    with holding(gating_lease(served.store, candidate, staged.name)):
+        said: list[str] = []
+        assert sync(served.store, ADAPTER, served.config, log=said.append).ok
+        assert all(staged.name in listed for listed in snapshot(served)[0])
+        assert any("a gate is asking it" in line for line in said), said
+    assert sync(served.store, ADAPTER, served.config).ok
+    assert all(staged.name not in listed for listed in snapshot(served)[0])
+
+
 def load_suites_cases(folder: Path) -> list[Any]:
     from slmops.evaluation.suites import load_suites
 

@@ -21,6 +21,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,12 @@ from slmops.serving.client import (
     load_serving_config,
 )
 from slmops.serving.engine import OwnEngine
+from slmops.serving.leases import gating_lease
 from slmops.serving.promotion import stage
 from slmops.store.base import ObjectStore
+from slmops.store.claims import holding
+from slmops.store.manifest import Manifest
+from slmops.store.versions import ADAPTERS, CHAMPION, VersionedArtifact
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +66,8 @@ class ServedBackend:
         self.store, self.config, self.workers = store, config.current(), workers
         self.fallback = fallback
         self._clients: dict[str, VLLMClient] = {}
-        self._loaded: list[tuple[VLLMClient, str]] = []
+        self._loaded: list[tuple[VLLMClient, str, Manifest]] = []
+        self._leases = ExitStack()
 
     def __enter__(self) -> ServedBackend:
         return self
@@ -138,10 +144,13 @@ class ServedBackend:
                         f"replica {replica.url}'s --max-lora-rank {replica.max_lora_rank}"
                     )
             model = staged.name
+            # A lease on the name while the gate asks it: `serve sync` leaves a name being
+            # gated loaded (it unloads every other version that is not champion or previous).
+            self._leases.enter_context(holding(gating_lease(self.store, manifest, model)))
             for client in clients:
                 if model not in client.adapters():
                     client.load(model, staged.path)
-                    self._loaded.append((client, model))
+                    self._loaded.append((client, model, manifest))
                     log.info("loaded %s on %s for the run", model, client.url)
         return VLLMGenerator(
             clients,
@@ -152,13 +161,18 @@ class ServedBackend:
         )
 
     def close(self) -> None:
-        """Unload what this run loaded (a replica that is gone: `serve sync` cleans up)."""
-        for client, name in reversed(self._loaded):
+        """Unload what this run loaded, unless a promotion made it the champion meanwhile (a
+        replica that is gone: `serve sync` cleans up), and give up the leases."""
+        for client, name, manifest in reversed(self._loaded):
+            champion = VersionedArtifact(self.store, ADAPTERS, manifest.name).get_alias(CHAMPION)
+            if champion is not None and champion.version == manifest.version:
+                continue
             try:
                 client.unload(name)
             except ServingError as exc:
                 log.warning("could not unload %s from %s: %s", name, client.url, exc)
         self._loaded.clear()
+        self._leases.close()
         for client in self._clients.values():
             client.close()
         self._clients.clear()

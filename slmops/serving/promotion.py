@@ -48,6 +48,7 @@ from slmops.serving.client import (
     VLLMClient,
     VLLMGenerator,
 )
+from slmops.serving.leases import being_gated
 from slmops.store.audit import AuditLog
 from slmops.store.base import ObjectStore
 from slmops.store.claims import Claim, holding, try_claim
@@ -983,7 +984,7 @@ def sync(
                 wanted = {prev.name: prev.path, adapter: prev.path}
             for replica in replicas:
                 with VLLMClient(replica, timeout=config.timeout_s) as client:
-                    report.drift.extend(_sync_one(client, adapter, wanted, log))
+                    report.drift.extend(_sync_one(client, adapter, wanted, log, store))
         if config.router is not None and champ_set:
             urls = [r.url for r in config.sets()[champ_set]]
             report.drift.extend(_sync_router(config.router, champ_set, urls, log))
@@ -1022,7 +1023,9 @@ def _sync_router(
     return [Drift(replica=where, problem=problem, fixed=True)]
 
 
-def _sync_one(client: VLLMClient, adapter: str, want: dict[str, Path], log: Log) -> list[Drift]:
+def _sync_one(
+    client: VLLMClient, adapter: str, want: dict[str, Path], log: Log, store: ObjectStore
+) -> list[Drift]:
     drift: list[Drift] = []
 
     def fix(problem: str, action: Callable[[], None]) -> None:
@@ -1046,9 +1049,13 @@ def _sync_one(client: VLLMClient, adapter: str, want: dict[str, Path], log: Log)
             fix(f"{name} not loaded", partial(client.load, name, path))
         elif Path(root).resolve() != path:
             fix(f"{name} serves {root}", partial(client.load, name, path, inplace=True))
-    for name in served:
-        if name.startswith(f"{adapter}@") and name not in want:
-            fix(f"{name} loaded but not champion or previous", partial(client.unload, name))
+    extra = [n for n in served if n.startswith(f"{adapter}@") and n not in want]
+    gated = being_gated(store, adapter, extra)
+    for name in extra:
+        if name in gated:
+            log(f"{client.url}: {name} left loaded: a gate is asking it (it unloads it after)")
+            continue
+        fix(f"{name} loaded but not champion or previous", partial(client.unload, name))
     return drift
 
 
