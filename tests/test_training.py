@@ -376,6 +376,7 @@ def test_a_superseded_revision_is_not_trained_on(
             source=str(tiny_base),
             revision="0" * 40,
             store=str(tmp_path / "store"),
+            gate=False,  # (no index to gate with here: the gate's preflight is not the subject)
         ),
         return_state=True,
     )
@@ -384,7 +385,10 @@ def test_a_superseded_revision_is_not_trained_on(
     with pytest.raises(ConfigError, match="does not exist"):
         refine_tune(
             RefineTuneParams(
-                model="tiny-llama", source=str(tmp_path / "no-model"), store=str(tmp_path / "store")
+                model="tiny-llama",
+                source=str(tmp_path / "no-model"),
+                store=str(tmp_path / "store"),
+                gate=False,
             )
         )
 
@@ -423,6 +427,7 @@ def test_a_refine_tune_run_that_cannot_fit_stores_nothing_and_releases_its_key(
         source=str(tiny_base),
         store=store.uri,
         config=TrainConfig(max_memory_gb=0.2),
+        gate=False,  # (no index here: what fails is the memory plan)
     )
     with pytest.raises(PlanError, match="Turn: method: qlora"):
         refine_tune(params)
