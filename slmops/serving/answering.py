@@ -158,6 +158,7 @@ class ServedBackend:
             workers=self.workers,
             dtype=replicas[0].dtype,
             tokenizer=weights.base_path,
+            version=self.identity(weights)["version"],
         )
 
     def close(self) -> None:

@@ -391,10 +391,12 @@ class VLLMGenerator:
         workers: int = 8,
         dtype: str | None = None,
         tokenizer: str | Path | None = None,
+        version: str | None = None,
     ):
         self.clients = client if isinstance(client, list) else [client]
         self.client, self.model = self.clients[0], model
         self.max_new_tokens, self.workers, self.dtype = max_new_tokens, workers, dtype
+        self.version = version  # the servers' vLLM version, when the caller asked them
         self.tokenizer_path = tokenizer
         self._tokenizer: Any = None
         self._window: int | None = None
@@ -404,6 +406,7 @@ class VLLMGenerator:
     def describe(self) -> dict[str, Any]:
         return {
             "backend": "vllm",
+            "version": self.version,
             "url": ", ".join(c.url for c in self.clients),
             "model": self.model,
             "dtype": self.dtype,
