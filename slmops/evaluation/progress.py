@@ -64,8 +64,8 @@ class Heartbeat:
         text = f"{self.what}: {self.stage}: {self.done:,}/{self.of:,} answered, {duration(spent)}"
         if 0 < self.done < self.of:
             text += f", about {duration(spent / self.done * (self.of - self.done))} left"
-        elif self.done == 0 and self.of:
-            text += " (loading the model and answering the first batch)"
+        elif self.done == 0 and self.of and spent >= 5:
+            text += " (loading the model, answering the first batch)"
         return text
 
     def __call__(self, stage: str, done: int, of: int) -> None:

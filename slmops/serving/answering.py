@@ -35,7 +35,13 @@ from slmops.serving.client import (
     VLLMGenerator,
     load_serving_config,
 )
-from slmops.serving.engine import OwnEngine
+from slmops.serving.engine import (
+    OwnEngine,
+    engine_python,
+    engine_version,
+    gpu_present,
+    served_dtype,
+)
 from slmops.serving.leases import gating_lease
 from slmops.serving.promotion import stage
 from slmops.store.base import ObjectStore
@@ -76,15 +82,25 @@ class ServedBackend:
         self.close()
 
     def serves(self, weights: Weights) -> bool:
-        try:
-            self.replicas(weights)
-        except ConfigError:
-            return False
-        return True
+        return self._serving_set(weights) is not None
 
     def replicas(self, weights: Weights) -> list[Replica]:
         """The replicas that serve `weights`' base model at its revision: one set's (the
         first in config order), since a set is what a client's request reaches."""
+        found = self._serving_set(weights)
+        if found is not None:
+            return found
+        sets = ", ".join(
+            f"{name} ({rs[0].model}@{rs[0].revision[:12]})"
+            for name, rs in self.config.sets().items()
+        )
+        raise ConfigError(
+            f"no replica set serves {weights.base}@{weights.revision[:12]} (sets: "
+            f"{sets or 'none'}): start one on that revision (locally: `slmops stack up "
+            "--roll`), or gate with --generator transformers"
+        )
+
+    def _serving_set(self, weights: Weights) -> list[Replica] | None:
         digest = None
         if weights.adapter is not None:
             base = next((i for i in weights.adapter.inputs if i.kind == "base-model"), None)
@@ -96,15 +112,7 @@ class ServedBackend:
                 for r in replicas
             ):
                 return replicas
-        sets = ", ".join(
-            f"{name} ({rs[0].model}@{rs[0].revision[:12]})"
-            for name, rs in self.config.sets().items()
-        )
-        raise ConfigError(
-            f"no replica set serves {weights.base}@{weights.revision[:12]} (sets: {sets}): start "
-            "one on that revision (locally: `slmops stack up --roll`), or gate with "
-            "--generator transformers"
-        )
+        return None
 
     def _client(self, replica: Replica) -> VLLMClient:
         if replica.url not in self._clients:
@@ -195,8 +203,15 @@ class EngineBackend(ServedBackend):
         self.say = say
         self.engines: list[OwnEngine] = []
 
+    def identity(self, weights: Weights) -> dict[str, Any]:
+        if self.serves(weights):
+            return super().identity(weights)
+        # Known without starting an engine: when every answer is stored, none starts.
+        version = engine_version(engine_python())
+        return {"backend": self.name, "version": version, "dtype": served_dtype(gpu_present())}
+
     def replicas(self, weights: Weights) -> list[Replica]:
-        if not super().serves(weights):
+        if not self.serves(weights):
             engine = OwnEngine(weights.base_path, served_name=weights.base, say=self.say)
             self.engines.append(engine)
             server = engine.start()

