@@ -1080,3 +1080,56 @@ def test_the_smoke_test_asks_only_what_the_gate_saw_the_version_answer_in_the_fo
     assert [c.id for c in smoke_prompts(suites, 3, gated_answers(answers[:1]))[0]] == [
         c.id for c in fmt[:3]
     ]
+
+
+def test_without_replicas_the_gate_starts_a_vllm_engine_of_its_own_and_stops_it(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`slmops gate --generator vllm` with no serving config: a vLLM engine on loopback for
+    the run (fp32 on CPU), the candidate loaded there under its versioned name, the verdict
+    naming it; the engine is gone when the gate ends, and a second gate whose answers are
+    all stored starts none."""
+    import httpx
+
+    from slmops.evaluation.verdicts import find_verdict
+    from slmops.serving.engine import VLLMServerError
+
+    monkeypatch.delenv("SLMOPS_SERVING", raising=False)
+    monkeypatch.setenv("SLMOPS_VLLM_PYTHON", str(Path(".venv-vllm/bin/python").absolute()))
+    art = VersionedArtifact(served.store, ADAPTERS, ADAPTER)
+    v1 = art.resolve("champion")
+    challenger = art.get_alias("challenger")
+    args = [
+        "gate",
+        f"{ADAPTER}@{v1.version}",
+        "--champion",
+        "none",
+        "--generator",
+        "vllm",
+        "--suites",
+        str(served.permissive_suites),
+        "--policy",
+        str(served.permissive),
+        "--store",
+        served.store.uri,
+    ]
+    code, out = invoke(*args)
+    assert code == 0, out
+    flat = " ".join(out.split())
+    assert "starting a vLLM engine for tiny-llama (CPU, fp32)" in flat, flat
+    verdict = find_verdict(served.store, ADAPTER, v1.version, None)
+    assert verdict is not None
+    made = verdict.generation["candidate"]
+    assert made["backend"] == "vllm" and made["dtype"] == "float32"
+    assert made["model"] == serving_name(ADAPTER, v1)
+    assert made["url"] not in {r.url for r in served.config.replicas}
+    with pytest.raises(httpx.TransportError):  # stopped with the gate
+        httpx.get(f"{made['url']}/health", timeout=2)
+
+    code, again = invoke(*args)  # every answer stored: no engine starts
+    assert code == 0 and "starting a vLLM engine" not in again, again
+    monkeypatch.setenv("SLMOPS_VLLM_PYTHON", "/nonexistent/python")
+    with pytest.raises(VLLMServerError, match="SLMOPS_VLLM_PYTHON"):
+        invoke(*args[:-2], "--fresh", "--store", served.store.uri)
+    if challenger is not None:
+        art.set_alias("challenger", challenger.version)
