@@ -237,8 +237,6 @@ def backends(args: argparse.Namespace) -> None:
             cases = [CaseResult.model_validate_json(x) for x in text.decode().splitlines() if x]
             return record, cases, seconds
 
-        print("gate on transformers (in this process) ...", flush=True)
-        hf, hf_cases, hf_s = gate()
         print("starting a vLLM replica of the same base ...", flush=True)
         tick = time.perf_counter()
         # The model's own window (at most 4,096): the transformers path cuts no prompt shorter
@@ -261,6 +259,10 @@ def backends(args: argparse.Namespace) -> None:
         print("gate on vLLM (the candidate under its versioned name) ...", flush=True)
         with ServedBackend(store, config) as backend:
             vl, vl_cases, vl_s = gate(backend=backend)
+        server.stop()  # the transformers gate gets the machine to itself, as vLLM's did
+        server = None
+        print(f"vLLM: {vl_s:.1f} s; gate on transformers (in this process) ...", flush=True)
+        hf, hf_cases, hf_s = gate()
         _report_backends(args.model, hf, hf_cases, hf_s, vl, vl_cases, vl_s, start_s)
     finally:
         if server is not None:

@@ -533,6 +533,7 @@ def latency(
 
 def gate_results() -> None:
     """Every stored verdict of the adapter: against what, and the guarded metrics."""
+    from slmops.evaluation.report import generated_on
     from slmops.evaluation.verdicts import GateRecord
     from slmops.store import open_store
     from slmops.store.versions import EVALS, VersionedArtifact
@@ -558,6 +559,7 @@ def gate_results() -> None:
                 for m in guarded[:6]
             )
         )
+        print(f"      generated on: {generated_on(verdict)}")
         print(f"      report: {store.uri}/{evals.version_prefix(run)}/report.md")
 
 
