@@ -219,7 +219,7 @@ def _next_token_logits(generator: Any, prompts: list[list[dict[str, str]]], lead
     rows = []
     with torch.no_grad():
         for prompt in prompts:
-            ids = torch.tensor([generator._encode(prompt) + extra])
+            ids = torch.tensor([generator._encode(prompt) + extra]).to(generator.device)
             rows.append(model(input_ids=ids).logits[0, -1])
     return torch.stack(rows)
 

@@ -180,13 +180,13 @@ class LocalGenerator:
             "replies_cut": self.cut,
         }
 
-    def _encode(self, prompt: Prompt, max_new_tokens: int) -> list[int]:
+    def _encode(self, prompt: Prompt, max_new_tokens: int | None = None) -> list[int]:
         text = self.tokenizer.apply_chat_template(
             prompt, tokenize=False, add_generation_prompt=True
         )
         # verbose=False: over-long prompts are expected here and cut just below.
         ids: list[int] = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-        room = max(16, self.window - max_new_tokens)
+        room = max(16, self.window - (max_new_tokens or self.max_new_tokens))
         if len(ids) > room:
             self.truncated += 1
             head = room // 2
