@@ -10,12 +10,12 @@ Run it:  python -m flows.assess examples/support-bot/assess.yaml
 from __future__ import annotations
 
 import sys
-from typing import Literal
 
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
 from slmops.config import get_settings
+from slmops.generation import GeneratorChoice
 from tasks.assess import answer_every_arm, store_report
 from tasks.trigger import current_trigger
 
@@ -40,7 +40,7 @@ class AssessParams(BaseModel):
         None,
         description="Artifact store URI (s3://bucket/prefix or a folder). Empty: SLMOPS_STORE.",
     )
-    generator: Literal["auto", "vllm", "transformers"] = Field(
+    generator: GeneratorChoice = Field(
         "auto",
         description="What answers: vllm (the replicas: the base model for the prompt-only and "
         "RAG arms, the champion's versioned name for the fine-tuned ones), transformers (in the "

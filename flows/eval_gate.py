@@ -12,13 +12,13 @@ Run it:  python -m flows.eval_gate support-bot
 from __future__ import annotations
 
 import sys
-from typing import Literal
 
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
 from slmops.config import get_settings
 from slmops.evaluation.verdicts import GateRecord
+from slmops.generation import GeneratorChoice
 from slmops.store.versions import check_name
 from slmops.training.refine_tune import EXAMPLE_POLICY, EXAMPLE_SUITES
 from tasks.gate import report_gate, run_gate
@@ -44,7 +44,7 @@ class EvalGateParams(BaseModel):
         None,
         description="Artifact store URI (s3://bucket/prefix or a folder). Empty: SLMOPS_STORE.",
     )
-    generator: Literal["auto", "vllm", "transformers"] = Field(
+    generator: GeneratorChoice = Field(
         "auto",
         description="What answers the cases: vllm (the replica set serving the base revision, "
         "the candidate under its versioned name), transformers (in the worker: bf16 on a GPU, "

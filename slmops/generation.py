@@ -16,14 +16,14 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from slmops.store.manifest import Manifest
 
 Prompt = list[dict[str, str]]
 DEFAULT_MAX_NEW_TOKENS = 96
-BACKENDS = ("auto", "vllm", "transformers")
+GeneratorChoice = Literal["auto", "vllm", "transformers"]  # --generator, flow `generator`
 
 
 class Reply(str):

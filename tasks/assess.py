@@ -18,7 +18,7 @@ from slmops.assess.task import ARMS, CHART, load_task
 from slmops.config import get_settings
 from slmops.evaluation.progress import Heartbeat
 from slmops.progress import Tenths
-from slmops.serving.answering import choose_backend, serving_if_set
+from slmops.serving.answering import answering_backend
 from slmops.store import open_store
 from slmops.store.manifest import Trigger
 from slmops.store.versions import EVALS, VersionedArtifact
@@ -53,20 +53,17 @@ def answer_every_arm(
             logger.info(f"arm {arm}: {done}/{of} cases answered")
 
     store = open_store(store_uri)
-    backend = choose_backend(store, generator, serving_if_set(serving), say=logger.info)
-    logger.info("answers from %s", backend.name if backend is not None else "transformers")
-    try:
-        with Heartbeat(logger.info, f"assess {assessment.name}", inner=on_progress) as beat:
-            run = run_assessment(
-                store,
-                assessment,
-                Path(get_settings().cache_dir).expanduser(),
-                on_progress=beat,
-                backend=backend,
-            )
-    finally:
-        if backend is not None:
-            backend.close()
+    with (
+        answering_backend(store, generator, serving, say=logger.info) as backend,
+        Heartbeat(logger.info, f"assess {assessment.name}", inner=on_progress) as beat,
+    ):
+        run = run_assessment(
+            store,
+            assessment,
+            Path(get_settings().cache_dir).expanduser(),
+            on_progress=beat,
+            backend=backend,
+        )
     bar.update(100.0)
     return run
 

@@ -14,7 +14,7 @@ from prefect.cache_policies import NONE
 from slmops.config import get_settings
 from slmops.evaluation.report import markdown
 from slmops.evaluation.verdicts import GateRecord, evaluate_adapter
-from slmops.serving.answering import choose_backend, serving_if_set
+from slmops.serving.answering import answering_backend
 from slmops.store import open_store
 from slmops.store.manifest import Trigger
 from slmops.store.versions import EVALS, VersionedArtifact
@@ -48,9 +48,7 @@ def run_gate(
         bar.update(start + span * done / max(of, 1))
 
     store = open_store(store_uri)
-    backend = choose_backend(store, generator, serving_if_set(serving), say=logger.info)
-    logger.info("answers from %s", backend.name if backend is not None else "transformers")
-    try:
+    with answering_backend(store, generator, serving, say=logger.info) as backend:
         record = evaluate_adapter(
             store,
             adapter,
@@ -64,9 +62,6 @@ def run_gate(
             backend=backend,
             say=logger.info,
         )
-    finally:
-        if backend is not None:
-            backend.close()
     bar.update(100.0)
     return record
 

@@ -41,30 +41,21 @@ def assess(
     from slmops.assess.run import run_assessment, store_assessment
     from slmops.assess.task import BEHAVIOUR, KNOWLEDGE, load_task
     from slmops.config import get_settings
-    from slmops.serving.answering import choose_backend, serving_if_set
+    from slmops.serving.answering import answering_backend
 
     task = load_task(task_file)
     obj = open_store(store)
-    backend = choose_backend(
-        obj,
-        generator,
-        serving_if_set(serving),
-        say=plain,
-    )
-    label = backend.name if backend is not None else "transformers"
-    console.print(f"assess {task.name}: answers from {label}", highlight=False)
-    try:
-        with StageProgress(lambda arm: f"answering: {arm}") as on_progress:
-            run = run_assessment(
-                obj,
-                task,
-                Path(get_settings().cache_dir).expanduser(),
-                on_progress=on_progress,
-                backend=backend,
-            )
-    finally:
-        if backend is not None:
-            backend.close()
+    with (
+        answering_backend(obj, generator, serving, say=plain) as backend,
+        StageProgress(lambda arm: f"answering: {arm}") as on_progress,
+    ):
+        run = run_assessment(
+            obj,
+            task,
+            Path(get_settings().cache_dir).expanduser(),
+            on_progress=on_progress,
+            backend=backend,
+        )
     with tempfile.TemporaryDirectory(prefix="slmops-assess-") as work:
         version = store_assessment(obj, run, Path(work), Trigger.from_cli())
     result = run.assessment

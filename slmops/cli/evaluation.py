@@ -61,37 +61,28 @@ def gate(
     from slmops.config import get_settings
     from slmops.evaluation.report import answers_reused, generated_on
     from slmops.evaluation.verdicts import evaluate_adapter
-    from slmops.serving.answering import choose_backend, serving_if_set
+    from slmops.serving.answering import answering_backend
 
     adapter, _, version = target.partition("@")
     obj = open_store(store)
-    backend = choose_backend(
-        obj,
-        generator,
-        serving_if_set(serving),
-        say=plain,
-    )
-    label = backend.name if backend is not None else "transformers"
-    console.print(f"gate {target}: answers from {label}", highlight=False)
-    try:
-        with StageProgress(lambda stage: f"answering as {stage}") as on_progress:
-            record = evaluate_adapter(
-                obj,
-                adapter,
-                version or LATEST,
-                champion=champion,
-                suites=suites,
-                policy=policy or suites / "policy.yaml",
-                cache_dir=Path(get_settings().cache_dir).expanduser(),
-                trigger=Trigger.from_cli(),
-                on_progress=on_progress if console.is_terminal else None,
-                backend=backend,
-                reuse_answers=not fresh,
-                say=plain,
-            )
-    finally:
-        if backend is not None:
-            backend.close()
+    with (
+        answering_backend(obj, generator, serving, say=plain) as backend,
+        StageProgress(lambda stage: f"answering as {stage}") as on_progress,
+    ):
+        record = evaluate_adapter(
+            obj,
+            adapter,
+            version or LATEST,
+            champion=champion,
+            suites=suites,
+            policy=policy or suites / "policy.yaml",
+            cache_dir=Path(get_settings().cache_dir).expanduser(),
+            trigger=Trigger.from_cli(),
+            on_progress=on_progress if console.is_terminal else None,
+            backend=backend,
+            reuse_answers=not fresh,
+            say=plain,
+        )
     verdict = record.verdict
     table = new_table("guarded metric", "n", "cand.", "champ.", "difference", "result")
     table.columns[0].no_wrap = True

@@ -20,8 +20,8 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -262,3 +262,22 @@ def choose_backend(
         return EngineBackend(store, say=say)
     fallback = TransformersBackend() if generator == "auto" else None
     return ServedBackend(store, serving, fallback=fallback)
+
+
+@contextmanager
+def answering_backend(
+    store: ObjectStore,
+    generator: str,
+    serving: str | Path | None,
+    say: Callable[[str], None] = log.info,
+) -> Iterator[ServedBackend | None]:
+    """`choose_backend` for the serving config at `serving` (else SLMOPS_SERVING), said
+    aloud ("answers from vllm"), and closed when the block ends (what it loaded unloaded,
+    an engine it started stopped). None: transformers."""
+    backend = choose_backend(store, generator, serving_if_set(serving), say)
+    say(f"answers from {backend.name if backend is not None else 'transformers'}")
+    try:
+        yield backend
+    finally:
+        if backend is not None:
+            backend.close()

@@ -25,10 +25,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
 
+from slmops.generation import GeneratorChoice
 from slmops.store.manifest import Manifest, Trigger
 from slmops.training.datasets import DatasetConfig
 from slmops.training.trainer import TrainConfig, TrainResult
@@ -95,7 +96,7 @@ class RefineTuneParams(BaseModel):
         description="Serving config YAML for auto-promotion (the vLLM replicas). Empty: "
         "SLMOPS_SERVING; if neither is set, a passing adapter stays the challenger.",
     )
-    generator: Literal["auto", "vllm", "transformers"] = Field(
+    generator: GeneratorChoice = Field(
         "auto",
         description="What answers the gate's cases: vllm (the replica set serving the base "
         "revision, the candidate under its versioned name), transformers (in the worker), auto "
@@ -419,13 +420,11 @@ def gate(
     Returns the GateRecord."""
     from slmops.config import get_settings
     from slmops.evaluation.verdicts import evaluate_adapter
-    from slmops.serving.answering import choose_backend, serving_if_set
+    from slmops.serving.answering import answering_backend
     from slmops.store import open_store
 
     store = open_store(store_uri)
-    backend = choose_backend(store, params.generator, serving_if_set(params.serving), say=log.info)
-    log.info("gate: answers from %s", backend.name if backend is not None else "transformers")
-    try:
+    with answering_backend(store, params.generator, params.serving, say=log.info) as backend:
         return evaluate_adapter(
             store,
             params.adapter,
@@ -438,9 +437,6 @@ def gate(
             backend=backend,
             say=log.info,
         )
-    finally:
-        if backend is not None:
-            backend.close()
 
 
 def preflight(params: RefineTuneParams, store_uri: str) -> None:
