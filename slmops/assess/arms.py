@@ -95,7 +95,7 @@ def measure_arm(
     on_progress: Progress | None = None,
 ) -> tuple[list[CaseOutcome], dict[str, float]]:
     """Answer and score every case with one arm."""
-    from slmops.evaluation.gate import answer_all
+    from slmops.evaluation.limits import answer_all
 
     t0 = time.perf_counter()
     limits = [suites.config.suites[c.suite].max_new_tokens for c in cases]

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from slmops.evaluation.limits import CutAnswers, answer_all, cut_answers, refused
 from slmops.evaluation.policy import GatePolicy
 from slmops.evaluation.scorers import Scorer, canned_answer_key, parse_answer
 from slmops.evaluation.stats import (
@@ -85,15 +86,6 @@ class CaseResult(BaseModel):
     retrieved: list[str] | None = None
     candidate_cut: bool = Field(False, description="The token limit cut the candidate's answer.")
     champion_cut: bool = Field(False, description="The token limit cut the champion's answer.")
-
-
-class CutAnswers(BaseModel):
-    """Answers of one suite the token limit cut (not ended by the model)."""
-
-    limit: int = Field(description="The suite's max_new_tokens.")
-    cases: int
-    candidate: int
-    champion: int | None = None
 
 
 class DeclineRates(BaseModel):
@@ -480,7 +472,9 @@ def run_gate(
     generation = {"candidate": candidate.describe()}
     if champion is not None:
         generation["champion"] = champion.describe()
-    cut = cut_answers(suites, cases, champion is not None)
+    cut = cut_answers(
+        suites, [(c.suite, c.candidate_cut, c.champion_cut) for c in cases], champion is not None
+    )
     refusals = refused(policy, cut, generation)
     status: Literal["passed", "failed", "refused"] = "passed"
     if refusals:
@@ -504,87 +498,3 @@ def run_gate(
         rules_sha256=rules_digest(suites, policy),
     )
     return verdict, cases
-
-
-def answer_all(
-    generator: Generator,
-    prompts: list[Prompt],
-    limits: list[int],
-    on_progress: Callable[[int, int], None] | None,
-) -> list[str]:
-    """Every prompt answered under its own token limit (one call per limit), in order."""
-    groups: dict[int, list[int]] = {}
-    for i, limit in enumerate(limits):
-        groups.setdefault(limit, []).append(i)
-    answers: list[str] = [""] * len(prompts)
-    if on_progress is not None:
-        on_progress(0, len(prompts))
-    offset = 0
-    for limit, rows in sorted(groups.items()):
-
-        def progress(done: int, of: int, offset: int = offset) -> None:
-            if on_progress is not None:
-                on_progress(offset + done, len(prompts))
-
-        got = generator.generate(
-            [prompts[i] for i in rows],
-            progress if on_progress is not None else None,
-            max_new_tokens=limit,
-        )
-        for i, answer in zip(rows, got, strict=True):
-            answers[i] = answer
-        offset += len(rows)
-    return answers
-
-
-def cut_answers(
-    suites: Suites, cases: list[CaseResult], with_champion: bool
-) -> dict[str, CutAnswers]:
-    """Per suite that had any: how many answers the token limit cut."""
-    out: dict[str, CutAnswers] = {}
-    for name, spec in suites.config.suites.items():
-        rows = [c for c in cases if c.suite == name]
-        cand = sum(c.candidate_cut for c in rows)
-        champ = sum(c.champion_cut for c in rows) if with_champion else None
-        if cand or champ:
-            out[name] = CutAnswers(
-                limit=spec.max_new_tokens, cases=len(rows), candidate=cand, champion=champ
-            )
-    return out
-
-
-def refused(
-    policy: GatePolicy, cut: dict[str, CutAnswers], generation: dict[str, dict[str, Any]]
-) -> list[str]:
-    """Why the suites could not judge this run (empty: they could): a suite whose token limit
-    cut more of the candidate's answers than the policy allows, where the champion's are cut
-    as often (or there is no champion), or answers from a backend the policy rules out.
-    Where the champion ends its answers within the same limit, the limit is not the problem:
-    the candidate's answers run on, and it fails on the metrics they miss."""
-    reasons = []
-    share = policy.max_cut_share
-
-    def over(n: int | None, cases: int) -> bool:
-        return bool(n) and (n or 0) / max(cases, 1) > share
-
-    for suite, c in cut.items():
-        if not over(c.candidate, c.cases):
-            continue
-        if c.champion is not None and not over(c.champion, c.cases):
-            continue
-        champ = "" if c.champion is None else f" (the champion's: {c.champion})"
-        reasons.append(
-            f"misconfigured: suite {suite}: {c.candidate} of {c.cases} candidate answers cut at "
-            f"{c.limit} tokens{champ}, over the policy's max_cut_share {share:g}: raise the "
-            "suite's max_new_tokens in suites.yaml so answers can end"
-        )
-    if policy.require_generator:
-        for role, gen in generation.items():
-            used = gen.get("backend")
-            if used != policy.require_generator:
-                reasons.append(
-                    f"the policy requires answers from {policy.require_generator}; the "
-                    f"{role}'s came from {used}: gate with --generator "
-                    f"{policy.require_generator}"
-                )
-    return reasons
