@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     from slmops.evaluation.gate import build_prompts
-    from slmops.evaluation.suites import load_suites
+    from slmops.suites.spec import load_suites
     from slmops.generation import LocalGenerator
 
     work = Path(tempfile.mkdtemp(prefix="slmops-bench-gate-"))
@@ -177,7 +177,7 @@ def _gemma(work: Path, steps: int) -> tuple[Path, Path]:
     on it with the example's Gemma recipe (`steps` steps)."""
     from slmops.base_models import checkout
     from slmops.config import get_settings
-    from slmops.training.refine_tune import load_recipe
+    from slmops.training.recipe import load_recipe
     from slmops.training.trainer import train_adapter
 
     cache = Path(get_settings().cache_dir).expanduser()  # the conversion is kept between runs

@@ -309,7 +309,7 @@ def fresh_rates(
     prompt carries the `k` chunks retrieval finds for it, as the bot is served (the demo and
     a RAG client; none for a prompt no chunk is `min_similarity` near), and `cites` is the
     share of the in-scope answers whose sources are all among them (and not none)."""
-    from slmops.evaluation.gate import with_context
+    from slmops.suites.prompts import with_context
     from slmops.generation import json_valid_rate
 
     decline = "only help with questions about Tidewell"
@@ -371,7 +371,7 @@ def fresh_rates(
 
 
 def _sources(reply: str) -> list[str]:
-    from slmops.evaluation.scorers import parse_answer
+    from slmops.suites.scorers import parse_answer
 
     sources = (parse_answer(reply) or {}).get("sources")
     return [str(s) for s in sources] if isinstance(sources, list) else []
@@ -381,7 +381,7 @@ def _interval(scores: Sequence[float]) -> tuple[float, float]:
     """95% bootstrap interval of a rate (60 prompts resolve it to about +-0.1)."""
     import numpy as np
 
-    from slmops.evaluation.stats import mean_interval, resample_indices
+    from slmops.suites.stats import mean_interval, resample_indices
 
     values = np.array(scores, dtype=float)
     return mean_interval(values, confidence=0.95, indices=resample_indices(len(values), 2000, 0))
@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
     from infra.tiny_model import build_tiny_model
     from slmops.evaluation.gate import known_metrics, run_gate
     from slmops.evaluation.policy import load_policy
-    from slmops.evaluation.suites import load_suites
+    from slmops.suites.spec import load_suites
     from slmops.evaluation.verdicts import index_retriever
     from slmops.generation import LocalGenerator
     from slmops.rag.ingest import run_ingest

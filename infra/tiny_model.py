@@ -10,9 +10,9 @@ any Hugging Face model (transformers, peft, vLLM). A different seed or layer cou
 revision of the same model, which is how tests simulate a base-model release.
 
 The weights are pretrained on conversations about the bundled docs (`infra.tiny_weights`,
-which decides them). They are cached by the hash of everything that decides them (that
-module's code, the docs, every section lead and chunk the conversations are drawn from,
-samples of the conversations, the torch version) in the user's cache
+which decides them). They are cached by the hash of what decides them (its settings and recipe
+version, the docs, every section lead and chunk the conversations are drawn from, samples of
+the conversations, the torch version), not by its source text, in the user's cache
 folder (`~/.cache/slmops/tiny-models/<hash>`, or under XDG_CACHE_HOME, or
 SLMOPS_TINY_MODEL_CACHE), so the cost (about 11 minutes on 2 cores) is paid once per machine,
 not once per clone, and `make clean` keeps it. One build of a key runs at a time on a machine:
@@ -54,7 +54,13 @@ def _build_key(seed: int, layers: int, hidden: int, steps: int) -> str:
                 "layers": layers,
                 "hidden": hidden,
                 "steps": steps,
+                "recipe": w.RECIPE,
                 "pretrain": w.PRETRAIN,
+                "context_chars": w.CONTEXT_CHARS,
+                "cite_head": w.CITE_HEAD,
+                "relabelled": w.RELABELLED,
+                "words": [w.OFF_SUBJECTS, w.OFF_DOINGS, w.OFF_PLACES, w.OUT_OF_SCOPE],
+                "frames": [w.ASK_FRAMES, w.OFF_FRAMES, w.DOING_FRAMES, w.PLACE_FRAMES],
                 "template": w.CHAT_TEMPLATE,
                 "special": w.SPECIAL,
                 "torch": torch.__version__,
@@ -62,7 +68,6 @@ def _build_key(seed: int, layers: int, hidden: int, steps: int) -> str:
             sort_keys=True,
         ).encode()
     )
-    h.update(Path(w.__file__).read_bytes())  # the code that decides the weights
     chats = w.Chats(seed)
     # What the conversations are drawn from, whole: every section's lead (slmops.rag.docs)
     # and every chunk retrieval puts into a prompt (slmops.rag.ingest), so a change to how

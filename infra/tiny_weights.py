@@ -32,6 +32,11 @@ EXAMPLE_DOCS = ROOT / "examples" / "support-bot" / "docs"
 # tokens (Chats.plain). (6 passages, 3 plain and a window of the docs: the example's adapter
 # cited a retrieved doc in 0.42 of knowledge answers and declined 0.68 of off-topic ones; 7, 3
 # and no window: 0.45 and 0.90.)
+# The recipe's own version, part of the weights' cache key with the settings and the data the
+# conversations are drawn from (infra.tiny_model): bump it when a change to the code below
+# makes other weights from the same settings and data (the training loop, how a conversation is
+# written). Comments and refactors leave the key, and every machine's cached base, as they are.
+RECIPE = 1
 PRETRAIN: dict[str, Any] = {
     "steps": 1000,
     "seq": 384,
@@ -265,7 +270,7 @@ class Chats:
 
     `passage()`: a question about one section of a doc with three retrieved passages, the
     answering doc's first (as retrieval ranks them), each labelled with its path, in the form
-    the gate and serving prompts use (`slmops.evaluation.gate.with_context`: the passages,
+    the gate and serving prompts use (`slmops.suites.prompts.with_context`: the passages,
     the question, then the list of sources); the reply opens with the bot's citation header
     (CITE_HEAD) and the first passage's label, then answers in plain text. A share of the
     passages (RELABELLED) carry other docs' paths, so that the label is copied, not recalled:
@@ -306,7 +311,7 @@ class Chats:
         return form.format(h=heading.lower(), t=title)
 
     def passage(self) -> str:
-        from slmops.evaluation.gate import with_context
+        from slmops.suites.prompts import with_context
         from slmops.rag.ingest import chunk_holding
 
         rng = self.rng

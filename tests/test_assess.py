@@ -13,7 +13,7 @@ from slmops.assess.decision import decide
 from slmops.assess.results import ArmResult, Comparison, CostEstimate, Costs, Interval
 from slmops.assess.task import BEHAVIOUR, KNOWLEDGE, AssessTask, load_task
 from slmops.errors import ConfigError
-from slmops.evaluation.suites import load_suites
+from slmops.suites.spec import load_suites
 from slmops.store.manifest import Manifest
 from slmops.store.s3 import S3Store
 from slmops.store.versions import ADAPTERS, EVALS, VersionedArtifact
@@ -166,7 +166,7 @@ def test_the_summary_names_an_arm_that_fails_fewer_cases_than_the_recommended_on
 
 def test_an_answer_citing_the_right_doc_that_says_something_else_lacks_the_knowledge() -> None:
     from slmops.assess.arms import case_checks
-    from slmops.evaluation.scorers import Scorer
+    from slmops.suites.scorers import Scorer
 
     suites = load_suites(EXAMPLE / "evals")
     scorer = Scorer(suites.config, suites.schema_doc)

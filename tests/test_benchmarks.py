@@ -109,7 +109,7 @@ def test_retrieval_alone_tells_the_fresh_prompts_apart_and_the_served_cut_keeps_
     """The learning curve's baseline for the adapter's scope decision: the nearest chunk's
     similarity in the example's index ranks the fresh in-scope prompts above the off-topic
     ones (0.995 on the bundled docs), and a line on it meets both scope targets."""
-    from slmops.evaluation.suites import load_suites
+    from slmops.suites.spec import load_suites
     from slmops.rag.ingest import run_ingest
     from slmops.rag.retrieval import load_index
     from slmops.store.local import LocalStore
@@ -143,7 +143,7 @@ def test_served_rates_ask_with_the_retrieved_context_and_count_only_cited_retrie
     by a stand-in generator (the rule under test is the benchmark's, not a model's)."""
     import json
 
-    from slmops.evaluation.gate import CITE_LIST
+    from slmops.suites.prompts import CITE_LIST
 
     inside = set(learning_curve.FRESH_IN_SCOPE)
     seen: list[str] = []

@@ -15,8 +15,8 @@ import pytest
 from slmops.errors import ConfigError
 from slmops.evaluation.gate import MetricResult, judge, known_metrics, run_gate
 from slmops.evaluation.policy import GatePolicy, load_policy
-from slmops.evaluation.stats import holm, paired_bootstrap, resample_indices
-from slmops.evaluation.suites import Suites, load_suites
+from slmops.suites.stats import holm, paired_bootstrap, resample_indices
+from slmops.suites.spec import Suites, load_suites
 from slmops.generation import Reply
 
 EVALS = Path(__file__).resolve().parent.parent / "examples" / "support-bot" / "evals"
@@ -269,7 +269,7 @@ def test_an_exception_inside_scoring_fails_the_gate(
     def broken(self: object, case: object, text: str, retrieved: object = None) -> object:
         raise ZeroDivisionError("scorer bug")
 
-    monkeypatch.setattr("slmops.evaluation.scorers.Scorer.score", broken)
+    monkeypatch.setattr("slmops.suites.scorers.Scorer.score", broken)
     verdict, _ = run_gate(
         subset, rules, Fixed(good), None, adapter="bot", version="v1", champion_label=None
     )
@@ -306,7 +306,7 @@ def test_a_margin_finer_than_the_suite_can_resolve_is_refused(
 
 
 def test_the_detectable_difference_follows_the_paired_power_formula() -> None:
-    from slmops.evaluation.stats import cases_needed, detectable_difference
+    from slmops.suites.stats import cases_needed, detectable_difference
 
     # z(0.95) + z(0.8) = 1.645 + 0.842; sqrt(0.2 / 100) = 0.0447
     assert detectable_difference(100, 0.2, 0.05, 0.8) == pytest.approx(0.1112, abs=1e-3)
@@ -346,7 +346,7 @@ def test_the_exact_test_holds_its_level_where_the_bootstrap_does_not(discordance
     # the time. Enumerate every outcome (b, c discordant cases, trinomial) instead of sampling.
     from scipy.stats import multinomial
 
-    from slmops.evaluation.stats import exact_paired_p
+    from slmops.suites.stats import exact_paired_p
 
     n, margin, alpha = 40, 0.10, 0.05
     p_b, p_c = (discordance - margin) / 2, (discordance + margin) / 2

@@ -16,7 +16,7 @@ import pytest
 from slmops.evaluation.answers import prompt_key
 from slmops.evaluation.gate import Retrieve, Verdict, build_prompts, known_metrics, run_gate
 from slmops.evaluation.policy import load_policy
-from slmops.evaluation.suites import Case, Suites, load_suites
+from slmops.suites.spec import Case, Suites, load_suites
 from tests.helpers import EVALS
 
 DECLINE = "I can only help with questions about Tidewell."
@@ -269,7 +269,7 @@ def test_declining_off_topic_questions_only_when_asked_alone_shows_beside_as_ser
 def test_facts_are_matched_as_whole_words_in_an_answer_that_does_not_decline(
     suites: Suites,
 ) -> None:
-    from slmops.evaluation.scorers import Scorer
+    from slmops.suites.scorers import Scorer
 
     scorer = Scorer(suites.config, suites.schema_doc)
     by_id = {c.id: c for c in suites.cases}

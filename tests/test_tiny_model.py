@@ -83,3 +83,18 @@ def test_a_change_to_how_the_docs_are_cut_is_a_new_base(monkeypatch: pytest.Monk
     chunks = {p: [c + " Now." if c == chunk else c for c in cs] for p, cs in chats.chunks.items()}
     monkeypatch.setattr(tiny_weights, "_chunks", lambda: chunks)
     assert tiny_model.cache_path().name != key
+
+
+def test_the_base_is_keyed_by_its_settings_and_recipe_not_its_source_text(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A changed setting, or a recipe change marked by its version, is a new base; the
+    recipe's source text is not in the key, so editing a comment costs no rebuild anywhere."""
+    from infra import tiny_model, tiny_weights
+
+    key = tiny_model.cache_path().name
+    monkeypatch.setattr(tiny_weights, "RECIPE", tiny_weights.RECIPE + 1)
+    assert tiny_model.cache_path().name != key
+    monkeypatch.undo()
+    monkeypatch.setitem(tiny_weights.PRETRAIN, "lr", tiny_weights.PRETRAIN["lr"] / 2)
+    assert tiny_model.cache_path().name != key

@@ -173,14 +173,14 @@ def snapshot(s: Served, adapter: str = ADAPTER) -> tuple[list[dict[str, str]], s
 
 
 def prompts(s: Served, n: int = 6) -> list[Prompt]:
-    from slmops.evaluation.suites import load_suites
+    from slmops.suites.spec import load_suites
 
     return [c.messages for c in load_suites(s.suites).suite_cases("format")[:n]]
 
 
 def unusual_prompts(s: Served, n: int = 80) -> list[Prompt]:
     """Adversarial cases short enough for the replicas' 512-token window."""
-    from slmops.evaluation.suites import load_suites
+    from slmops.suites.spec import load_suites
 
     cases = load_suites(EVALS).suite_cases("adversarial")
     return [c.messages for c in cases if len(json.dumps(c.messages)) < 900][:n]
@@ -449,7 +449,7 @@ def test_serve_sync_leaves_a_name_being_gated_loaded(served: Served) -> None:
 
 
 def load_suites_cases(folder: Path) -> list[Any]:
-    from slmops.evaluation.suites import load_suites
+    from slmops.suites.spec import load_suites
 
     return load_suites(folder).cases
 
@@ -1050,7 +1050,7 @@ def test_the_smoke_test_asks_only_what_the_gate_saw_the_version_answer_in_the_fo
     verdict's answers): a case the gate saw it fail proves nothing about the load, and made a
     good adapter's promotion fail by chance. Without stored answers: the first cases."""
     from slmops.evaluation.gate import CaseResult
-    from slmops.evaluation.suites import load_suites
+    from slmops.suites.spec import load_suites
     from slmops.serving.promotion import gated_answers, smoke_prompts
     from tests.helpers import EXAMPLE
 

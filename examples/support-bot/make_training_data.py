@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from slmops.evaluation.gate import with_context
+from slmops.suites.prompts import with_context
 from slmops.rag.docs import section_leads
 from slmops.rag.ingest import chunk_folder, chunk_holding
 

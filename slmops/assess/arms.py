@@ -13,9 +13,9 @@ import numpy as np
 from slmops.assess.results import ArmResult, CaseOutcome, Comparison, Interval
 from slmops.assess.task import BASELINE, BEHAVIOUR, KNOWLEDGE, Progress
 from slmops.errors import ConfigError
-from slmops.evaluation.scorers import Scorer, parse_answer
-from slmops.evaluation.stats import mean_interval, paired_bootstrap, resample_indices
-from slmops.evaluation.suites import Case, Suites
+from slmops.suites.scorers import Scorer, parse_answer
+from slmops.suites.stats import mean_interval, paired_bootstrap, resample_indices
+from slmops.suites.spec import Case, Suites
 from slmops.generation import Generator, Prompt, was_cut
 
 
@@ -95,7 +95,7 @@ def measure_arm(
     on_progress: Progress | None = None,
 ) -> tuple[list[CaseOutcome], dict[str, float]]:
     """Answer and score every case with one arm."""
-    from slmops.evaluation.limits import answer_all
+    from slmops.suites.prompts import answer_all
 
     t0 = time.perf_counter()
     limits = [suites.config.suites[c.suite].max_new_tokens for c in cases]

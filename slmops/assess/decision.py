@@ -8,7 +8,7 @@ import numpy as np
 
 from slmops.assess.results import ArmResult, CostEstimate, Interval, Step
 from slmops.assess.task import BASELINE, BEHAVIOUR, BEHAVIOUR_KINDS, PROMPTING, AssessTask
-from slmops.evaluation.suites import Suites
+from slmops.suites.spec import Suites
 
 
 def _pct(iv: Interval) -> str:

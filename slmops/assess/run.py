@@ -16,8 +16,8 @@ from slmops.assess.decision import decide, term_fertility
 from slmops.assess.results import ArmResult, Assessment, CaseOutcome
 from slmops.assess.task import ARMS, CHART, AssessTask, Progress
 from slmops.errors import ConfigError
-from slmops.evaluation.gate import with_context
-from slmops.evaluation.suites import Case, load_suites
+from slmops.suites.prompts import with_context
+from slmops.suites.spec import Case, load_suites
 from slmops.generation import Generator, GeneratorBackend, Prompt, TransformersBackend, Weights
 from slmops.store.audit import AuditLog
 from slmops.store.base import ObjectStore

@@ -155,26 +155,53 @@ def memory_plan(
     liger: Annotated[
         bool, typer.Option(help="Plan with liger kernels (GPU, slmops[gpu] installed).")
     ] = True,
+    gradient_checkpointing: Annotated[
+        str,
+        typer.Option(
+            help="auto (the plan decides, as refine-tune does when the recipe leaves it "
+            "unset), on or off (as a recipe that sets it)."
+        ),
+    ] = "auto",
 ) -> None:
     """Will a fine-tuning run fit, and how? The memory plan refine-tune makes before loading
     the base model, from its config.json: checkpointing, micro-batch x accumulation, QLoRA.
 
     Exit status: 0 it fits (the plan is printed), 1 nothing fits (the knobs to turn are
     printed), 2 bad input."""
+    from pydantic import ValidationError
+
+    from slmops.errors import validation_problems
     from slmops.training.memory_plan import (
         GB,
         ModelShape,
         PlanError,
-        device_budget,
         params_label,
+        plan_for,
         plan_markdown,
-        plan_training,
     )
+    from slmops.training.recipe import TrainConfig
 
     if method not in ("lora", "qlora", "auto"):
         raise ConfigError(f"--method {method!r}: choose lora, qlora or auto")
     if device not in ("cuda", "cpu"):
         raise ConfigError(f"--device {device!r}: choose cuda or cpu")
+    checkpointing = {"auto": None, "on": True, "off": False}.get(gradient_checkpointing, "?")
+    if checkpointing == "?":
+        raise ConfigError(f"--gradient-checkpointing {gradient_checkpointing!r}: auto, on or off")
+    try:  # the recipe refine-tune would run, so the plan is the one it would make
+        config = TrainConfig(
+            method=method,  # type: ignore[arg-type]
+            rank=rank,
+            target_modules=target_modules,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            max_length=max_length,
+            max_memory_gb=max_memory_gb,
+            gradient_checkpointing=checkpointing,  # type: ignore[arg-type]
+            liger_kernels=None if liger and device == "cuda" else False,
+        )
+    except ValidationError as exc:
+        raise ConfigError(f"memory-plan options: {validation_problems(exc)}") from None
     if model.name == "config.json":
         try:
             shape = ModelShape.from_config(json.loads(model.read_text()), str(model))
@@ -205,9 +232,9 @@ def memory_plan(
         # not count.
         validate_rows(data, DatasetConfig(policy="drop", max_tokens=10**9), counting)
         longest = max(lengths)
-    notes: list[str] = []
+    budget = None
     if max_memory_gb is not None:
-        budget, source = max_memory_gb * GB, "max_memory_gb"
+        budget = (max_memory_gb * GB, "max_memory_gb", [])
     else:
         import torch
 
@@ -216,24 +243,8 @@ def memory_plan(
                 "--device cuda with no GPU here: give --max-memory-gb (e.g. 22 for a 24 GB "
                 "card) to plan for a GPU elsewhere"
             )
-        budget, source, notes = device_budget(device, None)
     try:
-        plan = plan_training(
-            shape,
-            method=method,
-            device=device,
-            rank=rank,
-            target_modules=target_modules,
-            longest_row=longest,
-            max_length=max_length,
-            batch_size=batch_size,
-            grad_accum=grad_accum,
-            budget_bytes=budget,
-            budget_source=source,
-            liger=liger if device == "cuda" else False,
-            liger_available=liger and device == "cuda",
-            notes=notes,
-        )
+        plan = plan_for(shape, config, device=device, longest_row=longest, budget=budget)
     except PlanError as exc:
         console.print(f"[red]does not fit[/red]: {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from exc

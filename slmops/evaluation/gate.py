@@ -22,10 +22,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from slmops.evaluation.limits import CutAnswers, answer_all, cut_answers, refused
+from slmops.evaluation.limits import CutAnswers, cut_answers, refused
 from slmops.evaluation.policy import GatePolicy
-from slmops.evaluation.scorers import Scorer, canned_answer_key, parse_answer
-from slmops.evaluation.stats import (
+from slmops.suites.scorers import Scorer, canned_answer_key, parse_answer
+from slmops.suites.stats import (
     EXACT_BELOW,
     exact_paired_p,
     holm,
@@ -33,11 +33,10 @@ from slmops.evaluation.stats import (
     paired_bootstrap,
     resample_indices,
 )
-from slmops.evaluation.suites import Case, Suites
+from slmops.suites.spec import Case, Suites
 from slmops.generation import Generator, Prompt, was_cut
+from slmops.suites.prompts import Retrieve, answer_all, with_context
 
-# (index, query, k, min_similarity) -> [(source, text)]; [] when nothing is near enough
-Retrieve = Callable[[str, str, int, float | None], list[tuple[str, str]]]
 Progress = Callable[[str, int, int], None]  # (stage, done, of)
 
 
@@ -177,26 +176,6 @@ def build_prompts(
         prompts.append(with_context(case.messages, hits, spec.context_chars))
         retrieved.append([src for src, _ in hits])
     return prompts, retrieved
-
-
-CITE_LIST = "Sources you can cite: "  # with_context: what follows the question
-
-
-def with_context(messages: Prompt, hits: list[tuple[str, str]], chars: int | None = None) -> Prompt:
-    """The prompt with retrieved chunks ([source] text, the first `chars` characters of each,
-    or all of it) put before the user's question, and after it the list of the chunks' sources
-    in the order retrieved (CITE_LIST): the docs a reply may cite, where a model reads them
-    last, just before it writes its own sources. The question alone when there are none."""
-    if not hits:
-        return list(messages)
-    question = messages[-1]["content"]
-    context = "\n".join(f"[{src}] {' '.join(text.split())[:chars]}" for src, text in hits)
-    cite = ", ".join(src for src, _ in hits)
-    user = {
-        "role": "user",
-        "content": f"Context:\n{context}\n\nQuestion: {question}\n{CITE_LIST}{cite}",
-    }
-    return [*messages[:-1], user]
 
 
 def _retrieval_scores(case: Case, retrieved: list[str] | None) -> dict[str, float]:

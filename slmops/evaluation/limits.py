@@ -1,17 +1,14 @@
-"""Token limits in a gate run: every prompt answered under its suite's `max_new_tokens`, the
-answers a limit cut counted per suite, and the run refused when its limits (or its backend)
-could not judge the candidate."""
+"""Token limits in a gate run: the answers a suite's `max_new_tokens` cut, counted per suite,
+and the run refused when its limits (or its backend) could not judge the candidate."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from slmops.evaluation.policy import GatePolicy
-from slmops.evaluation.suites import Suites
-from slmops.generation import Generator, Prompt
+from slmops.suites.spec import Suites
 
 
 class CutAnswers(BaseModel):
@@ -21,37 +18,6 @@ class CutAnswers(BaseModel):
     cases: int
     candidate: int
     champion: int | None = None
-
-
-def answer_all(
-    generator: Generator,
-    prompts: list[Prompt],
-    limits: list[int],
-    on_progress: Callable[[int, int], None] | None,
-) -> list[str]:
-    """Every prompt answered under its own token limit (one call per limit), in order."""
-    groups: dict[int, list[int]] = {}
-    for i, limit in enumerate(limits):
-        groups.setdefault(limit, []).append(i)
-    answers: list[str] = [""] * len(prompts)
-    if on_progress is not None:
-        on_progress(0, len(prompts))
-    offset = 0
-    for limit, rows in sorted(groups.items()):
-
-        def progress(done: int, of: int, offset: int = offset) -> None:
-            if on_progress is not None:
-                on_progress(offset + done, len(prompts))
-
-        got = generator.generate(
-            [prompts[i] for i in rows],
-            progress if on_progress is not None else None,
-            max_new_tokens=limit,
-        )
-        for i, answer in zip(rows, got, strict=True):
-            answers[i] = answer
-        offset += len(rows)
-    return answers
 
 
 def cut_answers(

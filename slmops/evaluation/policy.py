@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from slmops.errors import ConfigError
-from slmops.evaluation.stats import cases_needed, detectable_difference
+from slmops.suites.stats import cases_needed, detectable_difference
 
 
 class GatePolicy(BaseModel):

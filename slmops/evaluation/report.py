@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from slmops.evaluation.gate import Verdict
-from slmops.evaluation.stats import EXACT_BELOW
+from slmops.suites.stats import EXACT_BELOW
 
 
 def _num(value: float | None) -> str:

@@ -26,7 +26,7 @@ from slmops.evaluation.gate import (
 from slmops.evaluation.policy import GatePolicy, load_policy
 from slmops.evaluation.progress import Heartbeat
 from slmops.evaluation.report import chart, markdown
-from slmops.evaluation.suites import Suites, load_suites
+from slmops.suites.spec import Suites, load_suites
 from slmops.generation import Generator, GeneratorBackend, TransformersBackend, Weights
 from slmops.store.audit import AuditLog
 from slmops.store.base import ObjectStore

@@ -38,7 +38,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from slmops.errors import ClaimHeldError, ConfigError, ConflictError, SlmopsError, StoreError
-from slmops.evaluation.suites import load_suites
+from slmops.suites.spec import load_suites
 from slmops.evaluation.verdicts import champion_label, find_verdict, verdict_answers
 from slmops.serving.client import (
     Replica,
@@ -55,7 +55,7 @@ from slmops.store.claims import Claim, holding, try_claim
 from slmops.store.hashing import sha256_bytes, sha256_file
 from slmops.store.manifest import Manifest, Trigger
 from slmops.store.versions import ADAPTERS, CHAMPION, VersionedArtifact
-from slmops.training.trainer import ADAPTER_FILES
+from slmops.store.artifacts import ADAPTER_FILES
 
 CLAIM_TTL = 600.0
 # How long a promotion, rollback or sync waits for another one of the same adapter (each
@@ -331,7 +331,7 @@ def serving_claim(
 
 
 def _smoke_failures(scores: dict[str, float]) -> list[str]:
-    from slmops.evaluation.scorers import ALL_VALID
+    from slmops.suites.scorers import ALL_VALID
 
     return [m for m, v in scores.items() if v < 1.0 and (m == ALL_VALID or "no_" in m)]
 
@@ -342,7 +342,7 @@ def smoke_prompts(
     """`count` cases of the format suite and a scorer for them: the first ones the gate saw
     this version answer in the format (`gated`), or the first ones when that is not known.
     A case the gated model itself got wrong proves nothing about the load."""
-    from slmops.evaluation.scorers import Scorer
+    from slmops.suites.scorers import Scorer
 
     loaded = load_suites(suites)
     names = [n for n, spec in loaded.config.suites.items() if spec.kind == "format"]

@@ -104,35 +104,6 @@ class RefineTuneParams(BaseModel):
     )
 
 
-def load_recipe(path: str | Path) -> TrainConfig:
-    """A training recipe (TrainConfig's fields) from YAML or JSON; every problem names the
-    file and the field."""
-    import yaml
-    from pydantic import ValidationError
-
-    from slmops.errors import ConfigError, validation_problems
-
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"training recipe {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"training recipe {path} is not valid YAML or JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"training recipe {path}: expected a mapping of settings, e.g. max_steps")
-    unknown = sorted(set(raw) - set(TrainConfig.model_fields))
-    if unknown:
-        raise ConfigError(
-            f"training recipe {path}: unknown setting(s) {unknown}; known: "
-            f"{', '.join(sorted(TrainConfig.model_fields))}"
-        )
-    try:
-        return TrainConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(f"training recipe {path}: {validation_problems(exc)}") from None
-
-
 # --- the stages -------------------------------------------------------------------------------
 # Plain inputs (URIs, names, paths) so that the flow can run each one as a task.
 
@@ -315,9 +286,9 @@ def format_check(
     """Share of valid JSON answers on held-out prompts: base model alone vs with the adapter.
 
     The keys an answer must hold are the `required` ones of the eval suites' answer schema."""
-    from slmops.evaluation.suites import load_suites
     from slmops.generation import json_format_scores
     from slmops.store import open_store
+    from slmops.suites.spec import load_suites
     from slmops.training import datasets
 
     keys = tuple(load_suites(suites).schema_doc.get("required", ()))
@@ -405,7 +376,7 @@ def judged_under(verdict: Any, suites: str | Path, policy: str | Path) -> bool:
     """Was `verdict` made under these suites and this policy (the same cases and rules)?"""
     from slmops.evaluation.gate import known_metrics, rules_digest
     from slmops.evaluation.policy import load_policy
-    from slmops.evaluation.suites import load_suites
+    from slmops.suites.spec import load_suites
 
     loaded = load_suites(suites)
     return bool(
@@ -447,10 +418,10 @@ def preflight(params: RefineTuneParams, store_uri: str) -> None:
     from slmops.errors import ConfigError
     from slmops.evaluation.gate import known_metrics
     from slmops.evaluation.policy import load_policy
-    from slmops.evaluation.suites import load_suites
     from slmops.serving.answering import serving_if_set
     from slmops.store import open_store
     from slmops.store.versions import INDEXES, LATEST, VersionedArtifact
+    from slmops.suites.spec import load_suites
 
     if not params.gate:
         return

@@ -115,7 +115,7 @@ class Case(BaseModel):
     require_terms: list[str] = Field(default_factory=list)
     expected_sources: list[str] = Field(default_factory=list)
     # What a right answer says: every group met by one of its phrases (metric
-    # <suite>.states_facts; see slmops.evaluation.scorers.states_facts).
+    # <suite>.states_facts; see slmops.suites.scorers.states_facts).
     facts: list[list[str]] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
     line: int = 0

@@ -10,7 +10,7 @@ import json
 import re
 from typing import Any
 
-from slmops.evaluation.suites import Case, SuitesConfig, fact_words
+from slmops.suites.spec import Case, SuitesConfig, fact_words
 
 ALL_VALID = "all.valid_format"  # every case of every suite: the answer meets the schema
 
