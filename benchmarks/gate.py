@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     from slmops.evaluation.gate import build_prompts
-    from slmops.suites.spec import load_suites
     from slmops.generation import LocalGenerator
+    from slmops.suites.spec import load_suites
 
     work = Path(tempfile.mkdtemp(prefix="slmops-bench-gate-"))
     try:
@@ -151,7 +151,7 @@ def _bench_store(
 
 
 def _whole_gate(work: Path, base: Path, adapter: Path) -> float:
-    from slmops.evaluation.verdicts import evaluate_adapter
+    from slmops.pipelines.gate import evaluate_adapter
 
     store, version, _ = _bench_store(work, base, adapter)
     t0 = time.perf_counter()
@@ -196,7 +196,8 @@ def backends(args: argparse.Namespace) -> None:
     from benchmarks import free_port
     from infra.vllm_server import threads_per_replica, vllm_python
     from slmops.evaluation.gate import CaseResult
-    from slmops.evaluation.verdicts import GateRecord, evaluate_adapter
+    from slmops.evaluation.verdicts import GateRecord
+    from slmops.pipelines.gate import evaluate_adapter
     from slmops.serving.answering import ServedBackend
     from slmops.serving.client import Replica, ServingConfig
     from slmops.serving.engine import model_window, start, wait_ready

@@ -309,8 +309,8 @@ def fresh_rates(
     prompt carries the `k` chunks retrieval finds for it, as the bot is served (the demo and
     a RAG client; none for a prompt no chunk is `min_similarity` near), and `cites` is the
     share of the in-scope answers whose sources are all among them (and not none)."""
-    from slmops.suites.prompts import with_context
     from slmops.generation import json_valid_rate
+    from slmops.suites.prompts import with_context
 
     decline = "only help with questions about Tidewell"
 
@@ -430,11 +430,11 @@ def main(argv: list[str] | None = None) -> None:
     from infra.tiny_model import build_tiny_model
     from slmops.evaluation.gate import known_metrics, run_gate
     from slmops.evaluation.policy import load_policy
-    from slmops.suites.spec import load_suites
-    from slmops.evaluation.verdicts import index_retriever
     from slmops.generation import LocalGenerator
+    from slmops.pipelines.gate import index_retriever
     from slmops.rag.ingest import run_ingest
     from slmops.store.local import LocalStore
+    from slmops.suites.spec import load_suites
     from slmops.training import datasets
     from slmops.training.trainer import TrainConfig, train_adapter
 

@@ -112,9 +112,10 @@ def main(argv: list[str] | None = None) -> None:
     from benchmarks.gate import _tiny
     from infra.vllm_server import start, threads_per_replica, wait_ready
     from slmops.base_models import WatchedModel, current_revision
-    from slmops.evaluation.verdicts import evaluate_adapter
+    from slmops.pipelines.gate import evaluate_adapter
+    from slmops.pipelines.promotion import promote
     from slmops.serving.client import Replica, ServingConfig, VLLMClient
-    from slmops.serving.promotion import promote, rollback, sync
+    from slmops.serving.reconcile import rollback, sync
     from slmops.store.local import LocalStore
     from slmops.store.manifest import InputRef, Manifest
     from slmops.store.versions import ADAPTERS, VersionedArtifact

@@ -415,11 +415,11 @@ def ask(questions: list[str], model: str = ADAPTER) -> None:
     suite's facts for the same question), so what the demo shows is graded, not just
     printed."""
     from slmops.config import get_settings
+    from slmops.rag.retrieval import retrieve
+    from slmops.serving.client import VLLMClient, load_serving_config
     from slmops.suites.prompts import with_context
     from slmops.suites.scorers import Scorer, parse_answer
     from slmops.suites.spec import load_suites
-    from slmops.rag.retrieval import retrieve
-    from slmops.serving.client import VLLMClient, load_serving_config
 
     suites = load_suites(SUITES)
     scorer = Scorer(suites.config, suites.schema_doc)

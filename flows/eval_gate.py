@@ -19,8 +19,8 @@ from pydantic import BaseModel, Field
 from slmops.config import get_settings
 from slmops.evaluation.verdicts import GateRecord
 from slmops.generation import GeneratorChoice
+from slmops.pipelines.defaults import EXAMPLE_POLICY, EXAMPLE_SUITES
 from slmops.store.versions import check_name
-from slmops.training.refine_tune import EXAMPLE_POLICY, EXAMPLE_SUITES
 from tasks.gate import report_gate, run_gate
 from tasks.trigger import current_trigger
 

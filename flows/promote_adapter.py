@@ -20,9 +20,9 @@ from prefect import flow
 from pydantic import BaseModel, Field
 
 from slmops.config import get_settings
+from slmops.pipelines.defaults import EXAMPLE_SUITES
 from slmops.serving.promotion import PromotionResult
 from slmops.store.versions import check_name
-from slmops.training.refine_tune import EXAMPLE_SUITES
 from tasks.promotion import promote_adapter as promote_task
 from tasks.trigger import current_trigger
 

@@ -3,10 +3,11 @@ training key -> LoRA/QLoRA adapter -> adapter version in the store, with its lin
 gate -> promotion.
 
 Triggered by `slmops.base-model.released` for the adapter's own base model (adapters do not
-transfer between base revisions), weekly, or by hand. The pipeline is `slmops.training.refine_tune`
-(the same one `slmops refine-tune` runs without Prefect); this flow runs each of its stages as
-a task (tasks/training.py), and the eval gate (flows/eval_gate.py) and promote-adapter as
-subflows, so each shows on the run's page with its own log, report and retries.
+transfer between base revisions), weekly, or by hand. The pipeline is
+`slmops.pipelines.refine_tune` (the same one `slmops refine-tune` runs without Prefect); this
+flow runs each of its stages as a task (tasks/training.py), and the eval gate
+(flows/eval_gate.py) and promote-adapter as subflows, so each shows on the run's page with its
+own log, report and retries.
 
 Run it:  python -m flows.refine_tune tiny-llama .slmops/models/tiny-llama
 """
@@ -20,8 +21,8 @@ from prefect import flow, get_run_logger
 from flows.eval_gate import EvalGateParams, eval_gate
 from flows.promote_adapter import PromoteParams, promote_adapter
 from slmops.evaluation.verdicts import GateRecord
+from slmops.pipelines.refine_tune import RefineTuneParams, RefineTuneStages, run_refine_tune
 from slmops.store.manifest import Manifest, Trigger
-from slmops.training.refine_tune import RefineTuneParams, RefineTuneStages, run_refine_tune
 from tasks import training
 from tasks.gate import has_verdict
 from tasks.trigger import current_trigger

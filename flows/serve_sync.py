@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger
 
 from slmops.config import get_settings
 from slmops.errors import SlmopsError
-from slmops.serving.promotion import SyncReport
+from slmops.serving.reconcile import SyncReport
 from slmops.store.versions import check_name
 from tasks.promotion import AdapterOnReplicas, sync_replicas
 from tasks.trigger import current_trigger

@@ -847,7 +847,7 @@ class LocalStack:
         a champion's base revision), stop its replicas and drop it from serving.yaml; returns
         the replicas stopped. After it, a rollback to its revision is no longer instant."""
         from slmops.serving.client import load_serving_config
-        from slmops.serving.promotion import retire_set
+        from slmops.serving.reconcile import retire_set
         from slmops.store.versions import ADAPTERS, artifacts
 
         sets = self.replica_sets()

@@ -311,8 +311,8 @@ class Chats:
         return form.format(h=heading.lower(), t=title)
 
     def passage(self) -> str:
-        from slmops.suites.prompts import with_context
         from slmops.rag.ingest import chunk_holding
+        from slmops.suites.prompts import with_context
 
         rng = self.rng
         path, heading, answer, title = rng.choice(self.sections)

@@ -87,3 +87,7 @@ def is_transient(exc: BaseException) -> bool:
     return any(
         f"{cls.__module__}.{cls.__qualname__}" in _NETWORK_ERRORS for cls in type(exc).__mro__
     )
+
+
+class PromotionError(SlmopsError):
+    """A promotion or rollback was refused or undone; the message says why and where."""

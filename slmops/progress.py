@@ -3,6 +3,10 @@ a run's log shows how far it is without a line per item."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+Log = Callable[[str], None]  # where a step's progress lines go
+
 
 class Tenths:
     """Says when work crosses into a new tenth (10%, 20%, ...), once per tenth and stage."""

@@ -13,10 +13,10 @@ from prefect.artifacts import (
 from prefect.cache_policies import NONE
 
 from slmops.assess.report import markdown
-from slmops.assess.run import AssessRun, run_assessment, store_assessment
 from slmops.assess.task import ARMS, CHART, load_task
 from slmops.config import get_settings
 from slmops.evaluation.progress import Heartbeat
+from slmops.pipelines.assess import AssessRun, run_assessment, store_assessment
 from slmops.progress import Tenths
 from slmops.serving.answering import answering_backend
 from slmops.store import open_store

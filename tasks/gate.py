@@ -13,12 +13,13 @@ from prefect.cache_policies import NONE
 
 from slmops.config import get_settings
 from slmops.evaluation.report import markdown
-from slmops.evaluation.verdicts import GateRecord, evaluate_adapter
+from slmops.evaluation.verdicts import GateRecord
+from slmops.pipelines import training_steps
+from slmops.pipelines.gate import evaluate_adapter
 from slmops.serving.answering import answering_backend
 from slmops.store import open_store
 from slmops.store.manifest import Trigger
 from slmops.store.versions import EVALS, VersionedArtifact
-from slmops.training import refine_tune
 from tasks.report import png_uri
 from tasks.retries import RETRIES
 from tasks.signals import ProgressBar, announce_adapter
@@ -72,7 +73,7 @@ def has_verdict(
 ) -> bool:
     """Has `adapter@version` been judged against the current champion already, under these
     suites and policy?"""
-    return refine_tune.has_verdict(store_uri, adapter, version, suites, policy)
+    return training_steps.has_verdict(store_uri, adapter, version, suites, policy)
 
 
 @task(name="report-gate")

@@ -15,8 +15,10 @@ from prefect.cache_policies import NONE
 from pydantic import BaseModel, Field
 
 from slmops.errors import SlmopsError
+from slmops.pipelines.promotion import promote
 from slmops.serving.client import ServingConfig, resolve_serving_config
-from slmops.serving.promotion import PromotionResult, SyncReport, promote, rollback, sync
+from slmops.serving.promotion import PromotionResult
+from slmops.serving.reconcile import SyncReport, rollback, sync
 from slmops.store import open_store
 from slmops.store.manifest import Trigger
 from tasks.signals import announce_adapter

@@ -1,5 +1,6 @@
-"""The refine-tune stages (slmops.training.refine_tune) as Prefect tasks: retries, task names in the
-UI, a progress bar while training, the run's report as a markdown artifact."""
+"""The refine-tune pipeline's training steps (slmops.pipelines.training_steps) as Prefect
+tasks: retries, task names in the UI, a progress bar while training, the run's report as a
+markdown artifact."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ from prefect.artifacts import (
 from prefect.cache_policies import NONE
 from prefect.concurrency.sync import concurrency
 
+from slmops.pipelines import training_steps
 from slmops.store import open_store
 from slmops.store.claims import Claim
 from slmops.store.manifest import Manifest
-from slmops.training import refine_tune
 from slmops.training.trainer import TrainConfig, TrainResult
 from tasks.report import adapter_report
 from tasks.retries import RETRIES
@@ -29,16 +30,18 @@ GPU_SLOT_LEASE_S = 120.0
 
 # Stages that need nothing of Prefect but retries and a name: the core functions, as tasks.
 base_model = task(name="base-model", task_run_name="base model {model}", **RETRIES)(
-    refine_tune.checkout_base
+    training_steps.checkout_base
 )
 dataset_version = task(name="dataset-version", task_run_name="dataset {name}", **RETRIES)(
-    refine_tune.dataset_version
+    training_steps.dataset_version
 )
-find_trained = task(name="find-trained", **RETRIES)(refine_tune.find_trained)
-format_check = task(name="format-check")(refine_tune.format_check)
+find_trained = task(name="find-trained", **RETRIES)(training_steps.find_trained)
+format_check = task(name="format-check")(training_steps.format_check)
 # Not retried: a version half-written by a failed attempt must not be written again. Holds
 # a live claim among its inputs: never cached or persisted.
-publish = task(name="publish-adapter", cache_policy=NONE, persist_result=False)(refine_tune.publish)
+publish = task(name="publish-adapter", cache_policy=NONE, persist_result=False)(
+    training_steps.publish
+)
 
 
 @task(name="warm-start", **RETRIES)
@@ -51,7 +54,7 @@ def warm_start_from(
     weights: str | None = None,
 ) -> str | None:
     """The champion version this run starts from, if the recipe warm-starts and one fits."""
-    return refine_tune.warm_start_from(
+    return training_steps.warm_start_from(
         store_uri, adapter, model, revision, config, weights, log=get_run_logger()
     )
 
@@ -60,7 +63,7 @@ def warm_start_from(
 @task(name="claim-training", cache_policy=NONE, persist_result=False, **RETRIES)
 def claim_training(store_uri: str, adapter: str, key: str) -> tuple[Claim | None, Manifest | None]:
     """Claim the training key (one run trains it), or wait for the run that holds it."""
-    return refine_tune.claim_training(store_uri, adapter, key, log=get_run_logger())
+    return training_steps.claim_training(store_uri, adapter, key, log=get_run_logger())
 
 
 @task(name="train-adapter", cache_policy=NONE, **RETRIES)
@@ -76,8 +79,8 @@ def train(
     workdir: Path,
     warm_start: str | None = None,
 ) -> tuple[TrainResult, Path]:
-    """Train with checkpoints in the store (see slmops.training.refine_tune.train), with a progress
-    bar on the run's page."""
+    """Train with checkpoints in the store (see slmops.pipelines.training_steps.train), with a
+    progress bar on the run's page."""
     steps = config.warm_start_steps if warm_start and config.warm_start_steps else config.max_steps
     bar = ProgressBar(f"training-progress-{adapter}", f"Training {adapter}: {steps} steps")
 
@@ -85,7 +88,7 @@ def train(
         bar.update(100.0 * step / of)
 
     with gpu_slot(config.gpu_slot):
-        return refine_tune.train(
+        return training_steps.train(
             store_uri,
             adapter,
             key,

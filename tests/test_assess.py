@@ -13,10 +13,10 @@ from slmops.assess.decision import decide
 from slmops.assess.results import ArmResult, Comparison, CostEstimate, Costs, Interval
 from slmops.assess.task import BEHAVIOUR, KNOWLEDGE, AssessTask, load_task
 from slmops.errors import ConfigError
-from slmops.suites.spec import load_suites
 from slmops.store.manifest import Manifest
 from slmops.store.s3 import S3Store
 from slmops.store.versions import ADAPTERS, EVALS, VersionedArtifact
+from slmops.suites.spec import load_suites
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "support-bot"
 

@@ -12,7 +12,7 @@ import yaml
 
 from examples import demo
 from infra.stack import LocalStack, StackConfig
-from slmops.training.refine_tune import RefineTuneParams
+from slmops.pipelines.refine_tune import RefineTuneParams
 from tests.helpers import ROOT
 
 

@@ -15,9 +15,9 @@ import pytest
 from slmops.errors import ConfigError
 from slmops.evaluation.gate import MetricResult, judge, known_metrics, run_gate
 from slmops.evaluation.policy import GatePolicy, load_policy
-from slmops.suites.stats import holm, paired_bootstrap, resample_indices
-from slmops.suites.spec import Suites, load_suites
 from slmops.generation import Reply
+from slmops.suites.spec import Suites, load_suites
+from slmops.suites.stats import holm, paired_bootstrap, resample_indices
 
 EVALS = Path(__file__).resolve().parent.parent / "examples" / "support-bot" / "evals"
 

@@ -112,3 +112,55 @@ def test_only_the_core_is_installed() -> None:
     assert project["tool"]["setuptools"]["packages"]["find"]["include"] == ["slmops*"]
     plugins = project["project"]["entry-points"]["slmops.cli"]
     assert plugins == {"stack": "infra.cli:stack_app"}
+
+
+# The core's layers, bottom up. A module imports its own package and the layers below it:
+# the foundation (the store, errors, settings, the suites, generation, base models) nothing
+# above it; a stage package only the foundation, never another stage; a pipeline (which
+# chains stages) stages and the foundation; the CLI and the package's own front door
+# (`slmops.retrieve`, lazily) anything.
+STAGES = ("rag", "training", "evaluation", "serving", "assess")
+PIPELINES, FRONT = ("pipelines",), ("cli", "__main__")
+
+
+def layer(module: str) -> tuple[int, str]:
+    """(rank, package) of a core module: 0 foundation, 1 a stage, 2 pipelines, 3 the front."""
+    if module == "slmops":
+        return 3, ""
+    package = module.split(".")[1] if "." in module else ""
+    if package in STAGES:
+        return 1, package
+    if package in PIPELINES:
+        return 2, package
+    if package in FRONT:
+        return 3, package
+    return 0, package
+
+
+def test_stages_are_leaves_over_the_foundation_and_pipelines_chain_them() -> None:
+    """Lazy imports included: a stage that needs another's work takes it as an argument (a
+    retriever, an answering backend, a clearance) from the pipeline that chains them."""
+    core = modules("slmops")
+    found = []
+    for name, path in core.items():
+        rank, package = layer(name)
+        for imp, line in imported(path, core):
+            if imp not in core or imp == "slmops":
+                continue
+            their_rank, theirs = layer(imp)
+            sideways = rank == their_rank == 1 and theirs != package
+            if their_rank > rank or sideways:
+                found.append(f"{path.relative_to(ROOT)}:{line} imports {imp}")
+    assert not found, (
+        "a module imports one of a higher layer or another stage:\n" + "\n".join(found)
+    )
+
+
+def test_no_module_of_the_core_is_a_room_too_big_to_hold_in_ones_head() -> None:
+    core = modules("slmops")
+    big = {
+        str(path.relative_to(ROOT)): n
+        for path in core.values()
+        if (n := len(path.read_text().splitlines())) > 600
+    }
+    assert not big, f"split these by concern (under ~500 lines each): {big}"

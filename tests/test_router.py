@@ -217,8 +217,9 @@ def test_a_canary_that_fails_requests_gives_the_traffic_back(
 ) -> None:
     """shift_traffic, as promotion runs it, against a set that passes its health check but
     answers 500 to requests (a fault a real vLLM replica cannot be made to produce on cue)."""
+    from slmops.serving.canary import shift_traffic
     from slmops.serving.client import RouterSettings
-    from slmops.serving.promotion import PromotionError, shift_traffic
+    from slmops.serving.promotion import PromotionError
 
     rt = router.runtime
     rt.add_set("old", upstreams[:1])
@@ -277,7 +278,7 @@ def test_the_serving_config_groups_replicas_in_sets_and_finds_an_adapter_s_set(
     tmp_path: Path,
 ) -> None:
     from slmops.serving.client import ServingConfig, load_serving_config
-    from slmops.serving.promotion import base_mismatch, target_replicas, target_set
+    from slmops.serving.placement import base_mismatch, target_replicas, target_set
     from slmops.store.manifest import InputRef, Manifest
 
     def adapter(revision: str) -> Manifest:

@@ -34,8 +34,8 @@ from slmops.base_models import WatchedModel, current_revision
 from slmops.errors import SlmopsError
 from slmops.evaluation.verdicts import find_verdict
 from slmops.serving.client import VLLMClient, load_serving_config
-from slmops.serving.promotion import serving_name
 from slmops.serving.router import HAProxyRuntime
+from slmops.serving.staging import serving_name
 from slmops.store.manifest import Manifest
 from slmops.store.s3 import S3Store
 from slmops.store.versions import VersionedArtifact
@@ -463,7 +463,7 @@ def test_a_release_of_the_model_card_alone_keeps_the_replica_and_the_champion(
     restarts nothing, and the champion (trained on the revision before) stays servable."""
     from infra.tiny_model import publish_release
     from slmops.base_models import weights_digest
-    from slmops.serving.promotion import base_mismatch
+    from slmops.serving.placement import base_mismatch
 
     model_dir = home / "models" / "tiny-llama"
     before = load_serving_config(stack.config.serving_file).replicas[0]

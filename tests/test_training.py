@@ -13,7 +13,7 @@ import yaml
 
 from slmops.base_models import WatchedModel, current_revision
 from slmops.errors import ConfigError
-from slmops.evaluation.verdicts import stored_answers
+from slmops.evaluation.answers import stored_answers
 from slmops.generation import Generator, Prompt, TransformersBackend, Weights
 from slmops.store.base import ObjectStore
 from slmops.store.claims import ClaimRecord
@@ -439,7 +439,7 @@ def test_a_refine_tune_run_that_cannot_fit_stores_nothing_and_releases_its_key(
 # -- the eval gate on real adapters -----------------------------------------------------------
 def gate(store: ObjectStore, adapter: str, version: str = "latest", **kw: object) -> object:
     from slmops.config import get_settings
-    from slmops.evaluation.verdicts import evaluate_adapter
+    from slmops.pipelines.gate import evaluate_adapter
 
     return evaluate_adapter(
         store,
@@ -477,7 +477,7 @@ def test_a_verdict_made_under_other_rules_is_not_reused(
     import shutil
 
     from slmops.evaluation.verdicts import find_verdict
-    from slmops.training.refine_tune import judged_under
+    from slmops.pipelines.training_steps import judged_under
 
     store, manifest, _ = trained
     verdict = find_verdict(store, "support-bot", manifest.version, None)  # the fixture's gate

@@ -22,6 +22,7 @@ import yaml
 from slmops.base_models import WatchedModel, current_revision
 from slmops.errors import ConfigError
 from slmops.generation import LocalGenerator, Prompt
+from slmops.pipelines.promotion import promote
 from slmops.serving.client import (
     Replica,
     ServingConfig,
@@ -29,7 +30,8 @@ from slmops.serving.client import (
     VLLMClient,
     load_serving_config,
 )
-from slmops.serving.promotion import PromotionError, promote, serving_name
+from slmops.serving.promotion import PromotionError
+from slmops.serving.staging import serving_name
 from slmops.store.manifest import Manifest
 from slmops.store.s3 import S3Store
 from slmops.store.versions import ADAPTERS, VersionedArtifact
@@ -224,7 +226,7 @@ def test_refine_tune_gates_and_promotes_to_every_replica(served: Served) -> None
     # (the format floor lets a passing adapter break a few others, so those prove nothing),
     # and every replica answers each of them in the format.
     from slmops.evaluation.verdicts import find_verdict, verdict_answers
-    from slmops.serving.promotion import gated_answers, smoke_prompts
+    from slmops.serving.smoke import gated_answers, smoke_prompts
 
     gated = gated_answers(verdict_answers(served.store, ADAPTER, v1.version, None))
     assert gated, "the gate's answers are stored with the verdict"
@@ -431,7 +433,8 @@ def test_serve_sync_leaves_a_name_being_gated_loaded(served: Served) -> None:
     previous, except one a running gate holds a lease on; once the lease is given up, the next
     sync unloads it."""
     from slmops.serving.leases import gating_lease
-    from slmops.serving.promotion import stage, sync
+    from slmops.serving.reconcile import sync
+    from slmops.serving.staging import stage
     from slmops.store.claims import holding
 
     art = VersionedArtifact(served.store, ADAPTERS, ADAPTER)
@@ -497,7 +500,7 @@ def publish_variant(s: Served, source: Manifest, make: str, adapter: str = ADAPT
 def gate(
     s: Served, version: str, policy: Path, adapter: str = ADAPTER, set_challenger: bool = False
 ) -> None:
-    from slmops.evaluation.verdicts import evaluate_adapter
+    from slmops.pipelines.gate import evaluate_adapter
 
     record = evaluate_adapter(
         s.store,
@@ -681,7 +684,7 @@ def test_bad_input_is_refused_before_any_server_changes(served: Served) -> None:
 
 
 def test_replicas_serve_an_adapter_of_another_revision_only_with_the_same_weights() -> None:
-    from slmops.serving.promotion import base_mismatch
+    from slmops.serving.placement import base_mismatch
     from slmops.store.manifest import InputRef
 
     adapter = Manifest(
@@ -709,24 +712,24 @@ def test_a_promotion_waits_for_the_serving_operation_that_holds_the_claim(
 ) -> None:
     """A scheduled sync and a manual promotion can start in the same second: the promotion
     waits for the sync instead of failing, and one held past the wait fails, naming it."""
-    import slmops.serving.promotion as promotion
+    from slmops.serving import leases
     from slmops.store.claims import try_claim
     from slmops.store.local import LocalStore
 
     store = LocalStore(tmp_path / "store")
     key = f"{ADAPTERS}/bot/claims/serving.json"
-    monkeypatch.setattr(promotion, "SERVING_POLL_S", 0.05)
+    monkeypatch.setattr(leases, "SERVING_POLL_S", 0.05)
     sync = try_claim(store, key, "sync of bot", ttl=60, holder="scheduled-sync")
     release = threading.Timer(0.5, sync.release)
     release.start()
     said: list[str] = []
-    with promotion.serving_claim(store, "bot", "promotion", said.append, wait_s=30):
+    with leases.serving_claim(store, "bot", "promotion", said.append, wait_s=30):
         assert not release.is_alive()  # it got the claim once the sync had let go
     assert len(said) == 1 and "scheduled-sync" in said[0] and "waiting for" in said[0]
     stuck = try_claim(store, key, "sync of bot", ttl=60, holder="stuck-sync")
     with (
         pytest.raises(PromotionError, match=r"stuck-sync[\s\S]*waited 0s"),
-        promotion.serving_claim(store, "bot", "promotion", wait_s=0.2),
+        leases.serving_claim(store, "bot", "promotion", wait_s=0.2),
     ):
         pytest.fail("entered while another operation held the claim")
     stuck.release()
@@ -742,7 +745,7 @@ def test_a_serving_operation_acts_on_the_replicas_the_serving_file_names_once_it
     import torch
     from safetensors.torch import save_file
 
-    import slmops.serving.promotion as promotion
+    from slmops.serving import leases, reconcile
     from slmops.store.claims import holding, try_claim
     from slmops.store.local import LocalStore
     from slmops.store.manifest import InputRef
@@ -779,12 +782,12 @@ def test_a_serving_operation_acts_on_the_replicas_the_serving_file_names_once_it
     write("r1", "w1")
     config = load_serving_config(serving)  # read while the replica still ran r1
     assert config.current().replicas == config.replicas
-    monkeypatch.setattr(promotion, "SERVING_POLL_S", 0.05)
+    monkeypatch.setattr(leases, "SERVING_POLL_S", 0.05)
     synced: list[BaseException] = []
 
     def run_sync() -> None:
         try:
-            promotion.sync(store, "bot", config)
+            reconcile.sync(store, "bot", config)
         except BaseException as exc:
             synced.append(exc)
 
@@ -818,9 +821,9 @@ def test_a_serving_operation_acts_on_the_replicas_the_serving_file_names_once_it
     }
     base2 = InputRef(kind="base-model", name="tiny", version="r2", sha256="w2")
     version2 = art.publish(Manifest(kind="adapter", name="bot", inputs=[base2]), files).version
-    reports: list[promotion.SyncReport] = []
+    reports: list[reconcile.SyncReport] = []
     promoting = try_claim(store, f"{ADAPTERS}/bot/claims/serving.json", "promotion of bot", ttl=60)
-    waiting = threading.Thread(target=lambda: reports.append(promotion.sync(store, "bot", config)))
+    waiting = threading.Thread(target=lambda: reports.append(reconcile.sync(store, "bot", config)))
     with holding(promoting):
         waiting.start()
         time.sleep(0.3)
@@ -842,7 +845,7 @@ def test_the_router_moves_the_stable_name_between_replica_sets_under_load(
     with no failed request; a set whose replica does not pass its health check is refused a
     share and takes nothing."""
     from infra import haproxy
-    from slmops.serving.promotion import sync
+    from slmops.serving.reconcile import sync
     from slmops.serving.router import RouterError
 
     if VersionedArtifact(served.store, ADAPTERS, ADAPTER).get_alias("champion") is None:
@@ -901,7 +904,7 @@ def test_an_adapter_of_a_new_base_revision_takes_the_traffic_on_its_own_set_and_
     from flows.refine_tune import refine_tune as flow
     from infra import haproxy, vllm_server
     from infra.tiny_model import publish_release
-    from slmops.serving.promotion import rollback, sync
+    from slmops.serving.reconcile import rollback, sync
 
     art = VersionedArtifact(served.store, ADAPTERS, ADAPTER)
     if art.get_alias("champion") is None:
@@ -1050,8 +1053,8 @@ def test_the_smoke_test_asks_only_what_the_gate_saw_the_version_answer_in_the_fo
     verdict's answers): a case the gate saw it fail proves nothing about the load, and made a
     good adapter's promotion fail by chance. Without stored answers: the first cases."""
     from slmops.evaluation.gate import CaseResult
+    from slmops.serving.smoke import gated_answers, smoke_prompts
     from slmops.suites.spec import load_suites
-    from slmops.serving.promotion import gated_answers, smoke_prompts
     from tests.helpers import EXAMPLE
 
     suites = EXAMPLE / "evals"

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import yaml
 
-from slmops.suites.prompts import with_context
 from slmops.rag.docs import section_leads
 from slmops.rag.ingest import chunk_folder, chunk_holding
+from slmops.suites.prompts import with_context
 
 HERE = Path(__file__).resolve().parent
 SYSTEM = (

@@ -15,6 +15,6 @@ model and the docs change. `decide()` then walks the decision tree and keeps the
 every branch.
 
     from slmops.assess.task import load_task
-    from slmops.assess.run import run_assessment
+    from slmops.pipelines.assess import run_assessment
     result = run_assessment(store, load_task("examples/support-bot/assess.yaml"), cache_dir)
 """

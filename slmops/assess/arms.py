@@ -13,10 +13,10 @@ import numpy as np
 from slmops.assess.results import ArmResult, CaseOutcome, Comparison, Interval
 from slmops.assess.task import BASELINE, BEHAVIOUR, KNOWLEDGE, Progress
 from slmops.errors import ConfigError
-from slmops.suites.scorers import Scorer, parse_answer
-from slmops.suites.stats import mean_interval, paired_bootstrap, resample_indices
-from slmops.suites.spec import Case, Suites
 from slmops.generation import Generator, Prompt, was_cut
+from slmops.suites.scorers import Scorer, parse_answer
+from slmops.suites.spec import Case, Suites
+from slmops.suites.stats import mean_interval, paired_bootstrap, resample_indices
 
 
 def pick_examples(path: Path, n: int) -> list[tuple[str, str]]:

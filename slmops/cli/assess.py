@@ -38,9 +38,9 @@ def assess(
     The report (markdown, chart, JSON, every answer) is stored under evals/assess-NAME/."""
     import tempfile
 
-    from slmops.assess.run import run_assessment, store_assessment
     from slmops.assess.task import BEHAVIOUR, KNOWLEDGE, load_task
     from slmops.config import get_settings
+    from slmops.pipelines.assess import run_assessment, store_assessment
     from slmops.serving.answering import answering_backend
 
     task = load_task(task_file)

@@ -60,7 +60,7 @@ def gate(
     """
     from slmops.config import get_settings
     from slmops.evaluation.report import answers_reused, generated_on
-    from slmops.evaluation.verdicts import evaluate_adapter
+    from slmops.pipelines.gate import evaluate_adapter
     from slmops.serving.answering import answering_backend
 
     adapter, _, version = target.partition("@")

@@ -46,8 +46,8 @@ def promote(
     verdict against the current champion); behind a router, to the replicas of its base
     revision's set, which then takes the traffic in canary steps. Exit 0 promoted, 2 refused
     (nothing changed)."""
+    from slmops.pipelines.promotion import promote as run_promotion
     from slmops.serving.client import resolve_serving_config
-    from slmops.serving.promotion import promote as run_promotion
 
     adapter, _, version = target.partition("@")
     config = resolve_serving_config(serving)
@@ -80,7 +80,7 @@ def rollback(
 ) -> None:
     """Put the previous champion back on every replica, in one step."""
     from slmops.serving.client import resolve_serving_config
-    from slmops.serving.promotion import rollback as run_rollback
+    from slmops.serving.reconcile import rollback as run_rollback
 
     result = run_rollback(
         open_store(store),
@@ -107,7 +107,7 @@ def serve_sync(
     """Make every replica serve what the store says (after a restart, for a new replica).
     Exit 0 when every replica matches, 1 if some drift could not be fixed."""
     from slmops.serving.client import resolve_serving_config
-    from slmops.serving.promotion import sync
+    from slmops.serving.reconcile import sync
 
     report = sync(
         open_store(store),
@@ -138,36 +138,32 @@ def serve_status(
 ) -> None:
     """What each replica serves for ADAPTER, against the store's champion."""
     from slmops.serving.client import VLLMClient, resolve_serving_config
-    from slmops.serving.promotion import serving_name
+    from slmops.serving.placement import desired
+    from slmops.serving.staging import serving_name
     from slmops.store.versions import CHAMPION
 
     config = resolve_serving_config(serving)
     art = VersionedArtifact(open_store(store), "adapters", adapter)
     alias = art.get_alias(CHAMPION)
     champion = art.manifest(alias.version) if alias else None
-    want = serving_name(adapter, champion) if champion else None
-    console.print(f"champion: {alias.version if alias else 'none'} ({want or '-'})")
-    # Behind a router: each set's share of the traffic, and what each set should serve (the
-    # champion's set the champion; an older revision's set the previous champion, if it was
-    # trained there, for a rollback across revisions).
-    shares: dict[str, float] = {}
+    console.print(
+        f"champion: {alias.version if alias else 'none'} "
+        f"({serving_name(adapter, champion) if champion else '-'})"
+    )
+    # What each replica set should serve: the rule `serve sync` applies (placement.desired).
     expected: dict[str, str | None] = {}
+    if champion is not None:
+        previous = art.manifest(alias.history[-1].version) if alias and alias.history else None
+        for group, wants in desired(config, adapter, champion, previous).items():
+            expected[group] = serving_name(adapter, wants[adapter]) if wants else None
+    shares: dict[str, float] = {}
     if config.router is not None:
-        from slmops.serving.promotion import serves_base
         from slmops.serving.router import HAProxyRuntime
 
         try:
             shares = HAProxyRuntime(config.router.admin).shares()
         except SlmopsError as exc:
             console.print(f"[red]router: {escape(str(exc))}[/red]")
-        previous = art.manifest(alias.history[-1].version) if alias and alias.history else None
-        for name, replicas in config.sets().items():
-            for candidate in (champion, previous):
-                if candidate and all(serves_base(r, candidate) for r in replicas):
-                    expected[name] = serving_name(adapter, candidate)
-                    break
-            else:
-                expected[name] = None
         console.print(
             "router: "
             + (", ".join(f"set {n} {v:g}%" for n, v in shares.items()) or "no shares read")
@@ -176,7 +172,7 @@ def serve_status(
     table = new_table("replica", "set", "base", f"{adapter} serves", "versions loaded", "state")
     healthy = True
     for replica in config.replicas:
-        set_want = expected.get(replica.set_name, want) if config.router else want
+        set_want = expected.get(replica.set_name if config.router else "")
         with VLLMClient(replica, timeout=config.timeout_s, retries=0) as client:
             try:
                 served = client.adapters()
@@ -226,7 +222,7 @@ def serve_retire(
     is then no longer instant. Refused while the set has a share or serves the champion's
     base."""
     from slmops.serving.client import resolve_serving_config
-    from slmops.serving.promotion import retire_set
+    from slmops.serving.reconcile import retire_set
 
     removed = retire_set(
         resolve_serving_config(serving),
@@ -289,7 +285,7 @@ def serve_router_config(
 def _champion_set(config: ServingConfig, store: str | None, adapter: str) -> str:
     """The replica set serving the base revision of `adapter`'s champion (the first set when
     there is no champion, or no set serves it)."""
-    from slmops.serving.promotion import target_set
+    from slmops.serving.placement import target_set
     from slmops.store.versions import CHAMPION
 
     art = VersionedArtifact(open_store(store), "adapters", adapter)

@@ -56,7 +56,8 @@ def refine_tune(
     import dataclasses
     import logging
 
-    from slmops.training import refine_tune as pipeline
+    from slmops.pipelines import refine_tune as pipeline
+    from slmops.training.recipe import TrainConfig, load_recipe
 
     params = pipeline.RefineTuneParams(
         model=model,
@@ -65,7 +66,7 @@ def refine_tune(
         adapter=adapter,
         dataset=str(dataset),
         dataset_name=dataset_name,
-        config=pipeline.load_recipe(recipe) if recipe else pipeline.TrainConfig(),
+        config=load_recipe(recipe) if recipe else TrainConfig(),
         store=store,
         gate=gate,
         suites=str(suites),
@@ -95,7 +96,7 @@ def refine_tune(
         def emit(self, record: logging.LogRecord) -> None:
             console.print(escape(record.getMessage()), highlight=False)
 
-    log = logging.getLogger("slmops.training.refine_tune.cli")
+    log = logging.getLogger("slmops.pipelines.refine_tune.cli")
     log.propagate = False
     log.handlers = [Say()]
     log.setLevel(logging.INFO)
@@ -190,14 +191,14 @@ def memory_plan(
         raise ConfigError(f"--gradient-checkpointing {gradient_checkpointing!r}: auto, on or off")
     try:  # the recipe refine-tune would run, so the plan is the one it would make
         config = TrainConfig(
-            method=method,  # type: ignore[arg-type]
+            method=method,
             rank=rank,
             target_modules=target_modules,
             batch_size=batch_size,
             grad_accum=grad_accum,
             max_length=max_length,
             max_memory_gb=max_memory_gb,
-            gradient_checkpointing=checkpointing,  # type: ignore[arg-type]
+            gradient_checkpointing=checkpointing,
             liger_kernels=None if liger and device == "cuda" else False,
         )
     except ValidationError as exc:
@@ -232,7 +233,7 @@ def memory_plan(
         # not count.
         validate_rows(data, DatasetConfig(policy="drop", max_tokens=10**9), counting)
         longest = max(lengths)
-    budget = None
+    budget: tuple[float, str, list[str]] | None = None
     if max_memory_gb is not None:
         budget = (max_memory_gb * GB, "max_memory_gb", [])
     else:

@@ -31,7 +31,15 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from slmops.errors import ObjectExistsError, SlmopsError
-from slmops.generation import DEFAULT_MAX_NEW_TOKENS, Generator, Prompt, Reply, was_cut
+from slmops.generation import (
+    DEFAULT_MAX_NEW_TOKENS,
+    Generator,
+    GeneratorBackend,
+    Prompt,
+    Reply,
+    Weights,
+    was_cut,
+)
 from slmops.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -163,3 +171,22 @@ class StoredAnswers:
             "answers_generated": self.generated,
             "stored_answers": f"{self.store.uri}/{self.prefix}",
         }
+
+
+def stored_answers(
+    store: ObjectStore, backend: GeneratorBackend, weights: Weights
+) -> StoredAnswers:
+    """`backend`'s answers with `weights`, reusing what the same weights answered on the same
+    backend before (the generator is built only if some prompt has no stored answer)."""
+    files = None if weights.adapter is None else [(f.path, f.sha256) for f in weights.adapter.files]
+    identity = backend.identity(weights)
+    key = fingerprint(
+        base=weights.base, base_revision=weights.revision, adapter_files=files, identity=identity
+    )
+    describe = {
+        **identity,
+        "base": str(weights.base_path),
+        "adapter": str(weights.folder) if weights.folder else None,
+        "decoding": "greedy",
+    }
+    return StoredAnswers(store, key, lambda: backend.generator(weights), describe)

@@ -24,7 +24,10 @@ from pydantic import BaseModel, Field
 
 from slmops.evaluation.limits import CutAnswers, cut_answers, refused
 from slmops.evaluation.policy import GatePolicy
+from slmops.generation import Generator, Prompt, was_cut
+from slmops.suites.prompts import Retrieve, answer_all, with_context
 from slmops.suites.scorers import Scorer, canned_answer_key, parse_answer
+from slmops.suites.spec import Case, Suites
 from slmops.suites.stats import (
     EXACT_BELOW,
     exact_paired_p,
@@ -33,9 +36,6 @@ from slmops.suites.stats import (
     paired_bootstrap,
     resample_indices,
 )
-from slmops.suites.spec import Case, Suites
-from slmops.generation import Generator, Prompt, was_cut
-from slmops.suites.prompts import Retrieve, answer_all, with_context
 
 Progress = Callable[[str, int, int], None]  # (stage, done, of)
 

@@ -16,13 +16,13 @@ from slmops.assess.decision import decide, term_fertility
 from slmops.assess.results import ArmResult, Assessment, CaseOutcome
 from slmops.assess.task import ARMS, CHART, AssessTask, Progress
 from slmops.errors import ConfigError
-from slmops.suites.prompts import with_context
-from slmops.suites.spec import Case, load_suites
 from slmops.generation import Generator, GeneratorBackend, Prompt, TransformersBackend, Weights
 from slmops.store.audit import AuditLog
 from slmops.store.base import ObjectStore
 from slmops.store.manifest import InputRef, Manifest, Trigger
 from slmops.store.versions import ADAPTERS, CHAMPION, EVALS, LATEST, VersionedArtifact
+from slmops.suites.prompts import with_context
+from slmops.suites.spec import Case, load_suites
 
 
 def _first_per_suite(cases: list[Case], n: int) -> set[str]:
