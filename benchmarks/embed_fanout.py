@@ -28,7 +28,9 @@ import numpy as np
 
 from benchmarks import free_port
 from benchmarks.ingest_throughput import generate_corpus
-from slmops.rag.ingest import IngestConfig, embed, embed_fanned_out, prepare
+from slmops.rag.embedding import embed, embed_fanned_out
+from slmops.rag.ingest_config import IngestConfig
+from slmops.rag.plan import prepare
 from slmops.store.local import LocalStore
 
 

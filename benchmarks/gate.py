@@ -131,7 +131,7 @@ def _bench_store(
     """A local store with the example docs ingested and the adapter published on `base`:
     (store, adapter version, base revision)."""
     from slmops.base_models import WatchedModel, current_revision
-    from slmops.rag.ingest import run_ingest
+    from slmops.pipelines.ingest import run_ingest
     from slmops.store.local import LocalStore
     from slmops.store.manifest import InputRef, Manifest
     from slmops.store.versions import ADAPTERS, VersionedArtifact

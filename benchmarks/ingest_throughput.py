@@ -22,8 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from slmops.pipelines.ingest import run_ingest
 from slmops.rag.embedder import get_embedder
-from slmops.rag.ingest import IngestConfig, embed_text, prepare, run_ingest
+from slmops.rag.embedding import embed_text
+from slmops.rag.ingest_config import IngestConfig
+from slmops.rag.plan import prepare
 from slmops.store.local import LocalStore
 
 EXAMPLE_DOCS = Path(__file__).resolve().parent.parent / "examples" / "support-bot" / "docs"

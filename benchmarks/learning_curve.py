@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> None:
     from slmops.evaluation.policy import load_policy
     from slmops.generation import LocalGenerator
     from slmops.pipelines.gate import index_retriever
-    from slmops.rag.ingest import run_ingest
+    from slmops.pipelines.ingest import run_ingest
     from slmops.store.local import LocalStore
     from slmops.suites.spec import load_suites
     from slmops.training import datasets

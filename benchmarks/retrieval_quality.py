@@ -29,10 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
+from slmops.pipelines.ingest import run_ingest
 from slmops.rag.embedder import get_embedder
 from slmops.rag.evals import EvalQuestion, evaluate, generate_questions, load_questions
 from slmops.rag.hybrid import FUSIONS
-from slmops.rag.ingest import IngestConfig, run_ingest
+from slmops.rag.ingest_config import IngestConfig
 from slmops.rag.retrieval import LoadedIndex
 from slmops.store.local import LocalStore
 

@@ -17,7 +17,9 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
 from slmops.config import get_settings
-from slmops.rag.ingest import IngestConfig, IngestPlan, IngestReport, run_ingest
+from slmops.pipelines.ingest import run_ingest
+from slmops.rag.ingest_config import IngestConfig
+from slmops.rag.plan import IngestPlan, IngestReport
 from tasks.ingest import TASK_STAGES, embed_on_cluster, report_ingest
 from tasks.trigger import current_trigger
 

@@ -70,7 +70,7 @@ def _build_key(seed: int, layers: int, hidden: int, steps: int) -> str:
     )
     chats = w.Chats(seed)
     # What the conversations are drawn from, whole: every section's lead (slmops.rag.docs)
-    # and every chunk retrieval puts into a prompt (slmops.rag.ingest), so a change to how
+    # and every chunk retrieval puts into a prompt (slmops.rag.chunking), so a change to how
     # either is cut rebuilds the base; then samples of the conversations' form, the product's
     # prompt form included.
     h.update(json.dumps([chats.sections, chats.all_chunks]).encode())

@@ -237,8 +237,8 @@ def _title(text: str) -> str:
 def _chunks() -> dict[str, list[str]]:
     """The chunks ingestion cuts the bundled docs into, every format it reads (once per
     process: the build's key and its pretraining both draw conversations from them)."""
+    from slmops.rag.chunking import chunk_folder
     from slmops.rag.docs import FORMATS
-    from slmops.rag.ingest import chunk_folder
 
     return chunk_folder(EXAMPLE_DOCS, suffixes=FORMATS)
 
@@ -311,7 +311,7 @@ class Chats:
         return form.format(h=heading.lower(), t=title)
 
     def passage(self) -> str:
-        from slmops.rag.ingest import chunk_holding
+        from slmops.rag.chunking import chunk_holding
         from slmops.suites.prompts import with_context
 
         rng = self.rng

@@ -12,28 +12,25 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NONE
 
+from slmops.pipelines.ingest import IngestStages
 from slmops.progress import Tenths
-from slmops.rag import ingest
+from slmops.rag import embedding, plan
+from slmops.rag import publish as publishing
+from slmops.rag.embedding import EmbedShard, ShardRunner
 from slmops.rag.evals import mode_table
-from slmops.rag.ingest import (
-    EmbedShard,
-    EmbedStats,
-    IngestConfig,
-    IngestReport,
-    IngestStages,
-    ShardRunner,
-)
+from slmops.rag.ingest_config import IngestConfig
+from slmops.rag.plan import EmbedStats, IngestReport
 from slmops.store import open_store
 from slmops.store.versions import INDEXES, VersionedArtifact
 from tasks.retries import RETRIES
 from tasks.signals import ProgressBar
 
-prepare_docs = task(name="plan-and-split", **RETRIES)(ingest.prepare)
-assemble_index = task(name="assemble-index", **RETRIES)(ingest.assemble)
-evaluate_retrieval = task(name="evaluate-retrieval")(ingest.evaluate_candidate)
+prepare_docs = task(name="plan-and-split", **RETRIES)(plan.prepare)
+assemble_index = task(name="assemble-index", **RETRIES)(publishing.assemble)
+evaluate_retrieval = task(name="evaluate-retrieval")(publishing.evaluate_candidate)
 # Not retried: a version half-written by a failed attempt must not be written again, and a
 # lost race on `latest` must be looked at, not overwritten.
-publish_index = task(name="publish-index", cache_policy=NONE)(ingest.publish)
+publish_index = task(name="publish-index", cache_policy=NONE)(publishing.publish)
 
 
 def _progress(name: str) -> Callable[[int, int], None]:
@@ -59,7 +56,7 @@ def embed_chunks(
     """Embed new chunks with checkpoints; a retried or re-run task resumes from them.
 
     Progress shows as a Prefect progress artifact (`on_progress` is not used here)."""
-    return ingest.embed(store, name, config, workdir, on_progress=_progress(name))
+    return embedding.embed(store, name, config, workdir, on_progress=_progress(name))
 
 
 # One shard on a cluster's worker. Retried there for what may pass again (a store hiccup); a
@@ -69,7 +66,7 @@ embed_shard = task(
     task_run_name="embed-shard-{shard.number}",
     cache_policy=NONE,
     **RETRIES,
-)(ingest.embed_shard)
+)(embedding.embed_shard)
 
 
 def on_dask(address: str) -> ShardRunner:
@@ -105,7 +102,7 @@ def embed_on_cluster(address: str) -> Callable[..., EmbedStats]:
     ) -> EmbedStats:
         logger = get_run_logger()
         logger.info(f"embedding index {name}'s new chunks in shards on the Dask cluster {address}")
-        return ingest.embed_fanned_out(
+        return embedding.embed_fanned_out(
             store,
             name,
             config,
@@ -118,7 +115,7 @@ def embed_on_cluster(address: str) -> Callable[..., EmbedStats]:
     return embed
 
 
-# The ingest pipeline (slmops.rag.ingest.run_ingest) with each stage as a Prefect task.
+# The ingest pipeline (slmops.pipelines.ingest.run_ingest) with each stage as a Prefect task.
 TASK_STAGES = IngestStages(
     prepare=prepare_docs,
     embed=embed_chunks,

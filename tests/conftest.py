@@ -309,7 +309,7 @@ def trained(
     adapter (the suite's recipe, tests.helpers.TEST_RECIPE) the training, gate, promotion,
     assess and stack tests look at."""
     from flows.refine_tune import RefineTuneParams, refine_tune
-    from slmops.rag.ingest import run_ingest
+    from slmops.pipelines.ingest import run_ingest
     from slmops.training.trainer import TrainConfig
     from tests.helpers import EXAMPLE, TEST_RECIPE, task_runs
 

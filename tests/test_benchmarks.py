@@ -109,7 +109,7 @@ def test_retrieval_alone_tells_the_fresh_prompts_apart_and_the_served_cut_keeps_
     """The learning curve's baseline for the adapter's scope decision: the nearest chunk's
     similarity in the example's index ranks the fresh in-scope prompts above the off-topic
     ones (0.995 on the bundled docs), and a line on it meets both scope targets."""
-    from slmops.rag.ingest import run_ingest
+    from slmops.pipelines.ingest import run_ingest
     from slmops.rag.retrieval import load_index
     from slmops.store.local import LocalStore
     from slmops.suites.spec import load_suites

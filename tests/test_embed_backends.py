@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from slmops.errors import ConfigError
+from slmops.pipelines.ingest import run_ingest
 from slmops.rag.embedder import (
     Embedder,
     default_model_path,
@@ -21,7 +22,8 @@ from slmops.rag.embedder import (
     model_id,
     token_counter,
 )
-from slmops.rag.ingest import IngestConfig, IngestReport, run_ingest
+from slmops.rag.ingest_config import IngestConfig
+from slmops.rag.plan import IngestReport
 from slmops.rag.retrieval import load_index
 from slmops.store.local import LocalStore
 from slmops.store.versions import INDEXES, VersionedArtifact

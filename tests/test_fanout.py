@@ -18,19 +18,19 @@ import pytest
 from benchmarks.ingest_throughput import generate_corpus
 from infra import dask_cluster
 from slmops.errors import ConfigError
-from slmops.rag.index_files import DOCS, EMBEDDINGS, NODES
-from slmops.rag.ingest import (
+from slmops.pipelines.ingest import run_ingest
+from slmops.rag.embedding import (
     EmbedShard,
-    IngestConfig,
     ShardsFailed,
     clear_checkpoints,
     embed,
     embed_fanned_out,
     embed_shard,
-    prepare,
-    run_ingest,
     run_shards_here,
 )
+from slmops.rag.index_files import DOCS, EMBEDDINGS, NODES
+from slmops.rag.ingest_config import IngestConfig
+from slmops.rag.plan import prepare
 from slmops.store.base import ObjectStore
 from slmops.store.local import LocalStore
 from slmops.store.s3 import S3Store

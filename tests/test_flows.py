@@ -56,7 +56,7 @@ def test_ingest_docs_flow_publishes_a_version_and_reports_it(
     store: ObjectStore, store_uri_env: str, tmp_path: Path
 ) -> None:
     from flows.ingest_docs import IngestDocsParams, ingest_docs
-    from slmops.rag.ingest import IngestConfig
+    from slmops.rag.ingest_config import IngestConfig
 
     docs = tmp_path / "docs"
     for rel in ("crew/deckhands.md", "api/error-codes.md", "html/keyboard-shortcuts.html"):

@@ -16,9 +16,12 @@ import numpy as np
 import pytest
 
 from slmops.errors import ConfigError
+from slmops.pipelines.ingest import run_ingest
 from slmops.rag.docs import FORMATS, DocLimits, DocSource
 from slmops.rag.embedder import get_embedder
-from slmops.rag.ingest import EMBEDDINGS, NODES, IngestConfig, IngestReport, run_ingest
+from slmops.rag.index_files import EMBEDDINGS, NODES
+from slmops.rag.ingest_config import IngestConfig
+from slmops.rag.plan import IngestReport
 from slmops.store.base import ObjectStore
 from slmops.store.local import LocalStore
 from slmops.store.versions import INDEXES, VersionedArtifact
@@ -285,7 +288,7 @@ def test_chunk_folder_gives_the_chunks_an_ingest_of_the_folder_stores(
 ) -> None:
     """Training conversations are built from chunk_folder: they hold the passages retrieval
     will put into a prompt only if it cuts the docs as ingestion does."""
-    from slmops.rag.ingest import chunk_folder
+    from slmops.rag.chunking import chunk_folder
 
     config = IngestConfig(chunk_size=64, chunk_overlap=8)
     report = ingest(docs, store, tmp_path, config=config)

@@ -151,8 +151,8 @@ def test_stages_are_leaves_over_the_foundation_and_pipelines_chain_them() -> Non
             sideways = rank == their_rank == 1 and theirs != package
             if their_rank > rank or sideways:
                 found.append(f"{path.relative_to(ROOT)}:{line} imports {imp}")
-    assert not found, (
-        "a module imports one of a higher layer or another stage:\n" + "\n".join(found)
+    assert not found, "a module imports one of a higher layer or another stage:\n" + "\n".join(
+        found
     )
 
 

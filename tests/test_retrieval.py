@@ -11,9 +11,10 @@ from typer.testing import CliRunner
 import slmops
 from slmops.cli import app
 from slmops.errors import ConfigError
+from slmops.pipelines.ingest import run_ingest
 from slmops.rag.evals import load_questions
 from slmops.rag.hybrid import Bm25Side, fuse
-from slmops.rag.ingest import IngestReport, run_ingest
+from slmops.rag.plan import IngestReport
 from slmops.rag.retrieval import load_index
 from slmops.store.local import LocalStore
 from slmops.store.versions import INDEXES, VersionedArtifact

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from slmops.rag.chunking import chunk_folder, chunk_holding
 from slmops.rag.docs import section_leads
-from slmops.rag.ingest import chunk_folder, chunk_holding
 from slmops.suites.prompts import with_context
 
 HERE = Path(__file__).resolve().parent

@@ -43,7 +43,8 @@ def ingest(
     """Ingest documentation into a new index version (the ingest-docs flow, without Prefect)."""
     import tempfile
 
-    from slmops.rag.ingest import IngestConfig, run_ingest
+    from slmops.pipelines.ingest import run_ingest
+    from slmops.rag.ingest_config import IngestConfig
     from slmops.rag.onnx_backend import check_backend
 
     config = IngestConfig(

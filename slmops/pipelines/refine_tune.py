@@ -8,7 +8,7 @@ and a serving config is set).
 
 The pipeline is written once, here; the flow (flows/refine_tune.py) passes the same stage
 functions wrapped as Prefect tasks (retries, progress artifacts, the run's log) and the gate
-and promotion as subflows, the way `slmops.rag.ingest.IngestStages` serves the ingest flow.
+and promotion as subflows, the way `slmops.pipelines.ingest.IngestStages` serves the ingest flow.
 
 Idempotent: the same base weights, dataset and weight-changing config train once, even when
 two runs start together (the one that claims the training key trains, holding the claim
