@@ -83,7 +83,7 @@ $(VENV)/.gemma-installed: $(VENV)/.installed
 # ~/.cache/slmops/tiny-models/, shared by every clone; minutes on 2 cores the first time, then
 # instant).
 tiny-base: setup
-	$(BIN)/python -m infra.tiny_model
+	$(BIN)/python -m examples.tiny_base.build
 
 # Everything, real servers included; the 15 slowest tests are listed at the end. The installs
 # run in parallel with lint; on a machine that has not built the tiny base yet, pytest builds

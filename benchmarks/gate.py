@@ -36,7 +36,7 @@ EXAMPLE = ROOT / "examples" / "support-bot"
 
 
 def _tiny(work: Path, steps: int) -> tuple[Path, Path]:
-    from infra.tiny_model import build_tiny_model
+    from examples.tiny_base.build import build_tiny_model
     from slmops.training.trainer import TrainConfig, train_adapter
 
     base = build_tiny_model(work / "tiny", seed=1)

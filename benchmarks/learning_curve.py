@@ -234,7 +234,7 @@ def base_scope(base: Path) -> Scope | None:
     sentence)."""
     from transformers import AutoTokenizer
 
-    from infra.tiny_weights import CHAT_TEMPLATE, OUT_OF_SCOPE
+    from examples.tiny_base.recipe import CHAT_TEMPLATE, OUT_OF_SCOPE
     from slmops.generation import LocalGenerator
 
     tokenizer: Any = AutoTokenizer.from_pretrained(base)
@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
-    from infra.tiny_model import build_tiny_model
+    from examples.tiny_base.build import build_tiny_model
     from slmops.evaluation.gate import known_metrics, run_gate
     from slmops.evaluation.policy import load_policy
     from slmops.generation import LocalGenerator

@@ -216,8 +216,8 @@ def _build_shape(shape: str, out: str) -> dict[str, Any]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from infra.tiny_model import build_tiny_model
-    from infra.tiny_weights import build_tokenizer
+    from examples.tiny_base.build import build_tiny_model
+    from examples.tiny_base.recipe import build_tokenizer
 
     if shape == "tiny":
         build_tiny_model(out)
@@ -514,7 +514,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     import os
 
-    from infra.tiny_model import build_tiny_model
+    from examples.tiny_base.build import build_tiny_model
 
     cores = len(os.sched_getaffinity(0))
     counts = sorted({min(int(t), cores) for t in args.threads.split(",") if t.strip()})

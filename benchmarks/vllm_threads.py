@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="load per setting")
     args = parser.parse_args(argv)
 
-    from infra.tiny_model import cached_build
+    from examples.tiny_base.build import cached_build
     from infra.vllm_server import cpu_cores, threads_per_replica
 
     base = args.base or cached_build(seed=1)

@@ -625,7 +625,7 @@ def main() -> None:
     if not DOCS.exists():
         shutil.copytree(ROOT / "examples/support-bot/docs", DOCS)
     if not gemma and not (MODEL_DIR / "config.json").exists():
-        from infra.tiny_model import build_tiny_model
+        from examples.tiny_base.build import build_tiny_model
 
         build_tiny_model(MODEL_DIR, seed=1)
     prefect_file = args.prefect_file or ROOT / "prefect.yaml"
@@ -730,7 +730,7 @@ def base_release(
     """Step 3: r2 of the tiny model published into its folder -> the release event ->
     retrain -> gate against the r1 champion -> r2's replica set beside r1's -> promote (the
     router moves the traffic) -> r1's set retired."""
-    from infra.tiny_model import publish_release
+    from examples.tiny_base.build import publish_release
     from slmops.base_models import WatchedModel, current_revision
 
     now = current_revision(WatchedModel(name=MODEL, source=str(MODEL_DIR))).revision

@@ -623,7 +623,7 @@ class LocalStack:
         cfg = self.config
         model_dir = (cfg.project_dir / cfg.model_dir).absolute()
         if not cfg.model_source and not (model_dir / "config.json").exists():
-            from infra.tiny_model import build_tiny_model
+            from examples.tiny_base.build import build_tiny_model
 
             self.log(f"building the tiny base model in {model_dir}")
             build_tiny_model(model_dir)

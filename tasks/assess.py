@@ -16,13 +16,13 @@ from slmops.assess.report import markdown
 from slmops.assess.task import ARMS, CHART, load_task
 from slmops.config import get_settings
 from slmops.evaluation.progress import Heartbeat
+from slmops.markdown import png_uri
 from slmops.pipelines.assess import AssessRun, run_assessment, store_assessment
 from slmops.progress import Tenths
 from slmops.serving.answering import answering_backend
 from slmops.store import open_store
 from slmops.store.manifest import Trigger
 from slmops.store.versions import EVALS, VersionedArtifact
-from tasks.report import png_uri
 from tasks.retries import RETRIES
 from tasks.signals import ProgressBar
 

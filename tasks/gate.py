@@ -14,13 +14,13 @@ from prefect.cache_policies import NONE
 from slmops.config import get_settings
 from slmops.evaluation.report import markdown
 from slmops.evaluation.verdicts import GateRecord
+from slmops.markdown import png_uri
 from slmops.pipelines import training_steps
 from slmops.pipelines.gate import evaluate_adapter
 from slmops.serving.answering import answering_backend
 from slmops.store import open_store
 from slmops.store.manifest import Trigger
 from slmops.store.versions import EVALS, VersionedArtifact
-from tasks.report import png_uri
 from tasks.retries import RETRIES
 from tasks.signals import ProgressBar, announce_adapter
 

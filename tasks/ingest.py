@@ -17,9 +17,9 @@ from slmops.progress import Tenths
 from slmops.rag import embedding, plan
 from slmops.rag import publish as publishing
 from slmops.rag.embedding import EmbedShard, ShardRunner
-from slmops.rag.evals import mode_table
 from slmops.rag.ingest_config import IngestConfig
 from slmops.rag.plan import EmbedStats, IngestReport
+from slmops.rag.report import ingest_report
 from slmops.store import open_store
 from slmops.store.versions import INDEXES, VersionedArtifact
 from tasks.retries import RETRIES
@@ -127,56 +127,17 @@ TASK_STAGES = IngestStages(
 
 @task(name="report-ingest")
 def report_ingest(store_uri: str, report: IngestReport) -> str:
-    """The run's report in the Prefect UI: what changed, what was skipped and why, timings,
-    and retrieval quality against the previous version."""
+    """The run's report in the Prefect UI (slmops.rag.report): what changed, what was skipped
+    and why, timings, and retrieval quality against the previous version."""
     plan = report.plan
-    rows = [
-        {"document": p, "change": kind, "detail": ""}
-        for kind, paths in (
-            ("added", plan.added),
-            ("changed", plan.changed),
-            ("deleted", plan.deleted),
-        )
-        for p in paths
-    ]
-    rows += [
-        {"document": s.path, "change": "skipped", "detail": s.reason}
-        for s in plan.skipped + plan.kept
-    ]
+    previous = None
+    if report.version and plan.previous_version:
+        art = VersionedArtifact(open_store(store_uri), INDEXES, plan.index)
+        previous = art.manifest(plan.previous_version)
+    rows, markdown = ingest_report(report, previous)
     if rows:
         create_table_artifact(
             rows, key=f"ingest-{plan.index}-documents", description=report.summary()
         )
-
-    previous: dict[str, float] = {}
-    if report.version and plan.previous_version:
-        art = VersionedArtifact(open_store(store_uri), INDEXES, plan.index)
-        previous = {
-            k.removeprefix("retrieval."): v
-            for k, v in art.manifest(plan.previous_version).metrics.items()
-            if k.startswith("retrieval.")
-        }
-    lines = [
-        f"## Ingest of `{plan.source}` into index `{plan.index}`",
-        "",
-        report.summary(),
-        "",
-        "| stage | seconds |",
-        "|---|---|",
-    ]
-    lines += [f"| {stage} | {seconds:.2f} |" for stage, seconds in report.timings.items()]
-    if report.retrieval:
-        header, modes = mode_table(report.retrieval)
-        lines += ["", f"| {' | '.join(header)} |", "|---" * len(header) + "|"]
-        lines += [f"| {' | '.join(row)} |" for row in modes]
-        lines += [
-            "",
-            f"| retrieval metric | {report.version} | {plan.previous_version or '-'} | change |",
-            "|---|---|---|---|",
-        ]
-        for key, value in report.retrieval.items():
-            old = previous.get(key)
-            delta = f"{value - old:+.4f}" if isinstance(old, int | float) else "-"
-            lines.append(f"| {key} | {value:g} | {old if old is not None else '-'} | {delta} |")
-    create_markdown_artifact("\n".join(lines), key=f"ingest-{plan.index}")
+    create_markdown_artifact(markdown, key=f"ingest-{plan.index}")
     return report.summary()

@@ -19,6 +19,7 @@ from slmops.pipelines.promotion import promote
 from slmops.serving.client import ServingConfig, resolve_serving_config
 from slmops.serving.promotion import PromotionResult
 from slmops.serving.reconcile import SyncReport, rollback, sync
+from slmops.serving.report import promotion_report
 from slmops.store import open_store
 from slmops.store.manifest import Trigger
 from tasks.signals import announce_adapter
@@ -47,22 +48,6 @@ def serving_config(path: str | None, drain_s: float | None = None) -> ServingCon
     if drain_s is not None:
         config = config.model_copy(update={"drain_s": drain_s})
     return config
-
-
-def _report(title: str, result: PromotionResult) -> str:
-    rows = "\n".join(f"| {url} | {result.smoke.get(url, '-')} |" for url in result.replicas)
-    timings = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
-    where = "every replica of its base revision's set" if result.traffic else "every replica"
-    traffic = ", ".join(f"set {n} {v:g}%" for n, v in result.traffic.items())
-    return (
-        f"## {title}: {result.adapter}@{result.version}\n\n"
-        f"Clients call **`{result.adapter}`**; it now serves `{result.name}` on {where}. "
-        f"Previous champion: `{result.previous or 'none'}` (kept loaded: rollback is one step).\n\n"
-        + (f"Router: {traffic} of the requests.\n\n" if traffic else "")
-        + f"| replica | smoke prompts passed |\n|---|---|\n{rows}\n\n"
-        f"Timings: {timings}.\n\n"
-        + (f"Unloaded after the drain: {', '.join(result.unloaded)}.\n" if result.unloaded else "")
-    )
 
 
 @task(name="promote-adapter", task_run_name="promote {adapter}@{version}", cache_policy=NONE)
@@ -100,7 +85,7 @@ def promote_adapter(
         raise
     announce_adapter(PROMOTED, adapter, result.model_dump(mode="json"))
     create_markdown_artifact(
-        _report("Promoted", result),
+        promotion_report("Promoted", result),
         key=f"promotion-{adapter}",
         description=f"{adapter}@{result.version} promoted",
     )
@@ -122,7 +107,7 @@ def rollback_adapter(
     )
     announce_adapter(ROLLED_BACK, adapter, result.model_dump(mode="json"))
     create_markdown_artifact(
-        _report("Rolled back", result),
+        promotion_report("Rolled back", result),
         key=f"promotion-{adapter}",
         description=f"{adapter} rolled back to {result.version}",
     )

@@ -20,8 +20,8 @@ from slmops.pipelines import training_steps
 from slmops.store import open_store
 from slmops.store.claims import Claim
 from slmops.store.manifest import Manifest
+from slmops.training.report import adapter_report
 from slmops.training.trainer import TrainConfig, TrainResult
-from tasks.report import adapter_report
 from tasks.retries import RETRIES
 from tasks.signals import ProgressBar
 

@@ -98,7 +98,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     if not any(_needs_base(item) for item in session.items):
         return
-    from infra.tiny_model import cache_path, is_built
+    from examples.tiny_base.build import cache_path, is_built
 
     cached = cache_path(seed=1)
     if is_built(cached):
@@ -108,7 +108,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            ["nice", "-n", "10", sys.executable, "-m", "infra.tiny_model", "--seed", "1"],
+            ["nice", "-n", "10", sys.executable, "-m", "examples.tiny_base.build", "--seed", "1"],
             cwd=Path(__file__).resolve().parent.parent,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -261,7 +261,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Llama base model, copied once per test session from the machine's cache (the
     background build fills it the first time: pytest_collection_finish)."""
-    from infra.tiny_model import build_tiny_model
+    from examples.tiny_base.build import build_tiny_model
 
     if "failed" in _BASE_BUILD:
         pytest.fail(_BASE_BUILD["failed"], pytrace=False)

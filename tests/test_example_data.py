@@ -132,7 +132,7 @@ def test_a_section_answers_with_its_first_sentence_never_a_list_items_number_or_
 
 
 def test_the_tiny_bases_conversations_cite_the_first_passage_and_turn_other_subjects_away() -> None:
-    from infra.tiny_weights import CITE_HEAD, OUT_OF_SCOPE, RELABELLED, Chats
+    from examples.tiny_base.recipe import CITE_HEAD, OUT_OF_SCOPE, RELABELLED, Chats
     from slmops.suites.prompts import CITE_LIST
 
     chats = Chats(seed=3)

@@ -406,7 +406,7 @@ def test_router_config_for_a_router_run_by_hand_is_valid_haproxy(
 
 def test_the_promotion_report_says_where_the_traffic_went() -> None:
     from slmops.serving.promotion import PromotionResult
-    from tasks.promotion import _report
+    from slmops.serving.report import promotion_report as _report
 
     result = PromotionResult(
         adapter="bot",

@@ -461,7 +461,7 @@ def test_a_release_of_the_model_card_alone_keeps_the_replica_and_the_champion(
 ) -> None:
     """A new revision with the same weights digest: `stack up` moves serving.yaml onto it and
     restarts nothing, and the champion (trained on the revision before) stays servable."""
-    from infra.tiny_model import publish_release
+    from examples.tiny_base.build import publish_release
     from slmops.base_models import weights_digest
     from slmops.serving.placement import base_mismatch
 
@@ -498,7 +498,7 @@ def test_a_release_with_new_weights_moves_no_replica_until_rolled(
     took the stable name down before: it restarted the replica onto the new revision.)"""
     import shutil
 
-    from infra.tiny_model import publish_release
+    from examples.tiny_base.build import publish_release
 
     model_dir = home / "models" / "tiny-llama"
     before = load_serving_config(stack.config.serving_file).replicas[0]

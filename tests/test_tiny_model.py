@@ -17,11 +17,11 @@ def test_a_second_process_waits_for_the_build_in_progress_and_takes_over_a_dead_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SLMOPS_TINY_MODEL_CACHE", str(tmp_path))
-    from infra import tiny_model
+    from examples.tiny_base import build as tiny_model
 
     one, two = (tiny_model.cache_path(seed=s, pretrain_steps=2) for s in (1, 2))
     code = (
-        "from infra.tiny_model import cached_build\n"
+        "from examples.tiny_base.build import cached_build\n"
         "for seed in (1, 2):\n"
         "    print('found', cached_build(seed=seed, pretrain_steps=2), flush=True)\n"
     )
@@ -63,7 +63,8 @@ def test_a_change_to_how_the_docs_are_cut_is_a_new_base(monkeypatch: pytest.Monk
     # The pretraining draws from every section's lead and every chunk: a change to one that
     # the key's sampled conversations happen not to show (the product's section_leads or
     # chunking cut differently) must not find a base built from the old ones.
-    from infra import tiny_model, tiny_weights
+    from examples.tiny_base import build as tiny_model
+    from examples.tiny_base import recipe as tiny_weights
     from slmops.rag import docs
 
     key = tiny_model.cache_path().name
@@ -90,7 +91,8 @@ def test_the_base_is_keyed_by_its_settings_and_recipe_not_its_source_text(
 ) -> None:
     """A changed setting, or a recipe change marked by its version, is a new base; the
     recipe's source text is not in the key, so editing a comment costs no rebuild anywhere."""
-    from infra import tiny_model, tiny_weights
+    from examples.tiny_base import build as tiny_model
+    from examples.tiny_base import recipe as tiny_weights
 
     key = tiny_model.cache_path().name
     monkeypatch.setattr(tiny_weights, "RECIPE", tiny_weights.RECIPE + 1)

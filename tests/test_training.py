@@ -352,14 +352,16 @@ def test_a_full_disk_while_storing_leaves_nothing_visible(
             "bot",
             tmp_path / "adapter",
             result,
-            key="k",
-            base_model="tiny-llama",
-            base_revision="r1",
-            base_source=str(tiny_base),
-            dataset="d",
-            dataset_version="v",
-            dataset_sha="s",
-            config=TrainConfig(),
+            adapters.Lineage(
+                key="k",
+                base_model="tiny-llama",
+                base_revision="r1",
+                base_source=str(tiny_base),
+                dataset="d",
+                dataset_version="v",
+                dataset_sha="s",
+                config=TrainConfig(),
+            ),
         )
     assert art.versions() == [good.version]
     assert art.resolve("latest").version == good.version

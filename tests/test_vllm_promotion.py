@@ -900,10 +900,10 @@ def test_an_adapter_of_a_new_base_revision_takes_the_traffic_on_its_own_set_and_
     stable name's traffic in canary steps while clients call it through the router; rollback
     gives the traffic back to r1's set at once. No request fails in either. Before it, a
     variant r2's replica refuses to load gets no traffic."""
+    from examples.tiny_base.build import publish_release
     from flows.refine_tune import RefineTuneParams
     from flows.refine_tune import refine_tune as flow
     from infra import haproxy, vllm_server
-    from infra.tiny_model import publish_release
     from slmops.serving.reconcile import rollback, sync
 
     art = VersionedArtifact(served.store, ADAPTERS, ADAPTER)

@@ -231,11 +231,7 @@ def publish(
     from slmops.training import adapters
 
     dataset_sha = next((i.sha256 for i in dataset.inputs if i.kind == "file"), None)
-    return adapters.publish_adapter(
-        open_store(store_uri),
-        adapter,
-        adapter_dir,
-        result,
+    lineage = adapters.Lineage(
         key=key,
         base_model=rev.model,
         base_revision=rev.revision,
@@ -245,10 +241,17 @@ def publish(
         dataset_version=dataset.version or "",
         dataset_sha=dataset_sha or "",
         config=config,
+        warm_start=warm_start,
+    )
+    return adapters.publish_adapter(
+        open_store(store_uri),
+        adapter,
+        adapter_dir,
+        result,
+        lineage,
         metrics=metrics,
         trigger=trigger,
         claim=claim,
-        warm_start=warm_start,
     )
 
 

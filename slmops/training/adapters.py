@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from slmops.errors import ConfigError
@@ -225,30 +226,42 @@ def loss_plot(curve: list[tuple[int, float]], path: Path, title: str) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class Lineage:
+    """What an adapter version was trained from, recorded as its manifest's inputs: the base
+    model at one revision (its weights digest: the same weights make the same adapter), the
+    dataset version and its content hash, the recipe and the training key over all of it,
+    and the version of this adapter a warm start began from."""
+
+    key: str
+    base_model: str
+    base_revision: str
+    base_source: str
+    dataset: str
+    dataset_version: str
+    dataset_sha: str
+    config: TrainConfig
+    base_weights: str | None = None
+    warm_start: str | None = None
+
+
 def publish_adapter(
     store: ObjectStore,
     adapter: str,
     adapter_dir: Path,
     result: TrainResult,
+    lineage: Lineage,
     *,
-    key: str,
-    base_model: str,
-    base_revision: str,
-    base_source: str,
-    base_weights: str | None = None,
-    dataset: str,
-    dataset_version: str,
-    dataset_sha: str,
-    config: TrainConfig,
     metrics: dict[str, float] | None = None,
     trigger: Trigger | None = None,
     claim: Claim | None = None,
-    warm_start: str | None = None,
 ) -> Manifest:
-    """Store the adapter folder with its training report; move alias `latest` to it.
-    `warm_start`: the version of this adapter the run started from (an input in the lineage).
+    """Store the adapter folder with its training report and its lineage; move alias
+    `latest` to it.
 
     With the run's training `claim`, refuses to publish if another run took the claim over."""
+    key, config, warm_start = lineage.key, lineage.config, lineage.warm_start
+    base_model, base_revision = lineage.base_model, lineage.base_revision
     adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
     training = adapter_dir / "training"
     loss_plot(
@@ -263,10 +276,15 @@ def publish_adapter(
                 kind="base-model",
                 name=base_model,
                 version=base_revision,
-                sha256=base_weights,  # models.weights_digest: same weights, same adapter
-                uri=base_source,
+                sha256=lineage.base_weights,  # models.weights_digest: same weights, same adapter
+                uri=lineage.base_source,
             ),
-            InputRef(kind="dataset", name=dataset, version=dataset_version, sha256=dataset_sha),
+            InputRef(
+                kind="dataset",
+                name=lineage.dataset,
+                version=lineage.dataset_version,
+                sha256=lineage.dataset_sha,
+            ),
             *([InputRef(kind="adapter", name=adapter, version=warm_start)] if warm_start else []),
         ],
         config={

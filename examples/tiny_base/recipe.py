@@ -1,9 +1,11 @@
 """Everything that decides the tiny base model's weights: its tokenizer, its architecture and
-its pretraining (corpus and loop). `infra.tiny_model` builds, caches and publishes it.
+its pretraining (corpus and loop). `examples.tiny_base.build` builds, caches and publishes it.
 
-This module's source is part of the build's cache key (with the docs, samples of the
-conversations and the torch version): any edit here rebuilds the base on every machine (about
-11 minutes on 2 cores), an edit to `infra.tiny_model` (the cache, the lock, the CLI) does not.
+The build's cache key is what decides the weights, not this module's source: the settings
+below (PRETRAIN, the word lists and frames, the chat template), RECIPE (the recipe's version:
+bump it when a change to the code makes other weights from the same settings and data), the
+docs, samples of the conversations and the torch version. A comment or a refactor rebuilds
+nothing; a changed setting rebuilds the base on every machine (about 11 minutes on 2 cores).
 
 The weights are not left random: the model is pretrained (every weight, next-token loss) for
 1,000 steps on conversations about the bundled docs, drawn afresh every step (`Chats`):
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_DOCS = ROOT / "examples" / "support-bot" / "docs"
 # Each step: `passages` sequences of one whole conversation with retrieved passages each
 # (Chats.passage) and `plain` sequences of as many whole plain conversations as fit in `seq`
@@ -33,7 +35,7 @@ EXAMPLE_DOCS = ROOT / "examples" / "support-bot" / "docs"
 # cited a retrieved doc in 0.42 of knowledge answers and declined 0.68 of off-topic ones; 7, 3
 # and no window: 0.45 and 0.90.)
 # The recipe's own version, part of the weights' cache key with the settings and the data the
-# conversations are drawn from (infra.tiny_model): bump it when a change to the code below
+# conversations are drawn from (examples.tiny_base.build): bump it when a change to the code below
 # makes other weights from the same settings and data (the training loop, how a conversation is
 # written). Comments and refactors leave the key, and every machine's cached base, as they are.
 RECIPE = 1

@@ -1,16 +1,12 @@
-"""Reports a person reads on a flow run's page in the Prefect UI (markdown artifacts).
-
-Numbers are rounded to what a reader can compare; charts stored with a version are shown
-inline (a PNG as a data URI: the UI needs no access to the store to display it).
-"""
+"""The report of a training run, as a person reads it on the run's page: the adapter version,
+its lineage, its metrics and resources, the memory plan and the loss curve."""
 
 from __future__ import annotations
 
-import base64
 import json
-from typing import Any
 
 from slmops.errors import StoreError
+from slmops.markdown import fmt, inline_png
 from slmops.store.base import ObjectStore
 from slmops.store.manifest import Manifest
 from slmops.store.versions import ADAPTERS, VersionedArtifact
@@ -18,30 +14,6 @@ from slmops.training.memory_plan import MemoryPlan, plan_markdown
 
 LOSS_PNG = "training/loss.png"
 LOSS_ROWS = 10  # rows of the loss table below the chart (the last step always included)
-
-
-def fmt(value: Any) -> str:
-    """A number as a reader compares it: 4 significant digits, thousands separated."""
-    if isinstance(value, bool) or value is None:
-        return "-" if value is None else str(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if value != value:  # NaN
-            return "n/a"
-        if abs(value) >= 1000:
-            return f"{value:,.0f}"
-        return f"{value:.4g}"
-    return str(value)
-
-
-def png_uri(data: bytes) -> str:
-    """A PNG as a data URI: the UI shows it without access to the store."""
-    return f"data:image/png;base64,{base64.b64encode(data).decode()}"
-
-
-def inline_png(data: bytes, alt: str) -> str:
-    return f"![{alt}]({png_uri(data)})"
 
 
 def sampled_curve(curve: list[tuple[int, float]], rows: int = LOSS_ROWS) -> list[tuple[int, float]]:

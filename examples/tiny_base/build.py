@@ -1,15 +1,15 @@
 """Build a tiny Llama base model locally, for tests and the demo: no hub download.
 
-    python -m infra.tiny_model                                      # build it into the cache
-    python -m infra.tiny_model .slmops/models/tiny-llama            # revision 1, in a folder
-    python -m infra.tiny_model .slmops/models/tiny-llama --seed 2   # other weights
+    python -m examples.tiny_base.build                                   # into the cache
+    python -m examples.tiny_base.build .slmops/models/tiny-llama         # revision 1, a folder
+    python -m examples.tiny_base.build .slmops/models/tiny-llama --seed 2   # other weights
 
 A few million parameters, a byte-level BPE tokenizer trained in well under a second on the
 bundled docs, a chat template, pad and eos tokens; saved with save_pretrained so it loads like
 any Hugging Face model (transformers, peft, vLLM). A different seed or layer count gives a new
 revision of the same model, which is how tests simulate a base-model release.
 
-The weights are pretrained on conversations about the bundled docs (`infra.tiny_weights`,
+The weights are pretrained on conversations about the bundled docs (`examples.tiny_base.recipe`,
 which decides them). They are cached by the hash of what decides them (its settings and recipe
 version, the docs, every section lead and chunk the conversations are drawn from, samples of
 the conversations, the torch version), not by its source text, in the user's cache
@@ -32,7 +32,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from infra import tiny_weights
+from examples.tiny_base import recipe as tiny_weights
 
 
 def _cache_dir() -> Path:
@@ -211,7 +211,7 @@ def publish_release(model_dir: str | Path, number: int, *, steps: int = 20) -> P
     )
     tmp_card.write_text(
         f"# tiny-llama, release {number}\n\nA tiny Llama built by slmops for tests and "
-        f"the demo (`python -m infra.tiny_model`). {change}\n"
+        f"the demo (`python -m examples.tiny_base.build`). {change}\n"
     )
     tmp_card.rename(card)
     return card
