@@ -83,44 +83,43 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class _Clients:
-    """Threads posting to the router until stopped; each request's time, latency, outcome."""
+    """Threads posting to the router until stopped (infra.load); each request's time, latency
+    and outcome (the set that answered, or how it failed)."""
 
     def __init__(self, url: str, threads: int):
         import httpx
 
-        self.url, self.records, self.stop = url, [], threading.Event()  # type: ignore[var-annotated]
-        self.lock = threading.Lock()
-        self.httpx = httpx
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        from infra.load import Load
 
-    def _run(self) -> None:
-        with self.httpx.Client(timeout=30) as client:
-            while not self.stop.is_set():
-                t0 = time.perf_counter()
-                try:
-                    r = client.post(
-                        f"{self.url}/v1/chat/completions",
-                        json={
-                            "model": "support-bot",
-                            "messages": [{"role": "user", "content": "hi"}],
-                        },
-                    )
-                    outcome = r.json()["set"] if r.status_code == 200 else f"HTTP {r.status_code}"
-                except Exception as exc:
-                    outcome = f"error {type(exc).__name__}"
-                t1 = time.perf_counter()
-                with self.lock:
-                    self.records.append((t0, t1 - t0, outcome))
+        def client(i: int) -> Callable[[int], str]:
+            http = httpx.Client(timeout=30)
+
+            def send(n: int) -> str:
+                r = http.post(
+                    f"{url}/v1/chat/completions",
+                    json={"model": "support-bot", "messages": [{"role": "user", "content": "hi"}]},
+                )
+                if r.status_code != 200:
+                    raise RuntimeError(f"HTTP {r.status_code}")
+                return str(r.json()["set"])
+
+            return send
+
+        self.load = Load(client, threads, max_requests=10**9, max_seconds=10**6)
+
+    @property
+    def records(self) -> list[tuple[float, float, str]]:
+        return [
+            (r.start, r.seconds, r.reply if r.reply is not None else f"error {r.error}")
+            for r in self.load.records
+        ]
 
     def __enter__(self) -> _Clients:
-        for t in self.threads:
-            t.start()
+        self.load.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(30)
+        self.load.__exit__(*exc)
 
 
 # -- the ways -----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,66 +50,42 @@ def run(
             "(.venv-vllm/bin/python, `make vllm`) or pip install openai"
         ) from exc
 
-    lock = threading.Lock()
-    sent = answered = 0
-    errors: dict[str, int] = {}
-    latencies: list[float] = []
-    deadline = time.monotonic() + max_seconds
+    from infra.load import Load
 
-    def client_loop(i: int) -> None:
-        nonlocal sent, answered
-        client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120)
-        while not stop.is_set() and time.monotonic() < deadline:
-            with lock:
-                if sent >= max_requests:
-                    return
-                sent += 1
-                question = QUESTIONS[sent % len(QUESTIONS)]
-            t0 = time.perf_counter()
-            try:
-                reply = client.chat.completions.create(
-                    model=model,
-                    messages=[{"role": "user", "content": question}],
-                    max_tokens=max_tokens,
-                    temperature=0,
-                )
-                ok = bool(reply.choices)
-                error = None if ok else "no choices in the answer"
-            except Exception as exc:  # every way a request fails counts, by its kind
-                ok, error = False, f"{type(exc).__name__}: {str(exc)[:160]}"
-            with lock:
-                if ok:
-                    answered += 1
-                    latencies.append(time.perf_counter() - t0)
-                else:
-                    errors[error or "?"] = errors.get(error or "?", 0) + 1
+    def client(i: int) -> Callable[[int], str]:
+        openai_client = openai.OpenAI(
+            base_url=base_url, api_key="unused", max_retries=0, timeout=120
+        )
+
+        def send(n: int) -> str:
+            reply = openai_client.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": QUESTIONS[n % len(QUESTIONS)]}],
+                max_tokens=max_tokens,
+                temperature=0,
+            )
+            if not reply.choices:
+                raise ValueError("no choices in the answer")
+            return str(reply.choices[0].message.content)
+
+        return send
 
     started = time.time()
-    workers = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(threads)]
-    for w in workers:
-        w.start()
-    if running is not None:
-        running.touch()
-    for w in workers:
-        while w.is_alive():
-            w.join(0.2)
-    latencies.sort()
-
-    def pct(q: float) -> float:
-        return round(1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1)
-
+    # every way a request fails counts, by its kind
+    load = Load(client, threads, max_requests=max_requests, max_seconds=max_seconds)
+    with load:
+        if running is not None:
+            running.touch()
+        while not stop.is_set() and any(t.is_alive() for t in load.threads):
+            time.sleep(0.2)
+        load.stop.set()
+        load.wait()  # the requests in flight come back (or time out) and count
     return {
         "base_url": base_url,
         "model": model,
         "client": f"openai {openai.__version__}",
-        "threads": threads,
         "seconds": round(time.time() - started, 1),
-        "sent": sent,
-        "answered": answered,
-        "failed": sum(errors.values()),
-        "errors": errors,
-        "p50_ms": pct(0.5) if latencies else None,
-        "p99_ms": pct(0.99) if latencies else None,
+        **load.summary(),
     }
 
 

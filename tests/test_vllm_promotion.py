@@ -11,7 +11,7 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -245,7 +245,8 @@ def test_refine_tune_gates_and_promotes_to_every_replica(served: Served) -> None
 
 # -- a new version, under load, then rollback --------------------------------------------------
 class Load:
-    """Clients calling the stable name on every replica in a bounded loop (loopback only)."""
+    """Clients calling the stable name on every replica in a bounded loop (loopback only), over
+    the project's one load generator (infra.load)."""
 
     def __init__(
         self,
@@ -255,50 +256,51 @@ class Load:
         via: list[Replica] | None = None,
     ):
         """`via`: where to send the requests instead of the replicas (e.g. the router)."""
-        self.s, self.asked, self.max_requests = s, asked, max_requests
-        self.via, self.routed = via or s.config.replicas, via is not None
-        self.sent, self.answered, self.failures = 0, 0, []  # type: ignore[var-annotated]
-        self.replies: list[tuple[int, str]] = []  # (index into asked, the stable name's reply)
-        self.lock, self.stop = threading.Lock(), threading.Event()
-        self.threads = [
-            threading.Thread(target=self._run, args=(i,), daemon=True)
-            for i in range(2 * len(s.config.replicas))
-        ]
+        from infra.load import Load as Clients
 
-    def _run(self, i: int) -> None:
-        # Through a router: no client-side retry, so a request the router drops is counted.
-        client = VLLMClient(self.via[i % len(self.via)], retries=0 if self.routed else 2)
-        deadline = time.monotonic() + 300
-        while not self.stop.is_set() and self.sent < self.max_requests:
-            if time.monotonic() > deadline:
-                return
-            with self.lock:
-                self.sent += 1
-                which = self.sent % len(self.asked)
-            try:
-                reply = client.chat(ADAPTER, self.asked[which], max_tokens=16)
-                self.replies.append((which, str(reply)))
-            except ServingError as exc:
-                self.failures.append(str(exc))
-            with self.lock:
-                self.answered += 1
+        targets, routed = via or s.config.replicas, via is not None
+
+        def client(i: int) -> Callable[[int], str]:
+            # Through a router: no client-side retry, so a request the router drops is counted.
+            vllm = VLLMClient(targets[i % len(targets)], retries=0 if routed else 2)
+            return lambda n: str(vllm.chat(ADAPTER, asked[n % len(asked)], max_tokens=16))
+
+        self.asked = asked
+        self.load = Clients(
+            client,
+            2 * len(s.config.replicas),
+            max_requests=max_requests,
+            max_seconds=300,
+            failure=ServingError,
+        )
+
+    @property
+    def answered(self) -> int:
+        """Requests that came back, answered or failed."""
+        return self.load.done
+
+    @property
+    def failures(self) -> list[str]:
+        return [r.error or "" for r in self.load.failed]
+
+    @property
+    def replies(self) -> list[tuple[int, str]]:
+        """(index into asked, the stable name's reply) of every answered request."""
+        return [
+            (r.number % len(self.asked), r.reply) for r in self.load.records if r.reply is not None
+        ]
 
     def keep_up(self, answered: int, timeout: float = 120) -> None:
         """Go on until `answered` requests have come back (those in flight through the
         change among them)."""
-        deadline = time.monotonic() + timeout
-        while self.answered < answered and time.monotonic() < deadline:
-            time.sleep(0.5)
+        self.load.keep_up(answered, timeout)
 
     def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
+        self.load.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=60)
+        self.load.__exit__(*exc)
 
 
 def test_a_new_version_replaces_the_old_under_load_and_rolls_back_without_a_failed_request(
