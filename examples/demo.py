@@ -107,7 +107,7 @@ class Prefect:
     )
 
     def __init__(self, api_url: str, ui_url: str):
-        from infra.stack import prefect_api
+        from infra.prefect_runs import prefect_api
 
         self.api_url, self.ui_url, self._api = api_url, ui_url, prefect_api
 

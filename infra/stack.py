@@ -19,24 +19,29 @@ router weights, and `retire` stops the old set once it takes none (blue/green).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infra.prefect_runs import RunsSettled, settle_runs
+from infra.processes import (
+    HOST,
+    _bin,
+    _http_ok,
+    _is_ours,
+    _pid_cmdline,
+    _port_open,
+    _stop_group,
+)
 from slmops.errors import SlmopsError
 
-HOST = "127.0.0.1"
 WORK_POOL = "slmops-local"
 S3_BUCKET = "slmops"
 # The local S3 server accepts any credentials; these are placeholders, not secrets.
@@ -191,133 +196,6 @@ _SAVED = (
     "served_model",
     "model_source",
 )
-
-
-def _bin(name: str) -> str:
-    """A console script installed beside this interpreter (the venv's own), else on PATH."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
-
-
-def _served_folder(cmdline: list[str]) -> Path | None:
-    """The model folder a vLLM replica's command line serves (`--model DIR`), if it exists."""
-    if "--model" not in cmdline[:-1]:
-        return None
-    folder = Path(cmdline[cmdline.index("--model") + 1])
-    return folder if (folder / "config.json").is_file() else None
-
-
-def _pid_cmdline(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return [p.decode(errors="replace") for p in raw.split(b"\0") if p]
-
-
-def _is_ours(comp: Component) -> bool:
-    """Is the recorded pid still the process we started (not a reused pid)?"""
-    return _pid_cmdline(comp.pid) == comp.cmdline
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((HOST, port)) == 0
-
-
-def _http_ok(url: str, *, method: str = "GET", body: bytes | None = None) -> bytes | None:
-    req = urllib.request.Request(
-        url, data=body, method=method, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return bytes(resp.read()) if resp.status < 300 else None
-    except (urllib.error.URLError, OSError, TimeoutError):
-        return None
-
-
-def prefect_api(
-    api_url: str,
-    path: str,
-    body: dict[str, object] | None = None,
-    attempts: int = 6,
-    method: str | None = None,
-) -> object:
-    """One call to a Prefect server's REST API (POST with a body, else GET; or `method`);
-    the JSON answer (None for an empty one, e.g. a PATCH's 204).
-
-    A busy server (SQLite locked under load: 503s, 30 s stalls) is waited for: reads are
-    retried on any transient failure, writes only on a 503 (refused before doing anything),
-    so a retried call never creates a second flow run."""
-    read_only = (body is None and method is None) or path.endswith("filter")
-    for attempt in range(1, attempts + 1):
-        req = urllib.request.Request(
-            f"{api_url.rstrip('/')}/{path}",
-            data=json.dumps(body).encode() if body is not None else None,
-            headers={"Content-Type": "application/json"},
-            method=method or ("POST" if body is not None else "GET"),
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                raw = resp.read()
-                return json.loads(raw) if raw else None
-        except urllib.error.HTTPError as exc:
-            if attempt == attempts or exc.code not in ((502, 503, 504) if read_only else (503,)):
-                raise
-        except (TimeoutError, urllib.error.URLError, ConnectionError):
-            if attempt == attempts or not read_only:
-                raise
-        time.sleep(5)
-    raise AssertionError("unreachable")
-
-
-# A scheduled run this late (seconds) when a worker starts fell due while none ran.
-LATE_GRACE_S = 60
-
-
-@dataclass
-class RunsSettled:
-    """What `LocalStack.reconcile_runs` did: runs marked Crashed, scheduled runs skipped."""
-
-    crashed: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-
-
-def _iso(epoch: float) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(epoch, UTC).isoformat()
-
-
-def _run_process_alive(pid: object, run_id: str) -> bool:
-    """Is the flow run's process (the worker records its pid) still running it? A pid that
-    now belongs to another process (its environment names no such run) is not."""
-    try:
-        number = int(str(pid))
-    except ValueError:
-        return False  # no pid: the worker died while submitting it
-    try:
-        environ = Path(f"/proc/{number}/environ").read_bytes()
-    except FileNotFoundError:
-        return False
-    except OSError:  # not Linux, or not ours to read: alive is all we can tell
-        try:
-            os.kill(number, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return f"PREFECT__FLOW_RUN_ID={run_id}".encode() in environ.split(b"\0")
-
-
-def _set_run_state(api: str, run_id: str, kind: str, name: str, message: str) -> None:
-    prefect_api(
-        api,
-        f"flow_runs/{run_id}/set_state",
-        {"state": {"type": kind, "name": name, "message": message}, "force": True},
-    )
 
 
 class LocalStack:
@@ -911,81 +789,9 @@ class LocalStack:
                 raise
 
     def reconcile_runs(self, pool: str | None = None, now: float | None = None) -> RunsSettled:
-        """Settle what the last worker left on the pool, before a new worker takes it.
-
-        A run Pending or Running whose process is gone (the machine restarted, the worker was
-        killed) is marked Crashed: it would show as running for good, and it held its
-        deployment's concurrency slot, so every later run of the deployment waited behind it.
-        Of the runs a schedule made that fell due while no worker ran, only the latest of each
-        deployment is kept and the others are cancelled: serve-sync every 5 minutes, down for
-        an hour, would run 12 times in a row, each waiting for the last, before a manual run
-        queued behind them got its turn. Runs started by hand are kept, however late."""
-        api, pool = self.config.prefect_api_url, pool or self.config.pool
-        in_pool = {"work_pools": {"name": {"any_": [pool]}}, "limit": 200}
-        active = prefect_api(
-            api,
-            "flow_runs/filter",
-            {
-                **in_pool,
-                "flow_runs": {"state": {"type": {"any_": ["PENDING", "RUNNING", "CANCELLING"]}}},
-            },
-        )
-        settled = RunsSettled()
-        for run in active if isinstance(active, list) else []:
-            if _run_process_alive(run.get("infrastructure_pid"), run["id"]):
-                continue
-            state = run.get("state_name") or run.get("state_type", "").title()
-            _set_run_state(
-                api,
-                run["id"],
-                "CRASHED",
-                "Crashed",
-                f"its process is gone ({state} when the stack's worker stopped); marked by "
-                "`slmops stack up`",
-            )
-            settled.crashed.append(run["name"])
-        due_before = (time.time() if now is None else now) - LATE_GRACE_S
-        late = prefect_api(
-            api,
-            "flow_runs/filter",
-            {
-                **in_pool,
-                "flow_runs": {
-                    "state": {"type": {"any_": ["SCHEDULED"]}},
-                    "expected_start_time": {"before_": _iso(due_before)},
-                },
-                "sort": "EXPECTED_START_TIME_DESC",
-            },
-        )
-        latest: set[str] = set()  # deployments whose latest late run is kept
-        for run in late if isinstance(late, list) else []:
-            key = str(run.get("idempotency_key") or "")
-            deployment = run.get("deployment_id")
-            if not (run.get("auto_scheduled") or key.startswith("scheduled ")) or not deployment:
-                continue  # started by hand (or by an automation): it runs, however late
-            if deployment not in latest:
-                latest.add(deployment)
-                continue
-            _set_run_state(
-                api,
-                run["id"],
-                "CANCELLED",
-                "Skipped",
-                "fell due while the stack was down; a later run of the same schedule runs "
-                "instead (`slmops stack up`)",
-            )
-            settled.skipped.append(run["name"])
-        if settled.crashed:
-            self.log(
-                f"marked {len(settled.crashed)} run(s) Crashed, their processes gone: "
-                + ", ".join(settled.crashed)
-            )
-        if settled.skipped:
-            self.log(
-                f"skipped {len(settled.skipped)} scheduled run(s) that fell due while the stack "
-                "was down (the latest of each deployment runs)"
-            )
-        return settled
+        """Settle what the last worker left on the pool, before a new worker takes it
+        (`infra.prefect_runs.settle_runs`)."""
+        return settle_runs(self.config.prefect_api_url, pool or self.config.pool, self.log, now)
 
     def _ensure_pool(self, env: dict[str, str]) -> None:
         url = f"{self.config.prefect_api_url}/work_pools/{self.config.pool}"
@@ -1035,37 +841,3 @@ class LocalStack:
 
 # How long `down` lets the worker finish the flow runs it started before it is killed.
 WORKER_GRACE_S = 10.0
-
-
-def _stop_group(comp: Component, sig: signal.Signals, timeout: float) -> bool:
-    """Signal the process group the component leads; escalate to SIGKILL after `timeout`.
-    True if the leader stopped by itself."""
-    try:
-        os.killpg(comp.pid, sig)
-    except ProcessLookupError:
-        return True
-    deadline, stopped = time.time() + timeout, False
-    while time.time() < deadline:
-        if not _is_ours(comp) or _is_zombie(comp.pid):
-            stopped = True
-            break
-        time.sleep(0.2)
-    else:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(comp.pid, signal.SIGKILL)
-    # Children of the group (e.g. the server's uvicorn) may outlive the leader briefly.
-    try:
-        os.killpg(comp.pid, 0)
-    except ProcessLookupError:
-        return stopped
-    time.sleep(1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(comp.pid, signal.SIGKILL)
-    return stopped
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
-    except (OSError, IndexError):
-        return False

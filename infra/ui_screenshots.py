@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from infra.stack import prefect_api
+from infra.prefect_runs import prefect_api
 
 API = os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api").rstrip("/")
 UI = API.removesuffix("/api")

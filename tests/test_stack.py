@@ -21,14 +21,9 @@ from typing import Any
 
 import pytest
 
-from infra.stack import (
-    Component,
-    LocalStack,
-    StackConfig,
-    _pid_cmdline,
-    _port_open,
-    prefect_api,
-)
+from infra.prefect_runs import prefect_api
+from infra.processes import _pid_cmdline, _port_open
+from infra.stack import Component, LocalStack, StackConfig
 from infra.vllm_server import threads_per_replica
 from slmops.base_models import WatchedModel, current_revision
 from slmops.errors import SlmopsError
