@@ -14,17 +14,6 @@ from slmops.store import open_store
 from slmops.store.base import ObjectStore
 from slmops.store.hashing import sha256_bytes
 
-
-class DocRecord(BaseModel):
-    path: str
-    sha256: str
-    size: int
-    format: str
-    title: str
-    chunks: int
-    pages: int | None = None
-
-
 Progress = Callable[[int, int], None]
 StageCallback = Callable[[str, int, int], None]  # (stage, done, of)
 StoreRef = ObjectStore | str  # a store, or its URI (what Prefect tasks are given)
