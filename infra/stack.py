@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from infra.prefect_runs import RunsSettled, settle_runs
 from infra.processes import (
@@ -41,6 +41,9 @@ from infra.processes import (
     _stop_group,
 )
 from slmops.errors import SlmopsError
+
+if TYPE_CHECKING:
+    from infra.replica_sets import ReplicaSets
 
 WORK_POOL = "slmops-local"
 S3_BUCKET = "slmops"
@@ -322,18 +325,6 @@ class LocalStack:
         )
         return bool(body and json.loads(body))
 
-    def _router_ready(self) -> bool:
-        from slmops.serving.router import HAProxyRuntime
-
-        try:
-            HAProxyRuntime(self.config.router_admin).servers()
-        except SlmopsError:
-            return False
-        return True
-
-    def _replica_name(self, port: int) -> str:
-        return f"vllm-{port - self.config.vllm_port}"
-
     def health(self) -> dict[str, tuple[str, Component | None]]:
         """Each component's state: running, unhealthy, stopped (or not started by us)."""
         comps = self._load()
@@ -344,14 +335,14 @@ class LocalStack:
             "worker": self._worker_ready,
         }
         if self.config.vllm:
-            checks["router"] = self._router_ready
+            checks["router"] = self.replicas.router_ready
         sets = self.replica_sets()
         ports = [p for rs in sets.values() for p in rs.ports] or [
             self.config.vllm_port + i for i in range(self.config.vllm)
         ]
         for port in ports:
             url = f"http://{HOST}:{port}/health"
-            checks[self._replica_name(port)] = lambda url=url: _http_ok(url) is not None  # type: ignore[misc]
+            checks[self.replicas.replica_name(port)] = lambda url=url: _http_ok(url) is not None  # type: ignore[misc]
         result: dict[str, tuple[str, Component | None]] = {}
         for name, check in checks.items():
             comp = comps.get(name)
@@ -433,9 +424,9 @@ class LocalStack:
         # The replicas do not need Prefect: they start while it does (both spend most of a
         # minute importing, one core each); the router starts at once, its health checks
         # find the replicas when they are ready.
-        vllm = self._start_vllm(comps, roll) if cfg.vllm else None
+        vllm = self.replicas.start(comps, roll) if cfg.vllm else None
         if vllm is not None:
-            self._start_router(comps, vllm[1], vllm[2], env)
+            self.replicas.start_router(comps, vllm[1], vllm[2], env)
         if not self._prefect_ready():
             self._wait(comps["prefect"], self._prefect_ready, timeout)
 
@@ -454,7 +445,7 @@ class LocalStack:
             self._save(comps)
             self._wait(comp, self._worker_ready, timeout)
         if vllm is not None:
-            self._await_vllm(*vllm)
+            self.replicas.await_ready(*vllm)
         return comps
 
     def _start_postgres(self, comps: dict[str, Component]) -> str:
@@ -480,276 +471,16 @@ class LocalStack:
         postgres.ensure_database(self.postgres_dir, cfg.postgres_port)
         return postgres.url(self.postgres_dir, cfg.postgres_port)
 
-    def _start_vllm(
-        self, comps: dict[str, Component], roll: bool
-    ) -> tuple[list[Component], dict[str, ReplicaSet], str, float]:
-        """Start the vLLM replicas not running (all at once: about 35 s); return them, the
-        replica sets and the one production runs on, for `_start_router` and `_await_vllm`.
+    @property
+    def replicas(self) -> ReplicaSets:
+        """The vLLM replica sets and their router (infra.replica_sets)."""
+        from infra.replica_sets import ReplicaSets
 
-        A set serves a copy of the model folder at one revision, so what its replicas run is
-        what serving.yaml says even after the folder changes. After a base-model release the
-        serving set keeps the revision it serves: the champion's adapter was trained on it and
-        would not load on the new one. `roll` starts a set on the folder's revision beside it
-        (the demo does once the gate passed; `slmops stack up --roll`); a promotion then moves
-        the traffic, and `retire` stops the old set. A release that changed only the model
-        card (same weights digest) starts nothing either way: the set serves the new revision
-        as is. Every recorded set is kept running (a replica that died restarts on its port)
-        until it is retired."""
-        from infra import vllm_server
-        from slmops.base_models import WatchedModel, current_revision, materialize, snapshot_weights
-
-        cfg = self.config
-        model_dir = (cfg.project_dir / cfg.model_dir).absolute()
-        if not cfg.model_source and not (model_dir / "config.json").exists():
-            from examples.tiny_base.build import build_tiny_model
-
-            self.log(f"building the tiny base model in {model_dir}")
-            build_tiny_model(model_dir)
-        sets = self.replica_sets()
-        legacy = [n for n in comps if n.startswith("vllm-") and not comps[n].set]
-        for name in legacy:  # recorded before replica sets existed: started again in one
-            self.log(f"restarting {name} in a replica set")
-            _stop_group(comps.pop(name), signal.SIGTERM, 60)
-        newest = current_revision(WatchedModel(name=cfg.served_model, source=cfg.source))
-        revision = newest.revision
-        snapshot = materialize(cfg.source, revision, self.state_dir / "models")
-        weights = snapshot_weights(snapshot)
-        served = self._served_snapshot(cfg.source)
-        served_weights = snapshot_weights(served[1]) if served else weights
-        if not roll and served is not None and served[0] != revision and served_weights != weights:
-            self.log(
-                f"the model folder is at revision {revision[:12]}; the vLLM replicas keep "
-                f"serving {served[0][:12]}, which the champion's adapter was trained on "
-                "(`slmops stack up --roll` starts its replica set once the new revision's "
-                "adapter passed the gate)"
-            )
-            revision, snapshot = served
-            weights = served_weights
-        target = next((rs for rs in sets.values() if rs.weights == weights), None)
-        if target is None:
-            taken = {p for rs in sets.values() for p in rs.ports}
-            ports = [p for p in range(cfg.vllm_port, cfg.vllm_port + 1000) if p not in taken]
-            target = ReplicaSet(revision[:12], revision, weights, str(snapshot), ports[: cfg.vllm])
-            if sets:
-                self.log(
-                    f"starting replica set {target.name} ({cfg.served_model}@{revision[:12]}) "
-                    f"beside {', '.join(sets)}, which keeps the traffic until a promotion "
-                    "moves it"
-                )
-            sets[target.name] = target
-        elif target.revision != revision:
-            self.log(
-                f"replica set {target.name} already serves the weights of {revision[:12]} "
-                "(the release changed only the model card): kept running"
-            )
-            target.revision = revision
-        active = next((n for n, rs in sets.items() if rs.weights == served_weights), target.name)
-        self._save(comps, sets)
-        starting = []
-        threads = cfg.vllm_threads or vllm_server.threads_per_replica(2 * cfg.vllm)
-        for rs in sets.values():
-            for port in rs.ports:
-                name = self._replica_name(port)
-                if name in comps:
-                    continue
-                self._refuse_busy_port(port, f"vLLM replica {name}", "--vllm-port")
-                cmd = vllm_server.command(Path(rs.snapshot), port, served_name=cfg.served_model)
-                self.log(
-                    f"starting vLLM replica {name} of set {rs.name} on http://{HOST}:{port} "
-                    f"({cfg.served_model}@{rs.revision[:12]}, {threads} thread(s))"
-                )
-                env = vllm_server.environment(threads)
-                comp = self._spawn(name, cmd, f"http://{HOST}:{port}", env)
-                comp.set = rs.name
-                comps[name] = comp
-                self._save(comps, sets)
-                starting.append(comp)
-        return starting, sets, active, time.time()
-
-    def _start_router(
-        self,
-        comps: dict[str, Component],
-        sets: dict[str, ReplicaSet],
-        active: str,
-        env: dict[str, str],
-    ) -> None:
-        """HAProxy in front of the replica sets, `active` taking every request (a restarted
-        router starts so; `serve sync` moves the weights onto the champion's set if they
-        differ). A router already running is left as it is: new sets join it at weight 0 in
-        `_await_vllm`."""
-        from infra import haproxy
-
-        if "router" in comps:
-            return
-        cfg = self.config
-        self._refuse_busy_port(cfg.router_port, "router (HAProxy)", "--router-port")
-        try:
-            config, _ = haproxy.write_config(
-                cfg.router_dir,
-                cfg.router_port,
-                {name: [f"http://{HOST}:{p}" for p in rs.ports] for name, rs in sets.items()},
-                {active: 100},
-            )
-            cmd = haproxy.command(config)
-        except SlmopsError as exc:
-            raise StackError(f"cannot start the router: {exc}") from exc
-        self.log(f"starting the router (HAProxy) on {cfg.router_url}: the stable name's address")
-        comp = self._spawn("router", cmd, cfg.router_url, env)
-        comps["router"] = comp
-        self._save(comps)
-        self._wait(comp, self._router_ready, 30)
-
-    def _served_snapshot(self, source: str) -> tuple[str, Path] | None:
-        """The base revision production runs on, and its cached copy: the revision the
-        champions of this model's adapters in the stack's store were trained on (when they
-        agree), or serving.yaml's when it has the same weights (a model-card release moved the
-        replicas onto it) or there is no champion. None: neither, or its copy is gone."""
-        from slmops.base_models import materialize, snapshot_weights
-        from slmops.errors import ConfigError, SlmopsError
-        from slmops.serving.client import load_serving_config
-        from slmops.store.versions import ADAPTERS, artifacts
-
-        def cached(revision: str | None) -> tuple[str, Path] | None:
-            if not revision:
-                return None
-            try:
-                return revision, materialize(source, revision, self.state_dir / "models")
-            except ConfigError:
-                return None
-
-        champion = None
-        try:
-            store = self._store()
-            bases = set()
-            for art in artifacts(store, ADAPTERS):
-                alias = art.get_alias("champion")
-                base = art.manifest(alias.version).base_model() if alias else None
-                if base is not None and base.name == self.config.served_model and base.version:
-                    bases.add(base.version)
-            champion = cached(bases.pop()) if len(bases) == 1 else None
-        except SlmopsError as exc:
-            self.log(
-                f"could not read the champions from the stack's store ({exc}): "
-                "the replicas follow serving.yaml"
-            )
-        serving = None
-        if self.config.serving_file.is_file():
-            try:
-                replicas = load_serving_config(self.config.serving_file).replicas
-                serving = cached(replicas[0].revision if replicas else None)
-            except ConfigError as exc:
-                self.log(f"ignoring the unreadable serving config: {exc}")
-        if champion is None or (
-            serving is not None and snapshot_weights(serving[1]) == snapshot_weights(champion[1])
-        ):
-            return serving or champion
-        return champion
-
-    def _await_vllm(
-        self, starting: list[Component], sets: dict[str, ReplicaSet], active: str, started: float
-    ) -> None:
-        """Wait for the replicas `_start_vllm` started, make sure the router has every set
-        (a new one joins at weight 0: no traffic), then write the serving config that
-        promotion reads."""
-        from slmops.serving.router import HAProxyRuntime
-
-        deadline, note = started + 400, started
-        for comp in starting:
-            health = f"{comp.url}/health"
-            self._wait(
-                comp,
-                lambda health=health: _http_ok(health) is not None,  # type: ignore[misc]
-                max(deadline - time.time(), 1),
-                on_wait=lambda: self.log(
-                    f"waiting for vLLM ({time.time() - note:.0f}s; usually 30-60 s on 2 cores)"
-                ),
-            )
-        router = HAProxyRuntime(self.config.router_admin)
-        try:
-            for name, rs in sets.items():
-                router.add_set(name, [f"http://{HOST}:{p}" for p in rs.ports])
-                # its replicas answer /health: the router's next check (1 s) finds them, and
-                # the stable name answers when `up` returns
-                router.wait_up(name, timeout=30)
-        except SlmopsError as exc:
-            raise StackError(f"router (HAProxy, {self.config.router_url}): {exc}") from exc
-        self._write_serving(sets)
-        if len(sets) > 1:
-            shares = router.shares(healthy_only=False)
-            self.log(
-                "replica sets: "
-                + ", ".join(f"{n} ({shares.get(n, 0):g}% of the traffic)" for n in sets)
-            )
-
-    def _write_serving(self, sets: dict[str, ReplicaSet]) -> None:
-        """serving.yaml: every set's replicas, the router in front of them."""
-        import yaml
-
-        cfg = self.config
-        serving = {
-            "replicas": [
-                {
-                    "url": f"http://{HOST}:{port}",
-                    "model": cfg.served_model,
-                    "revision": rs.revision,
-                    "weights": rs.weights,
-                    "set": rs.name,
-                    "max_lora_rank": 16,
-                    "dtype": "float32",  # infra/vllm_server.py's --dtype
-                }
-                for rs in sets.values()
-                for port in rs.ports
-            ],
-            "adapter_dir": str(self.state_dir / "adapters"),
-            "drain_s": 30,
-            # One CPU replica per set: short canary steps (a production router takes minutes
-            # per step, and the error rate of real traffic).
-            "router": {
-                "url": cfg.router_url,
-                "admin": self.config.router_admin,
-                "canary": [10, 50, 100],
-                "step_s": 3,
-                "max_error_rate": 0.01,
-            },
-        }
-        tmp = cfg.serving_file.with_suffix(".tmp")
-        tmp.write_text(
-            "# Written by `slmops stack up --vllm N`: the local vLLM replica sets and their "
-            "router.\n" + yaml.safe_dump(serving, sort_keys=False)
-        )
-        os.replace(tmp, cfg.serving_file)
-        self.log(f"serving config: {cfg.serving_file}")
+        return ReplicaSets(self)
 
     def retire(self, name: str, *, drain_s: float = 0.0) -> list[str]:
-        """Take replica set `name` out of the router (refused while it takes traffic or serves
-        a champion's base revision), stop its replicas and drop it from serving.yaml; returns
-        the replicas stopped. After it, a rollback to its revision is no longer instant."""
-        from slmops.serving.client import load_serving_config
-        from slmops.serving.reconcile import retire_set
-        from slmops.store.versions import ADAPTERS, artifacts
-
-        sets = self.replica_sets()
-        if name not in sets:
-            raise StackError(
-                f"the stack has no replica set {name!r}; it has {', '.join(sets) or 'none'}"
-            )
-        store = self._store()
-        adapters = [art.name for art in artifacts(store, ADAPTERS)]
-        config = load_serving_config(self.config.serving_file)
-        if name in config.sets():
-            retire_set(config, store, name, adapters, drain_s=drain_s, log=self.log)
-        comps = self._load()
-        stopped = []
-        for port in sets[name].ports:
-            comp = comps.pop(self._replica_name(port), None)
-            if comp is not None and _is_ours(comp):
-                self.log(f"stopping {comp.name} of replica set {name} (pid {comp.pid})")
-                _stop_group(comp, signal.SIGTERM, 60)
-                stopped.append(comp.name)
-        del sets[name]
-        self._save(comps, sets)
-        self._write_serving(sets)
-        return stopped
+        """Take replica set `name` out of the router and stop it (ReplicaSets.retire)."""
+        return self.replicas.retire(name, drain_s=drain_s)
 
     def _refuse_busy_port(self, port: int, what: str, option: str) -> None:
         if _port_open(port):
