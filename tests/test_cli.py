@@ -151,6 +151,28 @@ def test_memory_plan_says_whether_a_run_fits_a_card_before_renting_it(
         invoke("memory-plan", str(config), "--method", "bogus", "--max-memory-gb", "8")
 
 
+def test_memory_plan_plans_the_recipe_refine_tune_would_run(tiny_base: Path) -> None:
+    """The CLI reads its options as a recipe, the way refine-tune reads one (`plan_for`): a
+    gradient-checkpointing setting is kept as given, and a bad option is named."""
+    code, out = invoke(
+        "memory-plan",
+        str(tiny_base),
+        "--device",
+        "cpu",
+        "--max-length",
+        "512",
+        "--gradient-checkpointing",
+        "on",
+    )
+    assert code == 0 and "gradient checkpointing on" in out.replace("\n", " "), out
+    with pytest.raises(ConfigError, match="--gradient-checkpointing 'maybe': auto, on or off"):
+        invoke(
+            "memory-plan", str(tiny_base), "--device", "cpu", "--gradient-checkpointing", "maybe"
+        )
+    with pytest.raises(ConfigError, match="--rank: Input should be greater than or equal to 1"):
+        invoke("memory-plan", str(tiny_base), "--device", "cpu", "--rank", "0")
+
+
 def test_long_work_reports_each_tenth_once() -> None:
     from slmops.progress import Tenths
 

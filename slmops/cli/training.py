@@ -171,7 +171,6 @@ def memory_plan(
     printed), 2 bad input."""
     from pydantic import ValidationError
 
-    from slmops.errors import validation_problems
     from slmops.training.memory_plan import (
         GB,
         ModelShape,
@@ -202,7 +201,12 @@ def memory_plan(
             liger_kernels=None if liger and device == "cuda" else False,
         )
     except ValidationError as exc:
-        raise ConfigError(f"memory-plan options: {validation_problems(exc)}") from None
+        option = {"liger_kernels": "liger", "max_memory_gb": "max-memory-gb"}
+        problems = "; ".join(
+            f"--{option.get(str(e['loc'][0]), str(e['loc'][0]).replace('_', '-'))}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise ConfigError(f"memory-plan: {problems}") from None
     if model.name == "config.json":
         try:
             shape = ModelShape.from_config(json.loads(model.read_text()), str(model))
