@@ -43,6 +43,7 @@ from slmops.pipelines.training_steps import (
     train,
     warm_start_from,
 )
+from slmops.store.base import ObjectStore
 from slmops.store.manifest import Manifest, Trigger
 from slmops.training.datasets import DatasetConfig
 from slmops.training.trainer import TrainConfig, TrainResult
@@ -138,7 +139,7 @@ def gate(
         )
 
 
-def preflight(params: RefineTuneParams, store_uri: str) -> None:
+def preflight(params: RefineTuneParams, store: ObjectStore) -> None:
     """Everything the gate and promotion will need, checked before any training: the suites,
     the policy against them, every index a suite retrieves from (its `latest` alias), and the
     serving config when one is set or the generator needs it. Raises ConfigError saying what
@@ -147,7 +148,6 @@ def preflight(params: RefineTuneParams, store_uri: str) -> None:
     from slmops.evaluation.gate import known_metrics
     from slmops.evaluation.policy import load_policy
     from slmops.serving.answering import serving_if_set
-    from slmops.store import open_store
     from slmops.store.versions import INDEXES, LATEST, VersionedArtifact
     from slmops.suites.spec import load_suites
 
@@ -155,7 +155,6 @@ def preflight(params: RefineTuneParams, store_uri: str) -> None:
         return
     loaded = load_suites(params.suites)
     load_policy(params.policy, known_metrics(loaded))
-    store = open_store(store_uri)
     for name in sorted({s.index for s in loaded.config.suites.values() if s.index}):
         if VersionedArtifact(store, INDEXES, name).get_alias(LATEST) is None:
             raise ConfigError(
@@ -189,16 +188,15 @@ def promote(params: RefineTuneParams, store_uri: str, version: str, trigger: Tri
     )
 
 
-def serving_mismatch(params: RefineTuneParams, store_uri: str, version: str) -> str | None:
+def serving_mismatch(params: RefineTuneParams, store: ObjectStore, version: str) -> str | None:
     """Why the replicas cannot serve this version's base revision (None: they can)."""
     from slmops.config import get_settings
     from slmops.serving.client import load_serving_config
     from slmops.serving.placement import base_mismatch
-    from slmops.store import open_store
     from slmops.store.versions import ADAPTERS, VersionedArtifact
 
     config = load_serving_config(params.serving or get_settings().serving or "")
-    manifest = VersionedArtifact(open_store(store_uri), ADAPTERS, params.adapter).manifest(version)
+    manifest = VersionedArtifact(store, ADAPTERS, params.adapter).manifest(version)
     return base_mismatch(config, manifest, f"{params.adapter}@{version}")
 
 
@@ -244,8 +242,9 @@ def run_refine_tune(
         trigger = Trigger(
             type="event", id=params.event_id, by=trigger.by, flow_run_id=trigger.flow_run_id
         )
-    check_adapter_base(open_store(store_uri), params.adapter, params.model)
-    preflight(params, store_uri)
+    store = open_store(store_uri)  # this process's one handle; stages are given the URI
+    check_adapter_base(store, params.adapter, params.model)
+    preflight(params, store)
 
     rev, base_path = stages.checkout(
         model=params.model, source=params.source, revision=params.revision or None
@@ -291,7 +290,7 @@ def run_refine_tune(
             policy=params.policy,
         ):
             record = stages.gate(params, store_uri, existing.version, trigger)
-            _promote_if_allowed(params, store_uri, record, trigger, stages, log)
+            _promote_if_allowed(params, store, store_uri, record, trigger, stages, log)
         return existing
 
     assert claim is not None
@@ -336,7 +335,7 @@ def run_refine_tune(
             stages.report(store_uri=store_uri, manifest=manifest, reused=False)
             if params.gate:  # inside the claim: a run waiting on this key finds the verdict
                 record = stages.gate(params, store_uri, manifest.version, trigger)
-        _promote_if_allowed(params, store_uri, record, trigger, stages, log)
+        _promote_if_allowed(params, store, store_uri, record, trigger, stages, log)
         log.info(
             "adapter %s version %s: loss %.3f, json_valid %s (base %s)",
             params.adapter,
@@ -352,6 +351,7 @@ def run_refine_tune(
 
 def _promote_if_allowed(
     params: RefineTuneParams,
+    store: ObjectStore,
     store_uri: str,
     record: Any,
     trigger: Trigger,
@@ -373,7 +373,7 @@ def _promote_if_allowed(
             version,
         )
         return
-    mismatch = serving_mismatch(params, store_uri, version)
+    mismatch = serving_mismatch(params, store, version)
     if mismatch:
         log.warning(
             "not promoted: %s. %s@%s stays the challenger; promote it (promote-adapter) once "
