@@ -453,6 +453,34 @@ def test_serve_sync_leaves_a_name_being_gated_loaded(served: Served) -> None:
     assert all(staged.name not in listed for listed in snapshot(served)[0])
 
 
+def test_two_gates_ask_one_name_at_once_and_the_first_done_leaves_it_to_the_other(
+    served: Served,
+) -> None:
+    """Two gates at once on the same adapter version (a release's run and the weekly one
+    against the same champion): leases are shared, so neither is refused; the first done
+    leaves the name it loaded while the other still asks it, and the last one unloads it."""
+    from slmops.generation import Weights
+    from slmops.serving.answering import ServedBackend
+
+    art = VersionedArtifact(served.store, ADAPTERS, ADAPTER)
+    candidate = art.manifest(publish_variant(served, art.resolve("champion"), "nudged"))
+    base = candidate.trained_on()
+    weights = Weights(base.name, base.version or "", served.base, candidate, None)
+    ask = prompts(served, 1)
+    first, second = (
+        ServedBackend(served.store, served.config),
+        ServedBackend(served.store, served.config),
+    )
+    with second:
+        with first:
+            assert first.generator(weights).generate(ask, max_new_tokens=8)
+            reply = second.generator(weights).generate(ask, max_new_tokens=8)
+        name = serving_name(ADAPTER, candidate)
+        assert all(name in listed for listed in snapshot(served)[0])  # the second still asks
+        assert second.generator(weights).generate(ask, max_new_tokens=8) == reply
+    assert all(name not in listed for listed in snapshot(served)[0])
+
+
 def load_suites_cases(folder: Path) -> list[Any]:
     from slmops.suites.spec import load_suites
 

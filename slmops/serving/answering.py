@@ -22,6 +22,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +43,25 @@ from slmops.serving.engine import (
     gpu_present,
     served_dtype,
 )
-from slmops.serving.leases import gating_lease
-from slmops.serving.promotion import stage
+from slmops.serving.leases import gates_asking, gating_lease, hand_over, loading, take_over
+from slmops.serving.staging import stage
 from slmops.store.base import ObjectStore
 from slmops.store.claims import holding
 from slmops.store.manifest import Manifest
 from slmops.store.versions import ADAPTERS, CHAMPION, VersionedArtifact
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Asked:
+    """A served name a run asked: its version, the replicas asked, this run's leases on it,
+    and the replicas where this run loaded it."""
+
+    manifest: Manifest
+    clients: list[VLLMClient]
+    leases: set[str] = field(default_factory=set)
+    loaded: set[str] = field(default_factory=set)
 
 
 class ServedBackend:
@@ -72,7 +84,7 @@ class ServedBackend:
         self.store, self.config, self.workers = store, config.current(), workers
         self.fallback = fallback
         self._clients: dict[str, VLLMClient] = {}
-        self._loaded: list[tuple[VLLMClient, str, Manifest]] = []
+        self._asked: dict[str, _Asked] = {}  # served name -> what this run did with it
         self._leases = ExitStack()
 
     def __enter__(self) -> ServedBackend:
@@ -153,13 +165,19 @@ class ServedBackend:
                     )
             model = staged.name
             # A lease on the name while the gate asks it: `serve sync` leaves a name being
-            # gated loaded (it unloads every other version that is not champion or previous).
-            self._leases.enter_context(holding(gating_lease(self.store, manifest, model)))
-            for client in clients:
-                if model not in client.adapters():
-                    client.load(model, staged.path)
-                    self._loaded.append((client, model, manifest))
-                    log.info("loaded %s on %s for the run", model, client.url)
+            # gated loaded (it unloads every other version that is not champion or previous),
+            # and another gate done with it leaves it loaded for this one.
+            with loading(self.store, manifest.name, model):
+                lease = self._leases.enter_context(
+                    holding(gating_lease(self.store, manifest, model))
+                )
+                asked = self._asked.setdefault(model, _Asked(manifest, clients))
+                asked.leases.add(lease.key)
+                for client in clients:
+                    if model not in client.adapters():
+                        client.load(model, staged.path)
+                        asked.loaded.add(client.url)
+                        log.info("loaded %s on %s for the run", model, client.url)
         return VLLMGenerator(
             clients,
             model,
@@ -171,16 +189,28 @@ class ServedBackend:
 
     def close(self) -> None:
         """Unload what this run loaded, unless a promotion made it the champion meanwhile (a
-        replica that is gone: `serve sync` cleans up), and give up the leases."""
-        for client, name, manifest in reversed(self._loaded):
+        replica that is gone: `serve sync` cleans up) or another gate still asks it (the last
+        gate done unloads it then), and give up the leases."""
+        for name, asked in reversed(self._asked.items()):
+            manifest = asked.manifest
             champion = VersionedArtifact(self.store, ADAPTERS, manifest.name).get_alias(CHAMPION)
             if champion is not None and champion.version == manifest.version:
                 continue
-            try:
-                client.unload(name)
-            except ServingError as exc:
-                log.warning("could not unload %s from %s: %s", name, client.url, exc)
-        self._loaded.clear()
+            with loading(self.store, manifest.name, name):
+                if gates_asking(self.store, manifest.name, name, besides=asked.leases):
+                    if asked.loaded:
+                        hand_over(self.store, manifest.name, name)
+                    log.info("left %s loaded: another gate asks it", name)
+                    continue
+                if not asked.loaded and not take_over(self.store, manifest.name, name):
+                    continue  # served before any gate asked it (a promotion, an operator)
+                for client in asked.clients:
+                    try:
+                        if name in client.adapters():
+                            client.unload(name)
+                    except ServingError as exc:
+                        log.warning("could not unload %s from %s: %s", name, client.url, exc)
+        self._asked.clear()
         self._leases.close()
         for client in self._clients.values():
             client.close()

@@ -1,16 +1,19 @@
 """Who may act on an adapter's serving now. One promotion, rollback or sync of an adapter at a
 time (`serving_claim`, across machines). Leases on served names: a gate asking a candidate on
 the replicas (under its versioned name) holds one while it asks, so `serve sync`, which
-unloads every version that is neither champion nor previous, leaves that name loaded. A lease
-is a claim in the store (`adapters/<adapter>/claims/gating-<hash>.json`), renewed while the
-gate runs and expired when it stops: a gate killed mid-run leaves nothing that holds a name
-for long.
+unloads every version that is neither champion nor previous, leaves that name loaded. Leases
+are shared (two gates may ask one champion at once), each a claim in the store
+(`adapters/<adapter>/claims/gating-<hash>/<id>.json`) renewed while its gate runs and expired
+when it stops: a gate killed mid-run leaves nothing that holds a name for long. A gate loads or
+unloads a name for gates under a short exclusive claim (`loading`); the last gate done with a
+name a gate loaded unloads it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 
 from slmops.errors import ClaimHeldError, ConfigError, PromotionError
@@ -21,36 +24,78 @@ from slmops.store.manifest import Manifest
 from slmops.store.versions import ADAPTERS
 
 GATING_TTL = 120.0  # renewed every 40 s while the gate runs
+LOADING_TTL = 30.0  # a load or unload of one name for a gate takes seconds
+LOADING_WAIT_S = 300.0
 
 
-def _gating_key(adapter: str, name: str) -> str:
-    return f"{ADAPTERS}/{adapter}/claims/gating-{name.rpartition('@')[2]}.json"
+def _gating_prefix(adapter: str, name: str) -> str:
+    return f"{ADAPTERS}/{adapter}/claims/gating-{name.rpartition('@')[2]}"
 
 
 def gating_lease(store: ObjectStore, manifest: Manifest, name: str) -> Claim:
-    """The lease a gate holds on a served name it asks (one gate per name at a time)."""
-    try:
-        return try_claim(
-            store,
-            _gating_key(manifest.name, name),
-            f"gate of {manifest.name}@{manifest.version} on {name}",
-            ttl=GATING_TTL,
-        )
-    except ClaimHeldError as exc:
-        raise ConfigError(
-            f"another gate is asking the replicas {name} right now ({exc}); run this one when "
-            "it has finished (its answers are then reused)"
-        ) from None
+    """This gate's lease on a served name it asks. Leases are shared: any number of gates may
+    ask one name at once (two candidates against the same champion), each under its own."""
+    return try_claim(
+        store,
+        f"{_gating_prefix(manifest.name, name)}/{uuid.uuid4().hex[:16]}.json",
+        f"gate of {manifest.name}@{manifest.version} on {name}",
+        ttl=GATING_TTL,
+    )
+
+
+def gates_asking(
+    store: ObjectStore, adapter: str, name: str, *, besides: Collection[str] = ()
+) -> int:
+    """How many gates hold a live lease on `name` (a served name of `adapter`), the leases
+    stored at `besides` (a run's own) left out."""
+    live = 0
+    for info in store.list_objects(_gating_prefix(adapter, name) + "/"):
+        if info.key not in besides:
+            record, _ = read_claim(store, info.key)
+            live += record is not None and record.live()
+    return live
 
 
 def being_gated(store: ObjectStore, adapter: str, names: list[str]) -> set[str]:
     """Which of `names` (served names of `adapter`) a running gate holds a lease on."""
-    held = set()
-    for name in names:
-        record, _ = read_claim(store, _gating_key(adapter, name))
-        if record is not None and record.live():
-            held.add(name)
-    return held
+    return {name for name in names if gates_asking(store, adapter, name)}
+
+
+def hand_over(store: ObjectStore, adapter: str, name: str) -> None:
+    """A gate that loaded `name` is done while others still ask it: the last one done
+    unloads it (`take_over`). Inside `loading`."""
+    store.put_bytes(f"{_gating_prefix(adapter, name)}.unload", b"", overwrite=True)
+
+
+def take_over(store: ObjectStore, adapter: str, name: str) -> bool:
+    """Was `name` handed over to the last gate done (`hand_over`)? Takes the duty if so.
+    Inside `loading`."""
+    key = f"{_gating_prefix(adapter, name)}.unload"
+    if not store.exists(key):
+        return False
+    store.delete(key)
+    return True
+
+
+@contextmanager
+def loading(store: ObjectStore, adapter: str, name: str) -> Iterator[Claim]:
+    """One gate at a time loads `name` onto the replicas or unloads it: a gate takes its
+    lease and loads inside it, and one that is done unloads inside it only when no other
+    gate's lease is live, so no gate finds a name gone between its check and its requests."""
+    key = f"{_gating_prefix(adapter, name)}.loading.json"
+    deadline = time.monotonic() + LOADING_WAIT_S
+    while True:
+        try:
+            claim = try_claim(store, key, f"loading {name} for a gate", ttl=LOADING_TTL)
+            break
+        except ClaimHeldError as exc:
+            if time.monotonic() >= deadline:
+                raise ConfigError(
+                    f"waited {LOADING_WAIT_S:.0f}s to load {name} for this gate: {exc}"
+                ) from None
+            time.sleep(0.5)
+    with holding(claim) as held:
+        yield held
 
 
 CLAIM_TTL = 600.0
