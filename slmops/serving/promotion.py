@@ -1,4 +1,4 @@
-"""Promotion of an adapter version to every vLLM replica, rollback, and reconcile.
+"""Promotion of an adapter version to every vLLM replica, all or none.
 
 Names. Each adapter version is served under an immutable, content-addressed name
 (`support-bot@<sha of its weights>`), never reloaded with other weights. Clients call the
@@ -6,7 +6,7 @@ stable name (`support-bot`), which promotion moves with vLLM's in-place load: th
 answering while its weights change, so no request fails.
 
 Promotion, two phases, all replicas or none:
-  preflight (nothing touched): a passing gate verdict against the current champion; the
+  preflight (nothing touched): the gate's clearance against the current champion; the
     weights copied from the store to the shared adapter folder with every hash checked; rank
     within every replica's max; no modules_to_save / lm_head; every replica reachable and
     serving the adapter's base model at the revision it was trained on.
