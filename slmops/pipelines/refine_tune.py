@@ -48,7 +48,7 @@ from slmops.store.manifest import Manifest, Trigger
 from slmops.training.datasets import DatasetConfig
 from slmops.training.trainer import TrainConfig, TrainResult
 
-__all__ = ["EXAMPLE_POLICY", "EXAMPLE_SUITES", "RefineTuneParams", "run_refine_tune"]
+__all__ = ["RefineTuneParams", "RefineTuneStages", "run_refine_tune"]
 
 
 class RefineTuneParams(BaseModel):

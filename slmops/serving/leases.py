@@ -11,7 +11,6 @@ name a gate loaded unloads it.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
@@ -19,7 +18,7 @@ from contextlib import contextmanager
 from slmops.errors import ClaimHeldError, ConfigError, PromotionError
 from slmops.progress import Log
 from slmops.store.base import ObjectStore
-from slmops.store.claims import Claim, holding, read_claim, try_claim
+from slmops.store.claims import Claim, ClaimRecord, holding, read_claim, try_claim, wait_for_claim
 from slmops.store.manifest import Manifest
 from slmops.store.versions import ADAPTERS
 
@@ -47,12 +46,15 @@ def gates_asking(
     store: ObjectStore, adapter: str, name: str, *, besides: Collection[str] = ()
 ) -> int:
     """How many gates hold a live lease on `name` (a served name of `adapter`), the leases
-    stored at `besides` (a run's own) left out."""
+    stored at `besides` (a run's own) left out. A lease given up or expired is deleted where
+    it is found, so the leases read stay those of the gates running now."""
     live = 0
     for info in store.list_objects(_gating_prefix(adapter, name) + "/"):
-        if info.key not in besides:
-            record, _ = read_claim(store, info.key)
-            live += record is not None and record.live()
+        record, _ = read_claim(store, info.key)
+        if record is None or not record.live():
+            store.delete(info.key)
+        elif info.key not in besides:
+            live += 1
     return live
 
 
@@ -83,17 +85,21 @@ def loading(store: ObjectStore, adapter: str, name: str) -> Iterator[Claim]:
     lease and loads inside it, and one that is done unloads inside it only when no other
     gate's lease is live, so no gate finds a name gone between its check and its requests."""
     key = f"{_gating_prefix(adapter, name)}.loading.json"
-    deadline = time.monotonic() + LOADING_WAIT_S
-    while True:
-        try:
-            claim = try_claim(store, key, f"loading {name} for a gate", ttl=LOADING_TTL)
-            break
-        except ClaimHeldError as exc:
-            if time.monotonic() >= deadline:
-                raise ConfigError(
-                    f"waited {LOADING_WAIT_S:.0f}s to load {name} for this gate: {exc}"
-                ) from None
-            time.sleep(0.5)
+    try:
+        claim, _ = wait_for_claim(
+            store,
+            key,
+            f"loading {name} for a gate",
+            ttl=LOADING_TTL,
+            done=lambda: None,
+            poll=0.5,
+            timeout=LOADING_WAIT_S,
+        )
+    except ClaimHeldError as exc:
+        raise ConfigError(
+            f"waited {LOADING_WAIT_S:.0f}s to load {name} for this gate: {exc}"
+        ) from None
+    assert claim is not None  # `done` never finishes the work for us
     with holding(claim) as held:
         yield held
 
@@ -120,21 +126,32 @@ def serving_claim(
     operation re-reads the serving config's replicas once it holds it."""
     key = f"{ADAPTERS}/{adapter}/claims/serving.json"
     wait_s = SERVING_WAIT_S if wait_s is None else wait_s
-    deadline, said = time.monotonic() + wait_s, False
-    while True:
-        try:
-            claim = try_claim(store, key, f"{work} of {adapter}", ttl=CLAIM_TTL)
-            break
-        except ClaimHeldError as exc:
-            if time.monotonic() >= deadline:
-                raise PromotionError(
-                    f"another promotion, rollback or sync of {adapter} is running: {exc}; "
-                    f"waited {wait_s:.0f}s for it. Nothing was changed; try again when it "
-                    "has finished"
-                ) from None
-            if not said:
-                log(f"waiting for another serving operation of {adapter} to finish: {exc}")
-                said = True
-            time.sleep(SERVING_POLL_S)
+    said: list[bool] = []
+
+    def waiting(holder: ClaimRecord) -> None:
+        if not said:
+            log(
+                f"waiting for another serving operation of {adapter} to finish: {holder.work} "
+                f"is claimed by {holder.holder} until {holder.expires_at:%H:%M:%S} UTC"
+            )
+            said.append(True)
+
+    try:
+        claim, _ = wait_for_claim(
+            store,
+            key,
+            f"{work} of {adapter}",
+            ttl=CLAIM_TTL,
+            done=lambda: None,
+            poll=SERVING_POLL_S,
+            timeout=wait_s,
+            on_wait=waiting,
+        )
+    except ClaimHeldError as exc:
+        raise PromotionError(
+            f"another promotion, rollback or sync of {adapter} is running: {exc}; "
+            f"waited {wait_s:.0f}s for it. Nothing was changed; try again when it has finished"
+        ) from None
+    assert claim is not None  # `done` never finishes the work for us
     with holding(claim) as held:
         yield held
