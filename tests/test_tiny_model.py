@@ -100,3 +100,26 @@ def test_the_base_is_keyed_by_its_settings_and_recipe_not_its_source_text(
     monkeypatch.undo()
     monkeypatch.setitem(tiny_weights.PRETRAIN, "lr", tiny_weights.PRETRAIN["lr"] / 2)
     assert tiny_model.cache_path().name != key
+
+
+def test_the_shipped_base_is_the_recipes_build_and_a_fresh_machine_copies_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A first run copies the shipped default build instead of pretraining for 11 minutes; a
+    # recipe (or docs, or torch) changed without shipping its build again is caught here.
+    from examples.tiny_base import build as tiny_model
+
+    monkeypatch.setenv("SLMOPS_TINY_MODEL_CACHE", str(tmp_path))
+    key = tiny_model.cache_path(**tiny_model.DEFAULT).name
+    assert tiny_model.shipped_key() == key, (
+        f"examples/tiny_base/release holds build {tiny_model.shipped_key()}, the recipe's is "
+        f"{key}: run `python -m examples.tiny_base.build --ship` and commit the release"
+    )
+    cached = tiny_model.cached_build(**tiny_model.DEFAULT)
+    shipped = tiny_model.RELEASE / "model.safetensors"
+    assert (cached / "model.safetensors").read_bytes() == shipped.read_bytes()
+    assert sorted(p.name for p in cached.iterdir()) == sorted(
+        p.name for p in tiny_model.RELEASE.iterdir() if p.name != "KEY"
+    )
+    # Another seed is another model: never the shipped one.
+    assert tiny_model.cache_path(seed=2).name != key

@@ -18,6 +18,12 @@ SLMOPS_TINY_MODEL_CACHE), so the cost (about 11 minutes on 2 cores) is paid once
 not once per clone, and `make clean` keeps it. One build of a key runs at a time on a machine:
 a second process that needs it (another clone, the test session's background build) waits for
 the first and then finds it.
+
+The default build (seed 1, the recipe's settings) ships with the example, in `release/` beside
+this file with the key it was built from: a machine whose key matches copies it into the cache
+in a second instead of pretraining for 11 minutes. A changed recipe, docs or torch version is a
+new key, built here as before; `python -m examples.tiny_base.build --ship` builds the new
+default and writes it to `release/` (a test fails until the shipped build is the recipe's).
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from examples.tiny_base import recipe as tiny_weights
+
+# The default build, shipped: its files and KEY, the build key they were built from.
+RELEASE = Path(__file__).resolve().parent / "release"
+DEFAULT = {"seed": 1, "layers": 4, "hidden": 256}
 
 
 def _cache_dir() -> Path:
@@ -131,6 +141,10 @@ def cached_build(
     with _build_lock(cached):
         if is_built(cached):  # built by the process this one waited for
             return cached
+        if shipped_key() == cached.name:
+            _write_folder(cached, lambda tmp: _copy_files(RELEASE, tmp))
+            print(f"tiny base model: the build shipped in {RELEASE}, copied to {cached}")
+            return cached
         if steps:
             print(
                 f"building the tiny base model (seed {seed}, {steps} pretraining steps, "
@@ -155,11 +169,39 @@ def build_tiny_model(
     out = Path(out_dir)
     cached = cached_build(seed=seed, layers=layers, hidden=hidden, pretrain_steps=pretrain_steps)
 
-    def copy(tmp: Path) -> None:
-        for f in cached.iterdir():
-            shutil.copy2(f, tmp / f.name)
+    return _write_folder(out, lambda tmp: _copy_files(cached, tmp))
 
-    return _write_folder(out, copy)
+
+def _copy_files(source: Path, dest: Path) -> None:
+    for f in source.iterdir():
+        if f.is_file() and f.name != "KEY":
+            shutil.copy2(f, dest / f.name)
+
+
+def shipped_key() -> str | None:
+    """The build key of the default build shipped in RELEASE (None: none is shipped)."""
+    key = RELEASE / "KEY"
+    if not key.is_file() or not is_built(RELEASE):
+        return None
+    return key.read_text().split()[0]
+
+
+def ship() -> Path:
+    """Write the recipe's default build (built here first if this machine lacks it) to
+    RELEASE, with its key: what every machine with the same key then copies."""
+    cached = cache_path(**DEFAULT)
+    if shipped_key() == cached.name:
+        return RELEASE
+    built = cached_build(**DEFAULT)
+
+    def fill(tmp: Path) -> None:
+        _copy_files(built, tmp)
+        (tmp / "KEY").write_text(
+            f"{built.name}\n\nThe build key of these files (examples/tiny_base/build.py, "
+            f"_build_key): seed 1, the recipe's settings.\n"
+        )
+
+    return _write_folder(RELEASE, fill)
 
 
 def _write_folder(out: Path, fill: Callable[[Path], None]) -> Path:
@@ -224,8 +266,16 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=1, help="a different seed: a new revision")
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument(
+        "--ship",
+        action="store_true",
+        help="write the default build to examples/tiny_base/release (after a change to the "
+        "recipe), built here first if this machine has not built it",
+    )
     args = parser.parse_args()
-    if args.out_dir is None:
+    if args.ship:
+        path = ship()
+    elif args.out_dir is None:
         path = cached_build(seed=args.seed, layers=args.layers)
     else:
         path = build_tiny_model(args.out_dir, seed=args.seed, layers=args.layers)

@@ -392,7 +392,7 @@ def pretrain(model: Any, tokenizer: Any, steps: int, *, seed: int, log: bool = T
         sched.step()
         opt.zero_grad()
         loss = out.loss.item()
-        if log and ((step + 1) % 50 == 0 or step + 1 == steps):
+        if log and ((step + 1) % 25 == 0 or step + 1 == steps):
             print(
                 f"  pretraining the tiny base on the bundled docs: step {step + 1}/{steps}, "
                 f"loss {loss:.2f}, {time.perf_counter() - t0:.0f}s",
