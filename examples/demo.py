@@ -530,11 +530,10 @@ def ask(questions: list[str], model: str = ADAPTER) -> None:
             + (
                 "The demo's 3M-parameter base learns the bot's format, its scope and, in part, "
                 "which passage\n   to cite in minutes of CPU, not to state what the passage "
-                "says: README, 'What the tiny\n   model learns'."
+                "says: docs/findings/tiny-model.md."
                 if MODEL == "tiny-llama"
                 else f"{MODEL} learns the format, the scope and citing its context in one epoch "
-                "on CPU, not yet to\n   state what the passage says: README, 'A real language "
-                "model, offline'."
+                "on CPU, not yet to\n   state what the passage says: docs/guides/gemma.md."
             )
             + " The gate reports knowledge.cites_retrieved and knowledge.states_facts.)"
         )
@@ -759,8 +758,8 @@ def main() -> None:
     print(f"Store: {os.environ['SLMOPS_STORE']} at {os.environ['SLMOPS_S3_ENDPOINT_URL']}")
     print('From a shell: eval "$(.venv/bin/slmops stack env)"; stop: .venv/bin/slmops stack down')
     print("\nWhat each step did, explained (`make docs` serves these at http://127.0.0.1:8000):")
-    for step, _, _, page in PLAN:
-        print(f"   {step:<14} {page}")
+    for name, _, _, page in PLAN:
+        print(f"   {name:<14} {page}")
     print(f"   {'the gate':<14} docs/guides/gate.md")
     say(f"demo done in {time.monotonic() - START:.0f}s")
 

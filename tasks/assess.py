@@ -44,7 +44,7 @@ def answer_every_arm(
     bar = ProgressBar(
         f"assess-progress-{assessment.name}", f"Assessment {assessment.name}: {len(ARMS)} arms"
     )
-    tenths = Tenths()
+    tenths = Tenths(every_s=30)
 
     def on_progress(arm: str, done: int, of: int) -> None:
         part = ARMS.index(arm) + done / max(of, 1)

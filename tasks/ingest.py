@@ -35,7 +35,7 @@ publish_index = task(name="publish-index", cache_policy=NONE)(publishing.publish
 
 def _progress(name: str) -> Callable[[int, int], None]:
     bar = ProgressBar(f"embedding-{name}", f"Embedding the new chunks of index {name}")
-    tenths, logger = Tenths(), get_run_logger()
+    tenths, logger = Tenths(every_s=30), get_run_logger()
 
     def progress(done: int, of: int) -> None:
         bar.update(100.0 * done / max(of, 1))

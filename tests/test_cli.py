@@ -185,6 +185,31 @@ def test_long_work_reports_each_tenth_once() -> None:
     assert not per_stage.crossed(1, 2, "a") and not per_stage.crossed(3, None, "c")
 
 
+def test_slow_work_says_how_far_it_is_every_period_between_tenths(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from slmops import progress
+
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    tenths = progress.Tenths(every_s=30)
+    said = []
+    for done in range(0, 101):  # 100 steps of 2 s: a tenth every 20 s, so 30 s never passes
+        clock[0] = 2.0 * done
+        if tenths.crossed(done, 100):
+            said.append(done)
+    assert said == list(range(10, 101, 10))
+    slow = progress.Tenths(every_s=30)
+    said = []
+    for done in range(0, 11):  # 10 s a step: 100 s a tenth, a line every 30 s between them
+        clock[0] = 1000 + 10.0 * done
+        if slow.crossed(done, 100):
+            said.append(done)
+    assert said == [3, 6, 9, 10]
+    # The tenth is still said once it is crossed, and never twice.
+    assert not slow.crossed(10, 100)
+
+
 def test_refine_tune_checks_what_the_gate_needs_before_it_trains(tmp_path: Path) -> None:
     """The example suites retrieve from support-docs; a store without it is refused before
     any model is touched (the base model path does not even exist), saying what to run."""

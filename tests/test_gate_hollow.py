@@ -142,7 +142,7 @@ DEGENERATE: dict[str, tuple[Callable[[Case, list[dict[str, str]]], str], set[str
     ),
     # Declines off-topic questions asked alone and answers them from any chunks put before
     # them: the example's tiny adapter served with chunks before every question
-    # (docs/tiny-model.md).
+    # (docs/findings/tiny-model.md).
     "answers whatever comes with context": (
         lambda c, p: (
             reply(f"Answer {c.id}: see the page in the context.", context_sources(p)[:1])

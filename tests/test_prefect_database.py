@@ -1,6 +1,6 @@
 """The Prefect server on a real PostgreSQL server (Debian's package, on loopback): concurrent
 flow runs and API clients with no refused request. The same load against SQLite is reported
-by `python -m benchmarks.prefect_database` (README: "Prefect's database")."""
+by `python -m benchmarks.prefect_database` (docs/operations/kubernetes.md)."""
 
 from __future__ import annotations
 

@@ -153,7 +153,7 @@ def release_policy(home: Path) -> Path:
     on 33-40 cases, as much as the 0.25-0.28 margins those suites resolve (r2 against r1,
     seeds 42 / 1 / 2: pass; refuses -0.15 and cites -0.12; cites -0.27); on today's base one
     demo's r2 differed on 1-7 cases per suite, too few runs to put the guards back
-    (docs/tiny-model.md, 'Citing is copying'). Every other floor and margin of the example
+    (docs/findings/tiny-model.md, 'Citing is copying'). Every other floor and margin of the example
     policy holds; the example policy's verdicts on the session's adapter are tested in
     test_training, and a candidate that cites no retrieved doc fails by name in
     test_gate_hollow."""

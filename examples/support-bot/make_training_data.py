@@ -247,7 +247,7 @@ def main() -> None:
     # Five phrasings of each far subject (150 rows): with three (90), the scope the adapter
     # learned on the example's base swung from run to run (off-topic declined 0.45-0.80 over
     # seeds and a base release) and a retrain failed the gate against its champion; with
-    # five, 0.875-0.90, and r2's warm start held r1's line (docs/tiny-model.md, "Citing
+    # five, 0.875-0.90, and r2's warm start held r1's line (docs/findings/tiny-model.md, "Citing
     # is copying").
     for subject in OFF_SUBJECTS:
         for template in rng.sample(OFF_ASKS, 5):

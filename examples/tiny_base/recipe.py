@@ -14,8 +14,8 @@ chunks the product's ingestion cuts, in the serving prompt's form) and a reply c
 first, 3 of 10 packed with plain questions, half about the docs and half about anything else
 (turned away), as a real base model has read text like the one it will serve. A LoRA adapter on a
 random base learns the answer format but not the job (it declines everything or repeats one
-answer); on this base the example's adapter passes the gate within its 150 steps (docs/tiny-model.md
-has the rates).
+answer); on this base the example's adapter passes the gate within its 150 steps
+(docs/findings/tiny-model.md has the rates).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ CITE_HEAD = '{"confidence": "high", "sources": ["'
 # collapsed onto a few doc sentences (r1's adapter: format.distinct_answers 0.175, the gate
 # failed it). 2 in 10 copies (with every doc an answering one, `_chunk_leads`: r1 cites a
 # retrieved doc in 0.97 of knowledge answers) and still answers by the label (distinct 0.40)
-# (docs/tiny-model.md, "Citing is copying").
+# (docs/findings/tiny-model.md, "Citing is copying").
 RELABELLED = 0.2
 # Subjects far from Tidewell (none is in the learning-curve benchmark's fresh prompts).
 _OFF_NOUNS = (
@@ -213,7 +213,7 @@ def build_tokenizer(vocab_size: int = 2048) -> object:
     # prompts): a reply cites a passage by copying its label, and this network copies one
     # token far better than the 7-10 pieces BPE cuts a path into (`in|lets|/|e|mail|-|inlet|
     # .md`): the example's adapter cited a retrieved doc in 0.67-0.79 of knowledge answers on
-    # this base (three seeds), 0.39-0.45 with BPE paths (docs/tiny-model.md, "Citing is
+    # this base (three seeds), 0.39-0.45 with BPE paths (docs/findings/tiny-model.md, "Citing is
     # copying").
     tokenizer.add_tokens(sorted(_chunks()))
     tokenizer.chat_template = CHAT_TEMPLATE

@@ -63,11 +63,14 @@ class AssessTask(BaseModel):
         0.99, gt=0.5, lt=1, description="Confidence of every interval and decision."
     )
     bootstrap: int = Field(2000, ge=200, le=100_000, description="Bootstrap resamples.")
-    seed: int = 0
+    seed: int = Field(0, description="Seed of the bootstrap intervals.")
     max_cases_per_suite: int | None = Field(
         None, ge=5, description="Answer only the first N cases of each suite (a quick look)."
     )
-    economics: Prices = Field(default_factory=Prices)
+    economics: Prices = Field(
+        default_factory=Prices,
+        description="Volumes and prices the monthly cost of each arm is estimated with.",
+    )
     folder: str = Field("", description="Where the task file is (paths are relative to it).")
 
     def path(self, value: str) -> Path:
@@ -91,7 +94,9 @@ def load_task(path: str | Path) -> AssessTask:
     try:
         task = AssessTask.model_validate({**data, "folder": str(p.parent)})
     except ValidationError as exc:
-        raise ConfigError(f"{p}: {validation_problems(exc)}") from exc
+        raise ConfigError(
+            f"{p}: {validation_problems(exc)} (docs/reference/config.md#assess-task)"
+        ) from exc
     for field in ("suites", "examples"):
         if not task.path(getattr(task, field)).exists():
             raise ConfigError(f"{p}: {field}: {task.path(getattr(task, field))} does not exist")

@@ -60,7 +60,7 @@ class StageProgress:
         self.live = console.is_terminal
         self.bar = Progress(console=console, transient=True) if self.live else None
         self.tasks: dict[str, Any] = {}
-        self.tenths = Tenths(from_zero=True)
+        self.tenths = Tenths(from_zero=True, every_s=30)
         self.last: dict[str, float] = {}
 
     def __enter__(self) -> StageProgress:

@@ -266,8 +266,8 @@ def serve_router_config(
     config = resolve_serving_config(serving)
     if config.router is None:
         raise ConfigError(
-            "the serving config has no `router` (url, admin): add one (README: 'Replica sets "
-            "behind a router')"
+            "the serving config has no `router` (url, admin): add one "
+            "(docs/guides/serving.md#replica-sets)"
         )
     host, _, port = bind.rpartition(":")
     if not host or not port.isdigit():

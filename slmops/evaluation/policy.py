@@ -20,16 +20,47 @@ from slmops.suites.stats import cases_needed, detectable_difference
 
 
 class GatePolicy(BaseModel):
-    confidence: float = Field(0.95, gt=0.5, lt=1.0)
-    bootstrap: int = Field(2000, ge=200, le=200_000)
-    seed: int = 0
-    correction: Literal["holm", "none"] = "holm"
-    min_cases: int = Field(20, ge=1)
-    floors: dict[str, float] = Field(default_factory=dict)
-    non_inferiority: dict[str, float] = Field(default_factory=dict)
-    improvement: dict[str, float] = Field(default_factory=dict)
-    zero_tolerance: list[str] = Field(default_factory=list)
-    min_cases_per_metric: dict[str, int] = Field(default_factory=dict)
+    confidence: float = Field(
+        0.95,
+        gt=0.5,
+        lt=1.0,
+        description="Confidence of every interval the comparisons use (one-sided, paired).",
+    )
+    bootstrap: int = Field(
+        2000, ge=200, le=200_000, description="Bootstrap resamples per paired comparison."
+    )
+    seed: int = Field(0, description="Seed of the bootstrap: the same answers, the same verdict.")
+    correction: Literal["holm", "none"] = Field(
+        "holm",
+        description="Multiple-comparison correction across the non_inferiority and "
+        "improvement metrics (holm: Holm-Bonferroni).",
+    )
+    min_cases: int = Field(
+        20, ge=1, description="Fewest cases a metric needs to be judged (fewer: refused)."
+    )
+    floors: dict[str, float] = Field(
+        default_factory=dict,
+        description="metric -> the lowest rate the candidate may score, whatever the champion "
+        "does (e.g. knowledge.answered: 0.9); the only rules when there is no champion.",
+    )
+    non_inferiority: dict[str, float] = Field(
+        default_factory=dict,
+        description="metric -> margin: the candidate may be worse than the champion by less "
+        "than this, at the policy's confidence.",
+    )
+    improvement: dict[str, float] = Field(
+        default_factory=dict,
+        description="metric -> margin: the candidate must beat the champion by at least this, "
+        "at the policy's confidence.",
+    )
+    zero_tolerance: list[str] = Field(
+        default_factory=list,
+        description="Metrics that must be perfect: one failed case fails the gate (e.g. a "
+        "leaked system prompt).",
+    )
+    min_cases_per_metric: dict[str, int] = Field(
+        default_factory=dict, description="metric -> fewest cases, overriding min_cases."
+    )
     power: float = Field(
         0.8,
         ge=0.5,
@@ -107,13 +138,15 @@ def load_policy(path: str | Path, known_metrics: Mapping[str, int] | set[str] | 
     if unknown_keys:
         raise ConfigError(
             f"gate policy {path}: unknown setting(s) {sorted(unknown_keys)}; "
-            f"known: {', '.join(GatePolicy.model_fields)}"
+            f"known: {', '.join(GatePolicy.model_fields)} (docs/reference/config.md#gate-policy)"
         )
     try:
         policy = GatePolicy.model_validate(raw)
     except ValidationError as exc:
         listed = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"gate policy {path}: {listed}") from None
+        raise ConfigError(
+            f"gate policy {path}: {listed} (docs/reference/config.md#gate-policy)"
+        ) from None
     if known_metrics is None:
         return policy
     problems: list[str] = []
@@ -141,7 +174,8 @@ def load_policy(path: str | Path, known_metrics: Mapping[str, int] | set[str] | 
         listed = "\n".join(f"  {p}" for p in problems)
         raise ConfigError(
             f"gate policy {path}: {len(problems)} problem(s):\n{listed}\n"
-            f"metrics the suites produce: {', '.join(sorted(known_metrics))}"
+            f"metrics the suites produce: {', '.join(sorted(known_metrics))}\n"
+            "how the gate decides: docs/guides/gate.md"
         )
     return policy
 

@@ -143,7 +143,7 @@ def train(
     train_rows = datasets.read_rows(store, dataset, version, datasets.TRAIN)
     eval_rows = datasets.read_rows(store, dataset, version, datasets.EVAL)
     resume = adapters.latest_checkpoint(store, adapter, key, workdir / "resume")
-    started, tenths = time.monotonic(), Tenths()
+    started, tenths = time.monotonic(), Tenths(every_s=30)
 
     def on_log(step: int, logs: dict[str, float]) -> None:
         if on_step:

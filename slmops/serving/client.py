@@ -229,7 +229,7 @@ def load_serving_config(path: str | Path) -> ServingConfig:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(
-            f"serving config {path} does not exist: write one (see the README, 'Serving') or "
+            f"serving config {path} does not exist: write one (docs/guides/serving.md) or "
             "start local replicas with `slmops stack up --vllm 2`"
         ) from None
     except yaml.YAMLError as exc:
@@ -239,7 +239,10 @@ def load_serving_config(path: str | Path) -> ServingConfig:
     try:
         config = ServingConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"serving config {path}: {validation_problems(exc)}") from None
+        raise ConfigError(
+            f"serving config {path}: {validation_problems(exc)} "
+            "(docs/reference/config.md#serving-config)"
+        ) from None
     config._source = path
     return config
 

@@ -265,8 +265,8 @@ def retire_set(
 
     if config.router is None:
         raise PromotionError(
-            "the serving config has no router: replica sets exist only behind one (README: "
-            "'Replica sets behind a router')"
+            "the serving config has no router: replica sets exist only behind one ("
+            "docs/guides/serving.md#replica-sets)"
         )
     for adapter in adapters:
         art = VersionedArtifact(store, ADAPTERS, adapter)

@@ -54,15 +54,23 @@ class RefusalRule(BaseModel):
     """An answer declines if it contains one of `phrases`, or (if set) it has low confidence
     and cites no source."""
 
-    phrases: list[str] = Field(default_factory=list)
-    low_confidence_without_sources: bool = True
+    phrases: list[str] = Field(
+        default_factory=list, description="Case-insensitive phrases that make an answer decline."
+    )
+    low_confidence_without_sources: bool = Field(
+        True, description="An answer with low confidence and no sources declines too."
+    )
 
 
 class SuiteSpec(BaseModel):
     cases: str = Field(description="JSONL file of cases, relative to suites.yaml.")
-    description: str = ""
-    kind: Literal["format", "style", "terminology", "adversarial", "knowledge"]
-    style: StyleRules | None = None
+    description: str = Field("", description="What the suite checks, for the report.")
+    kind: Literal["format", "style", "terminology", "adversarial", "knowledge"] = Field(
+        description="Which checks score it: format (valid JSON of the schema), style (the "
+        "`style` rules), terminology (the `glossary`), adversarial (declines, injections), "
+        "knowledge (answers from the retrieved docs, cites them, states their facts)."
+    )
+    style: StyleRules | None = Field(None, description="The style rules (kind: style).")
     glossary: dict[str, list[str]] | None = Field(
         None, description="Preferred term -> synonyms no answer may use instead of it."
     )
@@ -102,8 +110,10 @@ class SuiteSpec(BaseModel):
 class SuitesConfig(BaseModel):
     system: str = Field(description="The system prompt every case is asked under.")
     json_schema: str = Field(alias="schema", description="JSON Schema file answers must meet.")
-    refusal: RefusalRule = Field(default_factory=RefusalRule)
-    suites: dict[str, SuiteSpec]
+    refusal: RefusalRule = Field(
+        default_factory=RefusalRule, description="What counts as declining to answer."
+    )
+    suites: dict[str, SuiteSpec] = Field(description="name -> suite: the suites a gate runs.")
 
 
 class Case(BaseModel):

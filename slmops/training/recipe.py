@@ -199,7 +199,7 @@ class TrainConfig(BaseModel):
         weight by about the learning rate whatever its gradient: at full rate from the first
         step they undo some of what the champion learned (measured on the example: the
         adversarial suite's valid format fell from 0.98 to 0.90 without the warmup and held
-        with it, docs/tiny-model.md)."""
+        with it, docs/findings/tiny-model.md)."""
         if self.warm_start_steps is None:
             raise ValueError("warm_start_config() needs warm_start_steps")
         steps = self.warm_start_steps
@@ -251,9 +251,13 @@ def load_recipe(path: str | Path) -> TrainConfig:
     if unknown:
         raise ConfigError(
             f"training recipe {path}: unknown setting(s) {unknown}; known: "
-            f"{', '.join(sorted(TrainConfig.model_fields))}"
+            f"{', '.join(sorted(TrainConfig.model_fields))} "
+            "(docs/reference/config.md#training-recipe)"
         )
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"training recipe {path}: {validation_problems(exc)}") from None
+        raise ConfigError(
+            f"training recipe {path}: {validation_problems(exc)} "
+            "(docs/reference/config.md#training-recipe)"
+        ) from None
