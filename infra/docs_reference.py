@@ -106,7 +106,8 @@ def _cell(text: Any) -> str:
 def _type_name(annotation: Any) -> str:
     name = getattr(annotation, "__name__", None)
     text = name if name and not getattr(annotation, "__args__", None) else str(annotation)
-    return text.replace("typing.", "").replace("NoneType", "None")
+    text = text.replace("typing.", "").replace("NoneType", "None")
+    return text.replace(" | ", " or ")  # a pipe would end the table's cell
 
 
 def _default(field: Any) -> str:
